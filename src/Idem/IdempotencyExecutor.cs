@@ -1,0 +1,355 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+
+namespace Idem;
+
+/// <summary>
+/// Runs an operation at most once per key and gives every caller with that key the same stored outcome:
+/// claim, then run and complete (or release), replay, wait for an in-flight owner, or refuse.
+/// Usable from HTTP middleware, a gateway or a background worker alike.
+/// </summary>
+public sealed class IdempotencyExecutor
+{
+    private static readonly TimeSpan FirstPollInterval = TimeSpan.FromMilliseconds(50);
+    private static readonly TimeSpan MaxPollInterval = TimeSpan.FromSeconds(1);
+
+    private readonly IIdempotencyStore _store;
+    private readonly TimeProvider _timeProvider;
+    private readonly IdempotencyMetrics _metrics;
+    private readonly ILogger _logger;
+
+    /// <summary>Creates an executor over <paramref name="store"/>.</summary>
+    public IdempotencyExecutor(IIdempotencyStore store, IdempotencyMetrics metrics, TimeProvider? timeProvider = null, ILogger<IdempotencyExecutor>? logger = null)
+    {
+        ArgumentNullException.ThrowIfNull(store);
+        ArgumentNullException.ThrowIfNull(metrics);
+        _store = store;
+        _metrics = metrics;
+        _timeProvider = timeProvider ?? TimeProvider.System;
+        _logger = (ILogger?)logger ?? NullLogger.Instance;
+    }
+
+    /// <summary>The store this executor claims in.</summary>
+    public IIdempotencyStore Store => _store;
+
+    /// <summary>
+    /// Runs <paramref name="work"/> once for <paramref name="storeKey"/>, or returns what another caller's run stored.
+    /// </summary>
+    /// <param name="storeKey">The scoped key (see <see cref="IdempotencyScope.ComputeStoreKey"/>).</param>
+    /// <param name="fingerprint">The request fingerprint (see <see cref="RequestFingerprint"/>).</param>
+    /// <param name="policy">How the operation is protected.</param>
+    /// <param name="work">
+    /// The operation. It runs under <see cref="IdempotentExecution.CancellationToken"/>, not under
+    /// <paramref name="cancellationToken"/>: a caller that goes away does not cancel work that a retry will want.
+    /// Its response is stored when <see cref="IdempotencyPolicy.ShouldStore"/> says so; an exception releases the key.
+    /// </param>
+    /// <param name="cancellationToken">Cancels claiming and waiting on behalf of this caller.</param>
+    public async ValueTask<IdempotencyOutcome> ExecuteAsync(
+        string storeKey,
+        string fingerprint,
+        IdempotencyPolicy policy,
+        Func<IdempotentExecution, ValueTask<StoredResponse>> work,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(storeKey);
+        ArgumentNullException.ThrowIfNull(fingerprint);
+        ArgumentNullException.ThrowIfNull(policy);
+        ArgumentNullException.ThrowIfNull(work);
+
+        using var activity = IdempotencyDiagnostics.Source.HasListeners() ? IdempotencyDiagnostics.Source.StartActivity("idem.execute") : null;
+        activity?.SetTag("idem.key", storeKey);
+
+        var started = Stopwatch.GetTimestamp();
+        var ownerToken = Guid.NewGuid();
+        var claimRequest = new ClaimRequest(storeKey, fingerprint, ownerToken, policy.Lease, policy.Retention);
+        ClaimResult claim;
+        try
+        {
+            claim = await CallStoreAsync(static (s, r, ct) => s.TryClaimAsync(r, ct), claimRequest, policy, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (IsStoreFailure(ex, cancellationToken))
+        {
+            return await OnStoreUnavailableAsync(ex, storeKey, policy, work, activity).ConfigureAwait(false);
+        }
+
+        _metrics.ClaimDuration(started);
+
+        var waited = false;
+        var pollInterval = FirstPollInterval;
+        var waitDeadline = policy.ConflictBehavior == ConflictBehavior.Wait ? _timeProvider.GetUtcNow() + policy.WaitTimeout : DateTimeOffset.MinValue;
+        while (true)
+        {
+            switch (claim.Status)
+            {
+                case ClaimStatus.Claimed:
+                    if (claim.TookOver)
+                    {
+                        Log.TookOver(_logger, storeKey);
+                    }
+
+                    return await RunClaimedAsync(storeKey, ownerToken, policy, work, claim.TookOver, activity).ConfigureAwait(false);
+
+                case ClaimStatus.Completed when claim.Record!.Fingerprint != fingerprint:
+                case ClaimStatus.InFlight when claim.Record!.Fingerprint != fingerprint:
+                    Log.FingerprintMismatch(_logger, storeKey);
+                    return Finish(activity, IdempotencyOutcomes.Mismatched, new IdempotencyOutcome(IdempotencyOutcomeKind.FingerprintMismatch));
+
+                case ClaimStatus.Completed:
+                    var response = claim.Record!.Response!;
+                    _metrics.ReplayDuration(started);
+                    Log.Replayed(_logger, storeKey, response.StatusCode);
+                    return Finish(
+                        activity,
+                        waited ? IdempotencyOutcomes.Waited : IdempotencyOutcomes.Replayed,
+                        new IdempotencyOutcome(IdempotencyOutcomeKind.Replayed, response) { Waited = waited });
+            }
+
+            // In flight under another owner's live lease.
+            var now = _timeProvider.GetUtcNow();
+            var record = claim.Record!;
+            if (now >= waitDeadline)
+            {
+                Log.Conflict(_logger, storeKey);
+                var retryAfter = record.LeaseExpiresAt - now;
+                return Finish(
+                    activity,
+                    IdempotencyOutcomes.Conflicted,
+                    new IdempotencyOutcome(IdempotencyOutcomeKind.Conflict, retryAfter: retryAfter > TimeSpan.FromSeconds(1) ? retryAfter : TimeSpan.FromSeconds(1)));
+            }
+
+            waited = true;
+            try
+            {
+                // Woken by the store's notification; the poll interval only bounds the wait for what sends none
+                // (an owner that died and whose lease must run out).
+                var wait = Min(pollInterval, waitDeadline - now);
+                await _store.WaitForChangeAsync(storeKey, record.OwnerToken, wait, cancellationToken).ConfigureAwait(false);
+                pollInterval = Min(pollInterval * 2, MaxPollInterval);
+                claim = await CallStoreAsync(static (s, r, ct) => s.TryClaimAsync(r, ct), claimRequest, policy, cancellationToken).ConfigureAwait(false);
+            }
+            catch (Exception ex) when (IsStoreFailure(ex, cancellationToken))
+            {
+                return await OnStoreUnavailableAsync(ex, storeKey, policy, work, activity).ConfigureAwait(false);
+            }
+        }
+    }
+
+    /// <summary>
+    /// Runs <paramref name="work"/> once for (<paramref name="scope"/>, <paramref name="key"/>) and returns its result to
+    /// every caller with that key, the first one included; for background workers and other callers without HTTP.
+    /// </summary>
+    /// <typeparam name="TResult">The result, stored as JSON.</typeparam>
+    /// <param name="scope">What the key applies to, for example a job name; keys of different scopes never meet.</param>
+    /// <param name="key">The idempotency key, for example a message id or a natural key.</param>
+    /// <param name="fingerprint">
+    /// The fingerprint of the input (see <see cref="RequestFingerprint.Compute"/>); the same key with another
+    /// fingerprint throws <see cref="IdempotencyException"/>. Pass the key itself when inputs cannot differ.
+    /// </param>
+    /// <param name="work">The operation; see <see cref="ExecuteAsync"/> for its cancellation.</param>
+    /// <param name="policy">How the operation is protected; <see cref="IdempotencyPolicy.Default"/> when <see langword="null"/>.</param>
+    /// <param name="jsonOptions">How the result is serialized.</param>
+    /// <param name="cancellationToken">Cancels claiming and waiting.</param>
+    /// <exception cref="IdempotencyException">The key is in flight elsewhere, was used with another fingerprint, or the store is unavailable.</exception>
+    public async ValueTask<TResult> ExecuteOnceAsync<TResult>(
+        string scope,
+        string key,
+        string fingerprint,
+        Func<IdempotentExecution, ValueTask<TResult>> work,
+        IdempotencyPolicy? policy = null,
+        JsonSerializerOptions? jsonOptions = null,
+        CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        var storeKey = IdempotencyScope.ComputeStoreKey(string.Empty, scope, key);
+        var outcome = await ExecuteAsync(
+            storeKey,
+            fingerprint,
+            policy ?? IdempotencyPolicy.Default,
+            async execution =>
+            {
+                var result = await work(execution).ConfigureAwait(false);
+                return new StoredResponse(200, null, JsonSerializer.SerializeToUtf8Bytes(result, jsonOptions));
+            },
+            cancellationToken).ConfigureAwait(false);
+
+        return outcome.Kind switch
+        {
+            IdempotencyOutcomeKind.Executed or IdempotencyOutcomeKind.Replayed or IdempotencyOutcomeKind.ExecutedUnprotected when !outcome.Response!.BodyOmitted
+                => JsonSerializer.Deserialize<TResult>(outcome.Response!.Body.Span, jsonOptions)!,
+            _ => throw new IdempotencyException(outcome),
+        };
+    }
+
+    private async ValueTask<IdempotencyOutcome> RunClaimedAsync(
+        string storeKey,
+        Guid ownerToken,
+        IdempotencyPolicy policy,
+        Func<IdempotentExecution, ValueTask<StoredResponse>> work,
+        bool tookOver,
+        Activity? activity)
+    {
+        Log.Claimed(_logger, storeKey);
+        using var executionCts = new CancellationTokenSource(policy.ExecutionTimeout, _timeProvider);
+        using var heartbeatCts = new CancellationTokenSource();
+        var heartbeat = RenewWhileRunningAsync(storeKey, ownerToken, policy, executionCts, heartbeatCts.Token);
+
+        StoredResponse response;
+        try
+        {
+            response = await work(new IdempotentExecution(storeKey, ownerToken, executionCts.Token)).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            await StopAsync(heartbeatCts, heartbeat).ConfigureAwait(false);
+            Log.ReleasedAfterFailure(_logger, ex, storeKey);
+            await TryReleaseAsync(storeKey, ownerToken, policy).ConfigureAwait(false);
+            activity?.SetTag("idem.outcome", "failed");
+            throw;
+        }
+
+        await StopAsync(heartbeatCts, heartbeat).ConfigureAwait(false);
+
+        if (!policy.ShouldStore(response.StatusCode))
+        {
+            Log.ReleasedAfterStatus(_logger, storeKey, response.StatusCode);
+            await TryReleaseAsync(storeKey, ownerToken, policy).ConfigureAwait(false);
+            return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { TookOver = tookOver });
+        }
+
+        var toStore = response;
+        if (response.Body.Length > policy.MaxStoredBodyBytes)
+        {
+            Log.BodyOmitted(_logger, storeKey, response.Body.Length);
+            toStore = response.WithoutBody();
+        }
+
+        var stored = false;
+        try
+        {
+            stored = await CallStoreAsync(
+                static (s, a, ct) => s.CompleteAsync(a.storeKey, a.ownerToken, a.toStore, a.Retention, ct),
+                (storeKey, ownerToken, toStore, policy.Retention),
+                policy,
+                CancellationToken.None).ConfigureAwait(false);
+            if (!stored)
+            {
+                Log.CompletionFenced(_logger, storeKey);
+            }
+        }
+        catch (Exception ex) when (IsStoreFailure(ex, CancellationToken.None))
+        {
+            // The caller still gets the response it caused; the key stays claimed until its lease runs out.
+            _metrics.StoreError("complete");
+            Log.StoreFailed(_logger, ex, "complete", storeKey);
+        }
+
+        return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { Stored = stored, TookOver = tookOver });
+    }
+
+    private async Task RenewWhileRunningAsync(string storeKey, Guid ownerToken, IdempotencyPolicy policy, CancellationTokenSource executionCts, CancellationToken stop)
+    {
+        var interval = policy.Lease / 3;
+        try
+        {
+            while (true)
+            {
+                await Task.Delay(interval, _timeProvider, stop).ConfigureAwait(false);
+                bool renewed;
+                try
+                {
+                    renewed = await CallStoreAsync(
+                        static (s, a, ct) => s.RenewAsync(a.storeKey, a.ownerToken, a.Lease, ct),
+                        (storeKey, ownerToken, policy.Lease),
+                        policy,
+                        stop).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (IsStoreFailure(ex, stop))
+                {
+                    _metrics.StoreError("renew");
+                    Log.LeaseLost(_logger, ex, storeKey);
+                    await executionCts.CancelAsync().ConfigureAwait(false);
+                    return;
+                }
+
+                if (!renewed)
+                {
+                    Log.LeaseLost(_logger, null, storeKey);
+                    await executionCts.CancelAsync().ConfigureAwait(false);
+                    return;
+                }
+            }
+        }
+        catch (OperationCanceledException) when (stop.IsCancellationRequested)
+        {
+            // The work finished.
+        }
+    }
+
+    private static async ValueTask StopAsync(CancellationTokenSource heartbeatCts, Task heartbeat)
+    {
+        await heartbeatCts.CancelAsync().ConfigureAwait(false);
+        await heartbeat.ConfigureAwait(false);
+    }
+
+    private async ValueTask TryReleaseAsync(string storeKey, Guid ownerToken, IdempotencyPolicy policy)
+    {
+        try
+        {
+            await CallStoreAsync(static (s, a, ct) => s.ReleaseAsync(a.storeKey, a.ownerToken, ct), (storeKey, ownerToken), policy, CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception ex) when (IsStoreFailure(ex, CancellationToken.None))
+        {
+            // Not fatal: the lease runs out and the next request takes over.
+            _metrics.StoreError("release");
+            Log.StoreFailed(_logger, ex, "release", storeKey);
+        }
+    }
+
+    private async ValueTask<IdempotencyOutcome> OnStoreUnavailableAsync(
+        Exception exception,
+        string storeKey,
+        IdempotencyPolicy policy,
+        Func<IdempotentExecution, ValueTask<StoredResponse>> work,
+        Activity? activity)
+    {
+        _metrics.StoreError("claim");
+        Log.StoreFailed(_logger, exception, "claim", storeKey);
+        if (policy.StoreFailureMode != StoreFailureMode.FailOpen)
+        {
+            return Finish(activity, IdempotencyOutcomes.StoreError, new IdempotencyOutcome(IdempotencyOutcomeKind.StoreUnavailable, retryAfter: TimeSpan.FromSeconds(1)));
+        }
+
+        Log.ExecutingUnprotected(_logger, storeKey);
+        using var executionCts = new CancellationTokenSource(policy.ExecutionTimeout, _timeProvider);
+        var response = await work(new IdempotentExecution(storeKey, Guid.Empty, executionCts.Token)).ConfigureAwait(false);
+        return Finish(activity, IdempotencyOutcomes.Unprotected, new IdempotencyOutcome(IdempotencyOutcomeKind.ExecutedUnprotected, response));
+    }
+
+    private IdempotencyOutcome Finish(Activity? activity, string outcomeTag, IdempotencyOutcome outcome)
+    {
+        _metrics.Request(outcomeTag);
+        activity?.SetTag(IdempotencyMetrics.OutcomeTag, outcomeTag);
+        return outcome;
+    }
+
+    // Every store call has a deadline: an outage must answer quickly, never hang a request.
+    private async ValueTask<TResult> CallStoreAsync<TArg, TResult>(
+        Func<IIdempotencyStore, TArg, CancellationToken, ValueTask<TResult>> call,
+        TArg argument,
+        IdempotencyPolicy policy,
+        CancellationToken cancellationToken)
+    {
+        using var deadline = new CancellationTokenSource(policy.StoreTimeout, _timeProvider);
+        using var linked = cancellationToken.CanBeCanceled
+            ? CancellationTokenSource.CreateLinkedTokenSource(deadline.Token, cancellationToken)
+            : null;
+        return await call(_store, argument, linked?.Token ?? deadline.Token).ConfigureAwait(false);
+    }
+
+    private static bool IsStoreFailure(Exception exception, CancellationToken callerToken) =>
+        !(exception is OperationCanceledException && callerToken.IsCancellationRequested);
+
+    private static TimeSpan Min(TimeSpan a, TimeSpan b) => a < b ? a : b;
+}

@@ -1,0 +1,109 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+
+namespace Idem;
+
+/// <summary>
+/// The <c>Idem</c> meter: <c>idem.requests</c> counted by outcome, <c>idem.store.errors</c> by operation, and
+/// the durations of claims and replays. Keys never become tags.
+/// </summary>
+public sealed class IdempotencyMetrics
+{
+    /// <summary>The meter's name.</summary>
+    public const string MeterName = "Idem";
+
+    /// <summary>The outcome tag's name on <c>idem.requests</c>.</summary>
+    public const string OutcomeTag = "idem.outcome";
+
+    private readonly Counter<long> _requests;
+    private readonly Counter<long> _storeErrors;
+    private readonly Histogram<double> _claimDuration;
+    private readonly Histogram<double> _replayDuration;
+
+    /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>.</summary>
+    public IdempotencyMetrics(IMeterFactory meterFactory)
+    {
+        ArgumentNullException.ThrowIfNull(meterFactory);
+        var meter = meterFactory.Create(MeterName);
+        _requests = meter.CreateCounter<long>(
+            "idem.requests",
+            unit: "{request}",
+            description: "Requests under idempotency protection, by outcome: executed, replayed, waited, conflicted, mismatched, rejected, store_error, unprotected, no_key.");
+        _storeErrors = meter.CreateCounter<long>(
+            "idem.store.errors",
+            unit: "{error}",
+            description: "Store calls that failed or missed their deadline, by operation.");
+        _claimDuration = meter.CreateHistogram<double>(
+            "idem.claim.duration",
+            unit: "s",
+            description: "Time to claim a key in the store.");
+        _replayDuration = meter.CreateHistogram<double>(
+            "idem.replay.duration",
+            unit: "s",
+            description: "Time from the start of a replayed request to its stored response being found.");
+    }
+
+    /// <summary>Counts one request with the given outcome.</summary>
+    public void Request(string outcome)
+    {
+        if (_requests.Enabled)
+        {
+            _requests.Add(1, new KeyValuePair<string, object?>(OutcomeTag, outcome));
+        }
+    }
+
+    internal void StoreError(string operation)
+    {
+        if (_storeErrors.Enabled)
+        {
+            _storeErrors.Add(1, new KeyValuePair<string, object?>("idem.operation", operation));
+        }
+    }
+
+    internal void ClaimDuration(long startTimestamp)
+    {
+        if (_claimDuration.Enabled)
+        {
+            _claimDuration.Record(Stopwatch.GetElapsedTime(startTimestamp).TotalSeconds);
+        }
+    }
+
+    internal void ReplayDuration(long startTimestamp)
+    {
+        if (_replayDuration.Enabled)
+        {
+            _replayDuration.Record(Stopwatch.GetElapsedTime(startTimestamp).TotalSeconds);
+        }
+    }
+}
+
+/// <summary>The bounded set of values of <see cref="IdempotencyMetrics.OutcomeTag"/>.</summary>
+public static class IdempotencyOutcomes
+{
+    /// <summary>The operation ran and its outcome was settled.</summary>
+    public const string Executed = "executed";
+
+    /// <summary>A stored response was replayed.</summary>
+    public const string Replayed = "replayed";
+
+    /// <summary>A stored response was replayed after waiting for an in-flight owner.</summary>
+    public const string Waited = "waited";
+
+    /// <summary>Answered 409 because the key was in flight.</summary>
+    public const string Conflicted = "conflicted";
+
+    /// <summary>Answered 422 because the fingerprint differed.</summary>
+    public const string Mismatched = "mismatched";
+
+    /// <summary>Answered 400/413 for an invalid, missing-when-required or oversized request.</summary>
+    public const string Rejected = "rejected";
+
+    /// <summary>Answered 503 because the store could not answer.</summary>
+    public const string StoreError = "store_error";
+
+    /// <summary>Ran without protection because the store could not answer and the policy fails open.</summary>
+    public const string Unprotected = "unprotected";
+
+    /// <summary>Passed through because no key was sent and none is required.</summary>
+    public const string NoKey = "no_key";
+}

@@ -1,0 +1,51 @@
+using System.Buffers;
+using System.Security.Cryptography;
+using System.Text;
+
+namespace Idem;
+
+/// <summary>
+/// Derives the key under which a record is stored from the principal, the operation and the client's key.
+/// The result is a hash: neither the principal (which may be a credential) nor the raw key is ever stored.
+/// </summary>
+public static class IdempotencyScope
+{
+    /// <summary>
+    /// Computes the store key for <paramref name="key"/> sent by <paramref name="principal"/> to <paramref name="operation"/>.
+    /// </summary>
+    /// <param name="principal">Who sent the request; an empty string for anonymous callers.</param>
+    /// <param name="operation">What the key applies to, for example <c>POST /orders</c> or a worker's job name.</param>
+    /// <param name="key">The client's idempotency key.</param>
+    /// <returns>A 64-character lowercase hexadecimal SHA-256 digest.</returns>
+    public static string ComputeStoreKey(string principal, string operation, string key)
+    {
+        ArgumentNullException.ThrowIfNull(principal);
+        ArgumentNullException.ThrowIfNull(operation);
+        ArgumentNullException.ThrowIfNull(key);
+
+        // Length-prefixing each part keeps ("ab","c") and ("a","bc") apart.
+        var maxBytes = 3 * sizeof(int) + Encoding.UTF8.GetMaxByteCount(principal.Length + operation.Length + key.Length);
+        var rented = ArrayPool<byte>.Shared.Rent(maxBytes);
+        try
+        {
+            var written = 0;
+            written += WritePart(rented.AsSpan(written), principal);
+            written += WritePart(rented.AsSpan(written), operation);
+            written += WritePart(rented.AsSpan(written), key);
+            Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
+            SHA256.HashData(rented.AsSpan(0, written), hash);
+            return Convert.ToHexStringLower(hash);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    private static int WritePart(Span<byte> destination, string part)
+    {
+        var length = Encoding.UTF8.GetBytes(part, destination[sizeof(int)..]);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(destination, length);
+        return sizeof(int) + length;
+    }
+}
