@@ -219,9 +219,9 @@ public sealed class IdempotencyExecutor
         }
 
         var toStore = response;
-        if (response.Body.Length > policy.MaxStoredBodyBytes)
+        if (response.BodyOmitted || response.Body.Length > policy.MaxStoredBodyBytes)
         {
-            Log.BodyOmitted(_logger, storeKey, response.Body.Length);
+            Log.BodyOmitted(_logger, storeKey, policy.MaxStoredBodyBytes);
             toStore = response.WithoutBody();
         }
 

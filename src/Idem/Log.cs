@@ -35,8 +35,8 @@ internal static partial class Log
     [LoggerMessage(1009, LogLevel.Warning, "Lost the lease on {StoreKey}; cancelling the operation.", EventName = "LeaseLost")]
     public static partial void LeaseLost(ILogger logger, Exception? exception, string storeKey);
 
-    [LoggerMessage(1010, LogLevel.Information, "The response of {StoreKey} ({Length} bytes) exceeds the stored-body limit; recorded as done without its body.", EventName = "BodyOmitted")]
-    public static partial void BodyOmitted(ILogger logger, string storeKey, int length);
+    [LoggerMessage(1010, LogLevel.Information, "The response of {StoreKey} exceeds the stored-body limit of {Limit} bytes; recorded as done without its body.", EventName = "BodyOmitted")]
+    public static partial void BodyOmitted(ILogger logger, string storeKey, int limit);
 
     [LoggerMessage(2001, LogLevel.Error, "The idempotency store failed during {Operation} of {StoreKey}.", EventName = "StoreFailed")]
     public static partial void StoreFailed(ILogger logger, Exception exception, string operation, string storeKey);

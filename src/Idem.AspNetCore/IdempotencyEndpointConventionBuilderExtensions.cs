@@ -1,0 +1,39 @@
+using Idem.AspNetCore;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Metadata;
+
+namespace Microsoft.AspNetCore.Builder;
+
+/// <summary>Marks endpoints as protected by Idem.</summary>
+public static class IdempotencyEndpointConventionBuilderExtensions
+{
+    /// <summary>Protects the endpoint (or every endpoint of the group) with the app's idempotency settings.</summary>
+    public static TBuilder RequireIdempotency<TBuilder>(this TBuilder builder)
+        where TBuilder : IEndpointConventionBuilder => builder.RequireIdempotency(static _ => { });
+
+    /// <summary>Protects the endpoint (or every endpoint of the group) with settings of its own.</summary>
+    public static TBuilder RequireIdempotency<TBuilder>(this TBuilder builder, Action<IdempotencyEndpointOptions> configure)
+        where TBuilder : IEndpointConventionBuilder
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(configure);
+        var options = new IdempotencyEndpointOptions();
+        configure(options);
+        var metadata = new IdempotencyEndpointMetadata(options);
+        builder.Add(endpoint =>
+        {
+            endpoint.Metadata.Add(metadata);
+            foreach (var status in new[] { StatusCodes.Status400BadRequest, StatusCodes.Status409Conflict, StatusCodes.Status422UnprocessableEntity, StatusCodes.Status503ServiceUnavailable })
+            {
+                endpoint.Metadata.Add(new ProducesResponseTypeMetadata(status, typeof(Microsoft.AspNetCore.Mvc.ProblemDetails), [IdempotencyProblems.ContentType]));
+            }
+
+            endpoint.FilterFactories.Add(static (_, next) => context =>
+            {
+                MiddlewareGuard.ThrowIfMiddlewareMissing(context.HttpContext);
+                return next(context);
+            });
+        });
+        return builder;
+    }
+}

@@ -1,0 +1,54 @@
+using Microsoft.AspNetCore.Http;
+
+namespace Idem.AspNetCore;
+
+/// <summary>What Idem did with the current request; in <c>HttpContext.Features</c> on protected endpoints.</summary>
+public interface IIdempotencyFeature
+{
+    /// <summary>Whether the request runs under a claim (it had a key and a protected method).</summary>
+    bool IsProtected { get; }
+
+    /// <summary>
+    /// The fencing token of the current claim. A handler that writes outside Idem's store can record it and refuse
+    /// writes from an older owner. <see cref="Guid.Empty"/> when not protected.
+    /// </summary>
+    Guid OwnerToken { get; }
+}
+
+internal sealed class IdempotencyFeature : IIdempotencyFeature
+{
+    public bool IsProtected { get; set; }
+
+    public Guid OwnerToken { get; set; }
+}
+
+internal static class MiddlewareGuard
+{
+    // Incident 1: protection that silently does nothing. An endpoint marked as protected that is reached without
+    // the middleware having seen it is a configuration error, and it must be loud.
+    public static void ThrowIfMiddlewareMissing(HttpContext context)
+    {
+        if (context.Features.Get<IIdempotencyFeature>() is null)
+        {
+            throw new InvalidOperationException(
+                "This endpoint requires idempotency, but the idempotency middleware did not run for it. " +
+                "Call app.UseIdempotency() after app.UseRouting() (and after authentication, so keys are scoped to the user).");
+        }
+    }
+}
+
+/// <summary>
+/// Makes <see cref="HttpContext.RequestAborted"/> fire on Idem's execution timeout instead of the client's disconnect:
+/// a retry after a timeout needs the work of the first attempt to finish and be stored.
+/// </summary>
+internal sealed class DetachedRequestLifetimeFeature(Microsoft.AspNetCore.Http.Features.IHttpRequestLifetimeFeature original, CancellationToken executionToken)
+    : Microsoft.AspNetCore.Http.Features.IHttpRequestLifetimeFeature
+{
+    public CancellationToken RequestAborted
+    {
+        get => executionToken;
+        set { }
+    }
+
+    public void Abort() => original.Abort();
+}

@@ -1,0 +1,329 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Globalization;
+using System.Runtime.CompilerServices;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.AspNetCore.Routing;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Idem.AspNetCore;
+
+/// <summary>
+/// Puts endpoints marked with <c>RequireIdempotency()</c> or <see cref="IdempotentAttribute"/> under the executor:
+/// validates the key, fingerprints the request, then executes once, replays, waits or refuses.
+/// </summary>
+internal sealed class IdempotencyMiddleware
+{
+    private const string ReplayedHeader = "Idempotent-Replayed";
+
+    private readonly RequestDelegate _next;
+    private readonly IdempotencyExecutor _executor;
+    private readonly IdempotencyMetrics _metrics;
+    private readonly IdempotencyOptions _options;
+    private readonly ResponseHeaderAllowList _allowList;
+    private readonly ILogger _logger;
+    private readonly ConditionalWeakTable<IIdempotencyEndpointMetadata, EndpointPolicy> _policies = new();
+
+    public IdempotencyMiddleware(
+        RequestDelegate next,
+        IdempotencyExecutor executor,
+        IdempotencyMetrics metrics,
+        IOptions<IdempotencyOptions> options,
+        ILogger<IdempotencyMiddleware> logger)
+    {
+        _next = next;
+        _executor = executor;
+        _metrics = metrics;
+        _options = options.Value;
+        _allowList = new ResponseHeaderAllowList(_options.ReplayedHeaders);
+        _logger = logger;
+    }
+
+    public Task InvokeAsync(HttpContext context)
+    {
+        var metadata = context.GetEndpoint()?.Metadata.GetMetadata<IIdempotencyEndpointMetadata>();
+        if (metadata is null)
+        {
+            return _next(context);
+        }
+
+        var feature = new IdempotencyFeature();
+        context.Features.Set<IIdempotencyFeature>(feature);
+        var policy = _policies.GetValue(metadata, m => EndpointPolicy.Resolve(m.Options, _options));
+        if (!policy.Methods.Contains(context.Request.Method))
+        {
+            return _next(context);
+        }
+
+        return InvokeProtectedAsync(context, policy, feature);
+    }
+
+    private async Task InvokeProtectedAsync(HttpContext context, EndpointPolicy policy, IdempotencyFeature feature)
+    {
+        var requestId = AcceptCorrelationId(context);
+        using var scope = _logger.BeginScope(new KeyValuePair<string, object?>[] { new("RequestId", requestId) });
+
+        var headerValues = context.Request.Headers[_options.HeaderName];
+        if (headerValues.Count == 0)
+        {
+            if (policy.RequireKey)
+            {
+                await RejectAsync(context, requestId, StatusCodes.Status400BadRequest, "Idempotency key required",
+                    $"This endpoint requires an {_options.HeaderName} header: a unique value (for example a UUID) per operation, reused on retries.").ConfigureAwait(false);
+                return;
+            }
+
+            _metrics.Request(IdempotencyOutcomes.NoKey);
+            Log.NoKey(_logger, requestId, context.GetEndpoint()?.DisplayName);
+            await _next(context).ConfigureAwait(false);
+            return;
+        }
+
+        if (headerValues.Count > 1)
+        {
+            await RejectAsync(context, requestId, StatusCodes.Status400BadRequest, "Invalid idempotency key",
+                $"The {_options.HeaderName} header was sent {headerValues.Count} times; send exactly one.").ConfigureAwait(false);
+            return;
+        }
+
+        if (!IdempotencyKey.TryParse(headerValues[0], out var key, out var keyError))
+        {
+            await RejectAsync(context, requestId, StatusCodes.Status400BadRequest, "Invalid idempotency key",
+                keyError!.Replace("Idempotency-Key", _options.HeaderName, StringComparison.Ordinal)).ConfigureAwait(false);
+            return;
+        }
+
+        string fingerprint;
+        try
+        {
+            var fingerprintOrNull = await FingerprintAsync(context).ConfigureAwait(false);
+            if (fingerprintOrNull is null)
+            {
+                await RejectAsync(context, requestId, StatusCodes.Status413PayloadTooLarge, "Request body too large",
+                    $"A request with an {_options.HeaderName} is limited to {_options.MaxRequestBodyBytes} bytes, since its body is hashed before it runs.").ConfigureAwait(false);
+                return;
+            }
+
+            fingerprint = fingerprintOrNull;
+        }
+        catch (BadHttpRequestException ex)
+        {
+            await RejectAsync(context, requestId, ex.StatusCode, "Unreadable request body", ex.Message).ConfigureAwait(false);
+            return;
+        }
+        catch (Exception ex) when ((ex is OperationCanceledException or IOException) && context.RequestAborted.IsCancellationRequested)
+        {
+            return; // The client went away while sending the body; nothing was claimed and nobody is listening.
+        }
+
+        var route = (context.GetEndpoint() as RouteEndpoint)?.RoutePattern.RawText ?? context.Request.Path.Value;
+        var operation = string.Concat(context.Request.Method, " ", route);
+        var storeKey = IdempotencyScope.ComputeStoreKey(_options.PrincipalResolver(context) ?? string.Empty, operation, key);
+
+        IdempotencyOutcome outcome;
+        try
+        {
+            outcome = await _executor.ExecuteAsync(
+                storeKey,
+                fingerprint,
+                policy.Policy,
+                execution => RunHandlerAsync(context, execution, feature, policy.Policy, requestId),
+                context.RequestAborted).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested && !feature.IsProtected)
+        {
+            return; // The client gave up while waiting for another owner.
+        }
+
+        Log.Outcome(_logger, requestId, outcome.Kind, storeKey);
+        switch (outcome.Kind)
+        {
+            case IdempotencyOutcomeKind.Executed:
+                return;
+            case IdempotencyOutcomeKind.ExecutedUnprotected:
+                Log.ServedUnprotected(_logger, requestId);
+                return;
+            case IdempotencyOutcomeKind.Replayed:
+                await ReplayAsync(context, outcome.Response!).ConfigureAwait(false);
+                return;
+            case IdempotencyOutcomeKind.Conflict:
+                await IdempotencyProblems.WriteAsync(context, StatusCodes.Status409Conflict, "Request in progress",
+                    $"A request with this {_options.HeaderName} is still being processed. Retry after the indicated delay to get its response.",
+                    outcome.RetryAfter).ConfigureAwait(false);
+                return;
+            case IdempotencyOutcomeKind.FingerprintMismatch:
+                await IdempotencyProblems.WriteAsync(context, StatusCodes.Status422UnprocessableEntity, "Idempotency key reused",
+                    $"This {_options.HeaderName} was already used with a different request (method, path, query, content type or body). Use a new key for a new operation.").ConfigureAwait(false);
+                return;
+            case IdempotencyOutcomeKind.StoreUnavailable:
+                await IdempotencyProblems.WriteAsync(context, StatusCodes.Status503ServiceUnavailable, "Idempotency store unavailable",
+                    "The request was not processed because its idempotency could not be guaranteed. Retry with the same key.",
+                    outcome.RetryAfter).ConfigureAwait(false);
+                return;
+            default:
+                throw new UnreachableException($"Unknown outcome {outcome.Kind}.");
+        }
+    }
+
+    private async ValueTask<StoredResponse> RunHandlerAsync(HttpContext context, IdempotentExecution execution, IdempotencyFeature feature, IdempotencyPolicy policy, string requestId)
+    {
+        feature.IsProtected = true;
+        feature.OwnerToken = execution.OwnerToken;
+
+        var originalBody = context.Features.GetRequiredFeature<IHttpResponseBodyFeature>();
+        var originalLifetime = context.Features.GetRequiredFeature<IHttpRequestLifetimeFeature>();
+        var capture = new ResponseCaptureStream(originalBody.Stream, policy.MaxStoredBodyBytes);
+        var captureBody = new StreamResponseBodyFeature(capture, originalBody);
+        context.Features.Set<IHttpResponseBodyFeature>(captureBody);
+        context.Features.Set<IHttpRequestLifetimeFeature>(new DetachedRequestLifetimeFeature(originalLifetime, execution.CancellationToken));
+        using var clientGone = originalLifetime.RequestAborted.Register(static state =>
+        {
+            var (logger, id) = ((ILogger, string))state!;
+            Log.ClientGone(logger, id);
+        }, (_logger, requestId));
+        try
+        {
+            await _next(context).ConfigureAwait(false);
+            await captureBody.CompleteAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            context.Features.Set(originalBody);
+            context.Features.Set(originalLifetime);
+        }
+
+        var response = context.Response;
+        var headers = _allowList.Capture(response.Headers);
+        return capture.Overflowed
+            ? new StoredResponse(response.StatusCode, headers, ReadOnlyMemory<byte>.Empty) { BodyOmitted = true }
+            : new StoredResponse(response.StatusCode, headers, capture.Captured);
+    }
+
+    private async Task ReplayAsync(HttpContext context, StoredResponse stored)
+    {
+        if (stored.BodyOmitted)
+        {
+            await IdempotencyProblems.WriteAsync(context, StatusCodes.Status409Conflict, "Response not retained",
+                $"The request with this {_options.HeaderName} was processed with status {stored.StatusCode}, but its response was too large to retain. It will not be processed again.").ConfigureAwait(false);
+            return;
+        }
+
+        var response = context.Response;
+        response.StatusCode = stored.StatusCode;
+        foreach (var header in stored.Headers)
+        {
+            response.Headers.Append(header.Key, header.Value);
+        }
+
+        response.Headers[ReplayedHeader] = "true";
+        response.ContentLength = stored.Body.Length;
+        if (!stored.Body.IsEmpty && !HttpMethods.IsHead(context.Request.Method))
+        {
+            await response.Body.WriteAsync(stored.Body, CancellationToken.None).ConfigureAwait(false);
+        }
+    }
+
+    private async Task<string?> FingerprintAsync(HttpContext context)
+    {
+        var request = context.Request;
+        var max = _options.MaxRequestBodyBytes;
+        if (request.ContentLength > max)
+        {
+            return null;
+        }
+
+        using var fingerprint = new RequestFingerprint();
+        fingerprint.AppendPart("method", request.Method);
+        fingerprint.AppendPart("path", string.Concat(request.PathBase.Value, request.Path.Value));
+        fingerprint.AppendPart("query", request.QueryString.Value);
+        fingerprint.AppendPart("content-type", request.ContentType);
+        foreach (var header in _options.FingerprintHeaders)
+        {
+            fingerprint.AppendPart(header, request.Headers.TryGetValue(header, out var value) ? value.ToString() : null);
+        }
+
+        if (request.ContentLength == 0 || (request.ContentLength is null && !request.Headers.ContainsKey("Transfer-Encoding")))
+        {
+            return fingerprint.Complete();
+        }
+
+        // Memory first, then a temp file: the handler reads the same bytes again after the claim.
+        request.EnableBuffering(_options.RequestBufferThreshold);
+        var body = request.Body;
+        var buffer = ArrayPool<byte>.Shared.Rent(16 * 1024);
+        try
+        {
+            int read;
+            while ((read = await body.ReadAsync(buffer, context.RequestAborted).ConfigureAwait(false)) > 0)
+            {
+                if (fingerprint.BodyLength + read > max)
+                {
+                    return null;
+                }
+
+                fingerprint.AppendBody(buffer.AsSpan(0, read));
+            }
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(buffer);
+        }
+
+        body.Position = 0;
+        return fingerprint.Complete();
+    }
+
+    private string AcceptCorrelationId(HttpContext context)
+    {
+        var header = _options.CorrelationIdHeader;
+        var incoming = context.Request.Headers[header];
+        var requestId = incoming.Count == 1 && IsValidCorrelationId(incoming[0]) ? incoming[0]! : (Activity.Current?.TraceId.ToHexString() ?? context.TraceIdentifier);
+        context.Features.Set(new CorrelationFeature(requestId));
+        context.Response.Headers[header] = requestId;
+        return requestId;
+    }
+
+    private static bool IsValidCorrelationId(string? value) =>
+        !string.IsNullOrEmpty(value) && value.Length <= 128 && !value.AsSpan().ContainsAnyExceptInRange('\x21', '\x7E');
+
+    private Task RejectAsync(HttpContext context, string requestId, int status, string title, string detail)
+    {
+        _metrics.Request(IdempotencyOutcomes.Rejected);
+        Log.RequestRejected(_logger, requestId, detail);
+        return IdempotencyProblems.WriteAsync(context, status, title, detail);
+    }
+
+    private sealed class EndpointPolicy
+    {
+        public required IdempotencyPolicy Policy { get; init; }
+
+        public required HashSet<string> Methods { get; init; }
+
+        public required bool RequireKey { get; init; }
+
+        public static EndpointPolicy Resolve(IdempotencyEndpointOptions endpoint, IdempotencyOptions app)
+        {
+            var defaults = app.DefaultPolicy;
+            var policy = defaults with
+            {
+                ConflictBehavior = endpoint.ConflictBehavior ?? defaults.ConflictBehavior,
+                Retention = endpoint.Retention ?? defaults.Retention,
+                Lease = endpoint.Lease ?? defaults.Lease,
+                WaitTimeout = endpoint.WaitTimeout ?? defaults.WaitTimeout,
+                ExecutionTimeout = endpoint.ExecutionTimeout ?? defaults.ExecutionTimeout,
+                ShouldStore = endpoint.ShouldStore ?? defaults.ShouldStore,
+                MaxStoredBodyBytes = endpoint.MaxStoredBodyBytes ?? defaults.MaxStoredBodyBytes,
+                StoreFailureMode = endpoint.StoreFailureMode ?? defaults.StoreFailureMode,
+            };
+            policy.Validate();
+            return new EndpointPolicy
+            {
+                Policy = policy,
+                Methods = new HashSet<string>(endpoint.Methods ?? (IEnumerable<string>)app.Methods, StringComparer.OrdinalIgnoreCase),
+                RequireKey = endpoint.RequireKey ?? app.RequireKey,
+            };
+        }
+    }
+}

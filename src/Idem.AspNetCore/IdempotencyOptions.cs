@@ -1,0 +1,123 @@
+using System.Security.Claims;
+using Microsoft.AspNetCore.Http;
+
+namespace Idem.AspNetCore;
+
+/// <summary>App-wide settings of the idempotency middleware. Endpoint settings (<see cref="IdempotencyEndpointOptions"/>) override the policy parts.</summary>
+public sealed class IdempotencyOptions
+{
+    /// <summary>The request header that carries the key.</summary>
+    /// <value><c>Idempotency-Key</c>.</value>
+    public string HeaderName { get; set; } = "Idempotency-Key";
+
+    /// <summary>The policy of endpoints that do not override it: retention, lease, waiting, timeouts, stored statuses and sizes, failure mode.</summary>
+    public IdempotencyPolicy DefaultPolicy { get; set; } = IdempotencyPolicy.Default;
+
+    /// <summary>The methods protected by default. PUT and DELETE are idempotent by definition and opt-in per endpoint.</summary>
+    /// <value>POST and PATCH.</value>
+    public ISet<string> Methods { get; } = new HashSet<string>(StringComparer.OrdinalIgnoreCase) { HttpMethods.Post, HttpMethods.Patch };
+
+    /// <summary>Whether a request without a key is refused (400) instead of passing through unprotected.</summary>
+    /// <value><see langword="false"/>, so that adding Idem breaks no existing client.</value>
+    public bool RequireKey { get; set; }
+
+    /// <summary>
+    /// Who sent the request: keys of different principals never share a record. Returned values are hashed, never stored.
+    /// </summary>
+    /// <value>The authenticated user's <see cref="ClaimTypes.NameIdentifier"/>, <c>sub</c> claim or name; empty for anonymous callers.</value>
+    public Func<HttpContext, string> PrincipalResolver { get; set; } = DefaultPrincipal;
+
+    /// <summary>Request headers that take part in the fingerprint besides method, path, query, content type and body.</summary>
+    public IList<string> FingerprintHeaders { get; } = [];
+
+    /// <summary>The largest request body accepted on a protected request (it is hashed before the claim); larger ones get 413.</summary>
+    /// <value>10 MiB.</value>
+    public long MaxRequestBodyBytes { get; set; } = 10 * 1024 * 1024;
+
+    /// <summary>Request bodies up to this size are buffered in memory, larger ones in a temporary file.</summary>
+    /// <value>64 KiB.</value>
+    public int RequestBufferThreshold { get; set; } = 64 * 1024;
+
+    /// <summary>Response headers stored and replayed besides the built-in allow-list
+    /// (Content-Type, Content-Encoding, Content-Language, Location, ETag, Last-Modified, Cache-Control, Vary).
+    /// Set-Cookie and hop-by-hop headers are refused.</summary>
+    public IList<string> ReplayedHeaders { get; } = [];
+
+    /// <summary>The correlation header: accepted from the client when valid, generated otherwise, echoed on every protected response.</summary>
+    /// <value><c>X-Request-Id</c>.</value>
+    public string CorrelationIdHeader { get; set; } = "X-Request-Id";
+
+    /// <summary>How often expired records are purged in the background; <see cref="TimeSpan.Zero"/> turns the purge off.</summary>
+    /// <value>1 minute.</value>
+    public TimeSpan PurgeInterval { get; set; } = TimeSpan.FromMinutes(1);
+
+    internal static string DefaultPrincipal(HttpContext context)
+    {
+        var user = context.User;
+        if (user.Identity?.IsAuthenticated != true)
+        {
+            return string.Empty;
+        }
+
+        return user.FindFirst(ClaimTypes.NameIdentifier)?.Value
+            ?? user.FindFirst("sub")?.Value
+            ?? user.Identity.Name
+            ?? string.Empty;
+    }
+
+    internal void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(HeaderName))
+        {
+            throw new InvalidOperationException("IdempotencyOptions.HeaderName must not be empty.");
+        }
+
+        ArgumentNullException.ThrowIfNull(DefaultPolicy);
+        DefaultPolicy.Validate();
+        ArgumentNullException.ThrowIfNull(PrincipalResolver);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxRequestBodyBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(RequestBufferThreshold);
+        ArgumentOutOfRangeException.ThrowIfLessThan(PurgeInterval, TimeSpan.Zero);
+        foreach (var header in ReplayedHeaders)
+        {
+            if (ResponseHeaderAllowList.IsForbidden(header))
+            {
+                throw new InvalidOperationException($"The response header '{header}' may never be stored or replayed (cookies and hop-by-hop headers belong to one response).");
+            }
+        }
+    }
+}
+
+/// <summary>Per-endpoint settings; anything left <see langword="null"/> comes from <see cref="IdempotencyOptions"/>.</summary>
+public sealed class IdempotencyEndpointOptions
+{
+    /// <summary>Whether a request without a key is refused with 400.</summary>
+    public bool? RequireKey { get; set; }
+
+    /// <summary>The protected methods, for example to opt PUT or DELETE in.</summary>
+    public IReadOnlyCollection<string>? Methods { get; set; }
+
+    /// <summary>Wait for an in-flight owner, or reject at once with 409.</summary>
+    public ConflictBehavior? ConflictBehavior { get; set; }
+
+    /// <summary>How long responses are kept.</summary>
+    public TimeSpan? Retention { get; set; }
+
+    /// <summary>How long a claim holds without renewal.</summary>
+    public TimeSpan? Lease { get; set; }
+
+    /// <summary>How long a waiting request waits.</summary>
+    public TimeSpan? WaitTimeout { get; set; }
+
+    /// <summary>How long the handler may run.</summary>
+    public TimeSpan? ExecutionTimeout { get; set; }
+
+    /// <summary>Which response statuses are stored; others release the key.</summary>
+    public Func<int, bool>? ShouldStore { get; set; }
+
+    /// <summary>The largest response body stored.</summary>
+    public int? MaxStoredBodyBytes { get; set; }
+
+    /// <summary>Fail closed (503) or open (unprotected, counted) when the store cannot answer.</summary>
+    public StoreFailureMode? StoreFailureMode { get; set; }
+}
