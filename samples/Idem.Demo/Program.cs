@@ -1,0 +1,41 @@
+// A small order API protected by Idem on its embedded default store (SQLite, idem.db): double-clicks,
+// retries after timeouts and parallel tabs each create one order. See the README for a curl walk-through.
+using System.Collections.Concurrent;
+using Idem.AspNetCore;
+
+var builder = WebApplication.CreateBuilder(args);
+builder.Services.AddIdempotency(); // SQLite in ./idem.db unless another store is chosen
+builder.Services.AddOpenApi();
+builder.Services.AddHealthChecks().AddIdempotencyStore();
+
+var app = builder.Build();
+app.UseRouting();
+app.UseIdempotency();
+app.MapOpenApi();
+app.MapHealthChecks("/healthz");
+
+var orders = new ConcurrentDictionary<Guid, Order>();
+var executions = 0;
+
+app.MapPost("/orders", async (NewOrder input, HttpContext context) =>
+{
+    if (input.Amount <= 0)
+    {
+        return Results.ValidationProblem(new Dictionary<string, string[]> { ["amount"] = ["Must be positive."] });
+    }
+
+    Interlocked.Increment(ref executions);
+    await Task.Delay(TimeSpan.FromMilliseconds(input.DelayMs ?? 0), context.RequestAborted); // simulate slow work
+    var order = new Order(Guid.NewGuid(), input.Item, input.Amount, DateTimeOffset.UtcNow);
+    orders[order.Id] = order;
+    return Results.Created($"/orders/{order.Id}", order);
+}).RequireIdempotency();
+
+app.MapGet("/orders/{id:guid}", (Guid id) => orders.TryGetValue(id, out var order) ? Results.Ok(order) : Results.NotFound());
+app.MapGet("/stats", () => new { executions = Volatile.Read(ref executions), orders = orders.Count });
+
+app.Run();
+
+internal sealed record NewOrder(string Item, decimal Amount, int? DelayMs);
+
+internal sealed record Order(Guid Id, string Item, decimal Amount, DateTimeOffset CreatedAt);
