@@ -66,29 +66,31 @@ internal sealed class IdempotencyMiddleware
         using var scope = _logger.BeginScope(new KeyValuePair<string, object?>[] { new("RequestId", requestId) });
 
         var headerValues = context.Request.Headers[_options.HeaderName];
+        string? key = null;
         if (headerValues.Count == 0)
         {
-            if (policy.RequireKey)
+            if (policy.ImplicitPolicy is null)
             {
-                await RejectAsync(context, requestId, StatusCodes.Status400BadRequest, "Idempotency key required",
-                    $"This endpoint requires an {_options.HeaderName} header: a unique value (for example a UUID) per operation, reused on retries.").ConfigureAwait(false);
+                if (policy.RequireKey)
+                {
+                    await RejectAsync(context, requestId, StatusCodes.Status400BadRequest, "Idempotency key required",
+                        $"This endpoint requires an {_options.HeaderName} header: a unique value (for example a UUID) per operation, reused on retries.").ConfigureAwait(false);
+                    return;
+                }
+
+                _metrics.Request(IdempotencyOutcomes.NoKey);
+                Log.NoKey(_logger, requestId, context.GetEndpoint()?.DisplayName);
+                await _next(context).ConfigureAwait(false);
                 return;
             }
-
-            _metrics.Request(IdempotencyOutcomes.NoKey);
-            Log.NoKey(_logger, requestId, context.GetEndpoint()?.DisplayName);
-            await _next(context).ConfigureAwait(false);
-            return;
         }
-
-        if (headerValues.Count > 1)
+        else if (headerValues.Count > 1)
         {
             await RejectAsync(context, requestId, StatusCodes.Status400BadRequest, "Invalid idempotency key",
                 $"The {_options.HeaderName} header was sent {headerValues.Count} times; send exactly one.").ConfigureAwait(false);
             return;
         }
-
-        if (!IdempotencyKey.TryParse(headerValues[0], out var key, out var keyError))
+        else if (!IdempotencyKey.TryParse(headerValues[0], out key, out var keyError))
         {
             await RejectAsync(context, requestId, StatusCodes.Status400BadRequest, "Invalid idempotency key",
                 keyError!.Replace("Idempotency-Key", _options.HeaderName, StringComparison.Ordinal)).ConfigureAwait(false);
@@ -102,7 +104,7 @@ internal sealed class IdempotencyMiddleware
             if (fingerprintOrNull is null)
             {
                 await RejectAsync(context, requestId, StatusCodes.Status413PayloadTooLarge, "Request body too large",
-                    $"A request with an {_options.HeaderName} is limited to {_options.MaxRequestBodyBytes} bytes, since its body is hashed before it runs.").ConfigureAwait(false);
+                    $"A protected request is limited to {_options.MaxRequestBodyBytes} bytes, since its body is hashed before it runs.").ConfigureAwait(false);
                 return;
             }
 
@@ -118,6 +120,15 @@ internal sealed class IdempotencyMiddleware
             return; // The client went away while sending the body; nothing was claimed and nobody is listening.
         }
 
+        var executionPolicy = policy.Policy;
+        if (key is null)
+        {
+            // No key, but the endpoint opted in to implicit keys: the request itself is the key for a short window,
+            // so a double-click or a second tab from a client that never sends keys still executes once.
+            key = "implicit:" + fingerprint;
+            executionPolicy = policy.ImplicitPolicy!;
+        }
+
         var route = (context.GetEndpoint() as RouteEndpoint)?.RoutePattern.RawText ?? context.Request.Path.Value;
         var operation = string.Concat(context.Request.Method, " ", route);
         var storeKey = IdempotencyScope.ComputeStoreKey(_options.PrincipalResolver(context) ?? string.Empty, operation, key);
@@ -128,8 +139,8 @@ internal sealed class IdempotencyMiddleware
             outcome = await _executor.ExecuteAsync(
                 storeKey,
                 fingerprint,
-                policy.Policy,
-                execution => RunHandlerAsync(context, execution, feature, policy.Policy, requestId),
+                executionPolicy,
+                execution => RunHandlerAsync(context, execution, feature, executionPolicy, requestId),
                 context.RequestAborted).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested && !feature.IsProtected)
@@ -235,14 +246,7 @@ internal sealed class IdempotencyMiddleware
         }
 
         using var fingerprint = new RequestFingerprint();
-        fingerprint.AppendPart("method", request.Method);
-        fingerprint.AppendPart("path", string.Concat(request.PathBase.Value, request.Path.Value));
-        fingerprint.AppendPart("query", request.QueryString.Value);
-        fingerprint.AppendPart("content-type", request.ContentType);
-        foreach (var header in _options.FingerprintHeaders)
-        {
-            fingerprint.AppendPart(header, request.Headers.TryGetValue(header, out var value) ? value.ToString() : null);
-        }
+        AppendRequestParts(fingerprint, request);
 
         if (request.ContentLength == 0 || (request.ContentLength is null && !request.Headers.ContainsKey("Transfer-Encoding")))
         {
@@ -272,8 +276,39 @@ internal sealed class IdempotencyMiddleware
         }
 
         body.Position = 0;
+        if (_options.CanonicalJsonFingerprint && IsJson(request.ContentType) && fingerprint.BodyLength > 0)
+        {
+            var canonical = await CanonicalJson.TryHashAsync(body, context.RequestAborted).ConfigureAwait(false);
+            body.Position = 0;
+            if (canonical is not null)
+            {
+                fingerprint.Complete(); // discard the raw-bytes hash
+                using var semantic = new RequestFingerprint();
+                AppendRequestParts(semantic, request);
+                semantic.AppendPart("canonical-json", canonical);
+                return semantic.Complete();
+            }
+        }
+
         return fingerprint.Complete();
     }
+
+    private void AppendRequestParts(RequestFingerprint fingerprint, HttpRequest request)
+    {
+        fingerprint.AppendPart("method", request.Method);
+        fingerprint.AppendPart("path", string.Concat(request.PathBase.Value, request.Path.Value));
+        fingerprint.AppendPart("query", request.QueryString.Value);
+        fingerprint.AppendPart("content-type", request.ContentType);
+        foreach (var header in _options.FingerprintHeaders)
+        {
+            fingerprint.AppendPart(header, request.Headers.TryGetValue(header, out var value) ? value.ToString() : null);
+        }
+    }
+
+    private static bool IsJson(string? contentType) =>
+        contentType is not null
+        && (contentType.StartsWith("application/json", StringComparison.OrdinalIgnoreCase)
+            || contentType.Split(';')[0].EndsWith("+json", StringComparison.OrdinalIgnoreCase));
 
     private string AcceptCorrelationId(HttpContext context)
     {
@@ -303,6 +338,8 @@ internal sealed class IdempotencyMiddleware
 
         public required bool RequireKey { get; init; }
 
+        public IdempotencyPolicy? ImplicitPolicy { get; init; }
+
         public static EndpointPolicy Resolve(IdempotencyEndpointOptions endpoint, IdempotencyOptions app)
         {
             var defaults = app.DefaultPolicy;
@@ -323,6 +360,7 @@ internal sealed class IdempotencyMiddleware
                 Policy = policy,
                 Methods = new HashSet<string>(endpoint.Methods ?? (IEnumerable<string>)app.Methods, StringComparer.OrdinalIgnoreCase),
                 RequireKey = endpoint.RequireKey ?? app.RequireKey,
+                ImplicitPolicy = endpoint.ImplicitKeyWindow is { } window ? policy with { Retention = window } : null,
             };
         }
     }

@@ -30,6 +30,13 @@ public sealed class IdempotencyOptions
     /// <summary>Request headers that take part in the fingerprint besides method, path, query, content type and body.</summary>
     public IList<string> FingerprintHeaders { get; } = [];
 
+    /// <summary>
+    /// Whether JSON bodies are fingerprinted by their meaning (properties sorted, whitespace dropped) instead of their bytes,
+    /// so a client that re-serializes the same object differently on a retry is not refused with 422.
+    /// </summary>
+    /// <value><see langword="false"/>: bytes are compared exactly.</value>
+    public bool CanonicalJsonFingerprint { get; set; }
+
     /// <summary>The largest request body accepted on a protected request (it is hashed before the claim); larger ones get 413.</summary>
     /// <value>10 MiB.</value>
     public long MaxRequestBodyBytes { get; set; } = 10 * 1024 * 1024;
@@ -120,4 +127,11 @@ public sealed class IdempotencyEndpointOptions
 
     /// <summary>Fail closed (503) or open (unprotected, counted) when the store cannot answer.</summary>
     public StoreFailureMode? StoreFailureMode { get; set; }
+
+    /// <summary>
+    /// Opt-in protection for clients that send no key: the key is derived from the principal, method, route and
+    /// request fingerprint and kept for this window only, so a double-click or two tabs still execute once while a
+    /// deliberate repeat after the window executes again. <see langword="null"/> (the default) lets keyless requests pass.
+    /// </summary>
+    public TimeSpan? ImplicitKeyWindow { get; set; }
 }

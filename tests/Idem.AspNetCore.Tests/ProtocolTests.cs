@@ -459,6 +459,46 @@ public sealed class ProtocolTests
         Assert.Equal(0, counter.Value);
     }
 
+    [Fact]
+    public async Task Implicit_keys_deduplicate_keyless_repeats_within_the_window_only()
+    {
+        var counter = new Counter();
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider(DateTimeOffset.UtcNow);
+        await using var app = await TestApp.StartAsync(
+            app => app.MapPost("/chat", () => TypedResults.Ok(new { n = counter.Increment() })).RequireIdempotency(o => o.ImplicitKeyWindow = TimeSpan.FromSeconds(10)),
+            services: s => s.AddSingleton<TimeProvider>(time));
+
+        using var a = await app.Client.SendAsync(Post("/chat", null, "{\"with\":\"bob\"}", user: "alice"));
+        using var b = await app.Client.SendAsync(Post("/chat", null, "{\"with\":\"bob\"}", user: "alice"));
+        using var other = await app.Client.SendAsync(Post("/chat", null, "{\"with\":\"carol\"}", user: "alice"));
+        using var otherUser = await app.Client.SendAsync(Post("/chat", null, "{\"with\":\"bob\"}", user: "dave"));
+        Assert.Equal(3, counter.Value);
+        Assert.True(b.Headers.Contains("Idempotent-Replayed"));
+        Assert.Equal(await a.Content.ReadAsStringAsync(), await b.Content.ReadAsStringAsync());
+
+        time.Advance(TimeSpan.FromSeconds(11));
+        using var later = await app.Client.SendAsync(Post("/chat", null, "{\"with\":\"bob\"}", user: "alice"));
+        Assert.False(later.Headers.Contains("Idempotent-Replayed"));
+        Assert.Equal(4, counter.Value);
+    }
+
+    [Fact]
+    public async Task Canonical_json_fingerprint_accepts_a_reserialized_retry_but_not_a_changed_value()
+    {
+        var counter = new Counter();
+        await using var app = await TestApp.StartAsync(
+            app => app.MapPost("/orders", () => TypedResults.Ok(counter.Increment())).RequireIdempotency(),
+            configure: o => o.CanonicalJsonFingerprint = true);
+
+        using var first = await app.Client.SendAsync(Post("/orders", "k", "{\"a\":1,\"b\":{\"c\":[1,2],\"d\":null}}"));
+        using var reordered = await app.Client.SendAsync(Post("/orders", "k", "{ \"b\": { \"d\": null, \"c\": [1, 2] },\n \"a\": 1 }"));
+        using var changed = await app.Client.SendAsync(Post("/orders", "k", "{\"a\":1,\"b\":{\"c\":[2,1],\"d\":null}}"));
+
+        Assert.True(reordered.Headers.Contains("Idempotent-Replayed"));
+        await AssertProblemAsync(changed, 422, "different request");
+        Assert.Equal(1, counter.Value);
+    }
+
     internal static async Task AssertProblemAsync(HttpResponseMessage response, int status, string detailContains)
     {
         Assert.Equal(status, (int)response.StatusCode);
