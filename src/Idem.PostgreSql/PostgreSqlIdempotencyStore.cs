@@ -27,6 +27,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
     private Task? _schemaReady;
     private volatile int _listenerProcessId;
     private int _disposed;
+    private long _staleSnapshotRetries;
 
     /// <summary>Creates a store and starts its notification listener.</summary>
     /// <param name="options">The options; validated here.</param>
@@ -132,6 +133,9 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
     /// <summary>The backend process id of the listener's connection, or 0 while it is not listening; for diagnostics and tests.</summary>
     internal int ListenerProcessId => _listenerProcessId;
 
+    /// <summary>How many claim statements ran again because their snapshot predated a concurrent claim; for tests.</summary>
+    internal long StaleSnapshotRetries => Interlocked.Read(ref _staleSnapshotRetries);
+
     /// <summary>Creates or upgrades the schema (see <see cref="PostgreSqlIdempotencyMigrator"/>). Idempotent; safe on many nodes at once.</summary>
     /// <param name="cancellationToken">Cancels the migration.</param>
     /// <returns>How many migrations were applied.</returns>
@@ -162,16 +166,13 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
                 var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
                 await using (reader.ConfigureAwait(false))
                 {
-                    if (!await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                    if (!await reader.ReadAsync(cancellationToken).ConfigureAwait(false) || reader.GetInt32(0) == 0)
                     {
+                        Interlocked.Increment(ref _staleSnapshotRetries);
                         continue;
                     }
 
                     var outcome = reader.GetInt32(0);
-                    if (outcome == 0)
-                    {
-                        continue;
-                    }
 
                     var record = await ReadRecordAsync(reader, request.Key, cancellationToken).ConfigureAwait(false);
                     if (outcome == 1)
