@@ -7,9 +7,9 @@ namespace Idem.PostgreSql;
 /// <summary>
 /// An <see cref="IIdempotencyStore"/> on PostgreSQL: the durable authority for many nodes. Claim, complete, renew and
 /// release are one statement (one round trip) each; leases and retention are judged by the server's clock
-/// (<c>clock_timestamp()</c>), never by the nodes'. Completions and releases are announced with <c>NOTIFY</c> and heard
-/// by one shared <c>LISTEN</c> connection per store instance, which reconnects by itself; while it is down, waiters
-/// simply time out and the executor polls.
+/// (<c>clock_timestamp()</c>), never by the nodes'. Completions and releases of keys someone waits for are announced
+/// with <c>NOTIFY</c> and heard by one shared <c>LISTEN</c> connection per store instance, which reconnects by itself;
+/// while it is down, waiters simply time out and the executor polls.
 /// </summary>
 public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDisposable
 {
@@ -68,7 +68,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
                 WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.claimable)
                 ON CONFLICT (key) DO UPDATE SET
                     state = 'in_flight', fingerprint = EXCLUDED.fingerprint, owner_token = EXCLUDED.owner_token,
-                    took_over = r.expires_at > clock_timestamp(),
+                    took_over = r.expires_at > clock_timestamp(), has_waiters = false,
                     lease_expires_at = clock_timestamp() + $4, expires_at = clock_timestamp() + $5,
                     status_code = NULL, headers = NULL, body = NULL, body_omitted = false
                 WHERE r.expires_at <= clock_timestamp()
@@ -86,18 +86,18 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
                 UPDATE {table} SET state = 'completed', expires_at = clock_timestamp() + $3,
                     status_code = $4, headers = $5, body = $6, body_omitted = $7
                 WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()
-                RETURNING key
+                RETURNING key, has_waiters
             )
-            SELECT pg_notify($8, key) FROM done
+            SELECT CASE WHEN has_waiters THEN pg_notify($8, key)::text END FROM done
             """;
 
         // $1 key, $2 owner, $3 channel.
         _releaseSql = $"""
             WITH gone AS (
                 DELETE FROM {table} WHERE key = $1 AND owner_token = $2 AND state = 'in_flight'
-                RETURNING key
+                RETURNING key, has_waiters
             )
-            SELECT pg_notify($3, key) FROM gone
+            SELECT CASE WHEN has_waiters THEN pg_notify($3, key)::text END FROM gone
             """;
 
         // $1 key, $2 owner, $3 lease.
@@ -108,11 +108,21 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
 
         _getSql = $"SELECT 2, {Columns} FROM {table} WHERE key = $1 AND expires_at > clock_timestamp()";
 
-        // $1 key, $2 observed owner: a row means nothing changed yet.
+        // $1 key, $2 observed owner: a row means nothing changed yet and the owner will NOTIFY when it does, because
+        // has_waiters is set (by an earlier waiter, or by this statement's UPDATE on the row's latest version). A
+        // completion that commits after this statement's snapshot saw has_waiters as set, so it notifies. When the
+        // UPDATE finds the row already changed, no row comes back and the caller re-checks at once.
         _isUnchangedSql = $"""
-            SELECT 1 FROM {table}
-            WHERE key = $1 AND owner_token = $2 AND state = 'in_flight'
-              AND lease_expires_at > clock_timestamp() AND expires_at > clock_timestamp()
+            WITH cur AS (
+                SELECT has_waiters FROM {table}
+                WHERE key = $1 AND owner_token = $2 AND state = 'in_flight'
+                  AND lease_expires_at > clock_timestamp() AND expires_at > clock_timestamp()
+            ), mark AS (
+                UPDATE {table} SET has_waiters = true
+                WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND EXISTS (SELECT 1 FROM cur WHERE NOT cur.has_waiters)
+                RETURNING 1
+            )
+            SELECT 1 FROM cur WHERE cur.has_waiters OR EXISTS (SELECT 1 FROM mark)
             """;
 
         // $1 batch size. SKIP LOCKED: rows being claimed or completed right now are left for the next batch.

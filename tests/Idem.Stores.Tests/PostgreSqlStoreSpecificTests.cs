@@ -223,6 +223,39 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
     }
 
     [Fact]
+    public async Task Keys_nobody_waits_for_complete_and_release_without_notify()
+    {
+        var store = await NewStoreAsync();
+        var channel = _schema + "_changed";
+        var heard = new ConcurrentQueue<string>();
+        await using var listener = new NpgsqlConnection(server.ConnectionString);
+        await listener.OpenAsync();
+        listener.Notification += (_, e) => heard.Enqueue(e.Payload);
+        await using (var listen = new NpgsqlCommand($"LISTEN \"{channel}\"", listener))
+        {
+            await listen.ExecuteNonQueryAsync();
+        }
+
+        var completed = Guid.NewGuid().ToString("N");
+        var released = Guid.NewGuid().ToString("N");
+        var owner = Guid.NewGuid();
+        await store.TryClaimAsync(new ClaimRequest(completed, "fp", owner, TimeSpan.FromSeconds(30), Day), CancellationToken.None);
+        await store.TryClaimAsync(new ClaimRequest(released, "fp", owner, TimeSpan.FromSeconds(30), Day), CancellationToken.None);
+        Assert.True(await store.CompleteAsync(completed, owner, new StoredResponse(200, null, new byte[] { 1 }), Day, CancellationToken.None));
+        Assert.True(await store.ReleaseAsync(released, owner, CancellationToken.None));
+
+        // Notifications arrive in commit order: the sentinel sent last proves nothing came before it.
+        await server.ExecuteAsync($"SELECT pg_notify('{channel}', 'sentinel')");
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(10));
+        while (heard.IsEmpty)
+        {
+            await listener.WaitAsync(timeout.Token);
+        }
+
+        Assert.Equal(["sentinel"], heard.ToArray());
+    }
+
+    [Fact]
     public async Task Listener_reconnects_after_its_connection_is_killed()
     {
         var waiterNode = await NewStoreAsync(options => options.ListenerReconnectMaxDelay = TimeSpan.FromMilliseconds(500));

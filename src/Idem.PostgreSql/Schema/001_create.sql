@@ -21,6 +21,9 @@ CREATE TABLE IF NOT EXISTS :"schema".:"table" (
     took_over        boolean     NOT NULL DEFAULT false,
     -- End of the owner's lease (meaningful while in flight); renewed by the owner's heartbeat.
     lease_expires_at timestamptz NOT NULL,
+    -- Set by the first request that waits for this owner (on any node); only then do completion and release
+    -- NOTIFY, so keys nobody waits for never touch the notification queue.
+    has_waiters      boolean     NOT NULL DEFAULT false,
     -- End of retention; the row may be purged after it.
     expires_at       timestamptz NOT NULL,
     -- The stored response, once completed: status, headers as [name, value, name, value, ...] in the order
