@@ -313,8 +313,9 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         await using (connection.ConfigureAwait(false))
         {
             using var command = new NpgsqlCommand(_purgeSql, connection);
-            var batch = new NpgsqlParameter<int>();
+            var batch = new NpgsqlParameter<int> { TypedValue = _options.PurgeBatchSize };
             command.Parameters.Add(batch);
+            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
             var purged = 0;
             while (purged < maxRecords && !cancellationToken.IsCancellationRequested)
             {
@@ -477,7 +478,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
                         if (!await connection.WaitAsync(_options.ListenerHealthCheckInterval, stopping).ConfigureAwait(false))
                         {
                             // Quiet for a while: one round trip proves the connection is still there.
-                            using var ping = new NpgsqlCommand(string.Empty, connection);
+                            using var ping = new NpgsqlCommand("SELECT 1", connection);
                             await ping.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
                         }
                     }

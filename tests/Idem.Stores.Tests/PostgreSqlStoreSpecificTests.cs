@@ -280,6 +280,15 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
     }
 
     [Fact]
+    public async Task Idle_listener_health_checks_keep_the_same_connection()
+    {
+        var store = await NewStoreAsync(options => options.ListenerHealthCheckInterval = TimeSpan.FromMilliseconds(30));
+        var pid = await WaitUntilListeningAsync(store);
+        await Task.Delay(400);
+        Assert.Equal(pid, store.ListenerProcessId);
+    }
+
+    [Fact]
     public async Task Wait_times_out_quietly_when_nothing_changes()
     {
         var store = await NewStoreAsync();
