@@ -11,7 +11,7 @@ namespace Idem.PostgreSql;
 /// with <c>NOTIFY</c> and heard by one shared <c>LISTEN</c> connection per store instance, which reconnects by itself;
 /// while it is down, waiters simply time out and the executor polls.
 /// </summary>
-public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDisposable
+public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
 {
     private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted";
     private const int MaxClaimAttempts = 16;
@@ -370,6 +370,24 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         }
     }
 
+    /// <summary>
+    /// Stops the listener without waiting for it and, when the store created it, disposes the data source.
+    /// Prefer <see cref="DisposeAsync"/>; this exists so a synchronously disposed service provider does not throw.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _disposing.Cancel();
+        if (_ownsDataSource)
+        {
+            _dataSource.Dispose();
+        }
+    }
+
     private static async ValueTask<bool> ReturnsRowAsync(NpgsqlCommand command, CancellationToken cancellationToken)
     {
         await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
@@ -444,9 +462,19 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         var ready = Volatile.Read(ref _schemaReady);
         if (ready is null || ready.IsFaulted || ready.IsCanceled)
         {
-            // One migration at a time per instance; a failed one is retried by the next operation.
-            var attempt = MigrateAsync(_disposing.Token);
-            ready = Interlocked.CompareExchange(ref _schemaReady, attempt, ready) == ready ? attempt : Volatile.Read(ref _schemaReady)!;
+            // One migration at a time per instance (only the caller that installs the attempt starts it); a failed
+            // one is retried by the next operation.
+            var start = new Task<Task<int>>(() => MigrateAsync(_disposing.Token));
+            var attempt = start.Unwrap();
+            if (Interlocked.CompareExchange(ref _schemaReady, attempt, ready) == ready)
+            {
+                start.Start(TaskScheduler.Default);
+                ready = attempt;
+            }
+            else
+            {
+                ready = Volatile.Read(ref _schemaReady)!;
+            }
         }
 
         await ready.WaitAsync(cancellationToken).ConfigureAwait(false);

@@ -166,11 +166,16 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
         var store = await NewStoreAsync();
         var key = Guid.NewGuid().ToString("N");
         var stale = Guid.NewGuid();
-        await store.TryClaimAsync(new ClaimRequest(key, "fp", stale, TimeSpan.FromMilliseconds(300), Day), CancellationToken.None);
+        var stopwatch = Stopwatch.StartNew();
+        await store.TryClaimAsync(new ClaimRequest(key, "fp", stale, TimeSpan.FromSeconds(1), Day), CancellationToken.None);
 
         var early = await store.TryClaimAsync(new ClaimRequest(key, "fp", Guid.NewGuid(), TimeSpan.FromSeconds(30), Day), CancellationToken.None);
-        Assert.Equal(ClaimStatus.InFlight, early.Status);
-        await Task.Delay(400);
+        if (stopwatch.Elapsed < TimeSpan.FromSeconds(1))
+        {
+            Assert.Equal(ClaimStatus.InFlight, early.Status);
+        }
+
+        await Task.Delay(TimeSpan.FromSeconds(1.1) - stopwatch.Elapsed is { Ticks: > 0 } rest ? rest : TimeSpan.Zero);
 
         var mismatch = await store.TryClaimAsync(new ClaimRequest(key, "other", Guid.NewGuid(), TimeSpan.FromSeconds(30), Day), CancellationToken.None);
         Assert.Equal(ClaimStatus.InFlight, mismatch.Status);
@@ -334,6 +339,24 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
         var store = await NewStoreAsync(options => options.CreateSchemaAutomatically = true, migrate: false);
         var result = await store.TryClaimAsync(new ClaimRequest("k", "fp", Guid.NewGuid(), TimeSpan.FromSeconds(30), Day), CancellationToken.None);
         Assert.Equal(ClaimStatus.Claimed, result.Status);
+    }
+
+    [Fact]
+    public async Task Concurrent_first_operations_migrate_once_when_opted_in()
+    {
+        var store = await NewStoreAsync(options => options.CreateSchemaAutomatically = true, migrate: false);
+        var results = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => Task.Run(() =>
+            store.TryClaimAsync(new ClaimRequest("k" + i, "fp", Guid.NewGuid(), TimeSpan.FromSeconds(30), Day), CancellationToken.None).AsTask())));
+        Assert.All(results, r => Assert.Equal(ClaimStatus.Claimed, r.Status));
+        Assert.Equal(1L, await server.ExecuteAsync($"SELECT count(*) FROM \"{_schema}\".idem_records_schema_version"));
+    }
+
+    [Fact]
+    public void Synchronous_dispose_does_not_throw()
+    {
+        var store = new PostgreSqlIdempotencyStore(new PostgreSqlIdempotencyStoreOptions { ConnectionString = server.ConnectionString, SchemaName = _schema });
+        store.Dispose();
+        store.Dispose();
     }
 
     [Fact]
