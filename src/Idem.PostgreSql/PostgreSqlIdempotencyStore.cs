@@ -183,7 +183,6 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
                     }
 
                     var outcome = reader.GetInt32(0);
-
                     var record = await ReadRecordAsync(reader, request.Key, cancellationToken).ConfigureAwait(false);
                     if (outcome == 1)
                     {
