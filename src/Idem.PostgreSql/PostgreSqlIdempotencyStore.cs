@@ -1,0 +1,541 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Npgsql;
+
+namespace Idem.PostgreSql;
+
+/// <summary>
+/// An <see cref="IIdempotencyStore"/> on PostgreSQL: the durable authority for many nodes. Claim, complete, renew and
+/// release are one statement (one round trip) each; leases and retention are judged by the server's clock
+/// (<c>clock_timestamp()</c>), never by the nodes'. Completions and releases of keys someone waits for are announced
+/// with <c>NOTIFY</c> and heard by one shared <c>LISTEN</c> connection per store instance, which reconnects by itself;
+/// while it is down, waiters simply time out and the executor polls.
+/// </summary>
+public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
+{
+    private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted";
+    private const int MaxClaimAttempts = 16;
+
+    private readonly PostgreSqlIdempotencyStoreOptions _options;
+    private readonly NpgsqlDataSource _dataSource;
+    private readonly bool _ownsDataSource;
+    private readonly ILogger _logger;
+    private readonly KeyChangeSignals _signals = new();
+    private readonly CancellationTokenSource _disposing = new();
+    private readonly Task _listener;
+    private readonly string _claimSql, _completeSql, _releaseSql, _renewSql, _getSql, _isUnchangedSql, _purgeSql;
+    private Task? _schemaReady;
+    private volatile int _listenerProcessId;
+    private int _disposed;
+    private long _staleSnapshotRetries;
+
+    /// <summary>Creates a store and starts its notification listener.</summary>
+    /// <param name="options">The options; validated here.</param>
+    /// <param name="loggerFactory">Where the listener logs its disconnects; none when <see langword="null"/>.</param>
+    public PostgreSqlIdempotencyStore(PostgreSqlIdempotencyStoreOptions options, ILoggerFactory? loggerFactory = null)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        _options = options.Clone();
+        _logger = loggerFactory?.CreateLogger<PostgreSqlIdempotencyStore>() ?? NullLogger<PostgreSqlIdempotencyStore>.Instance;
+        if (_options.DataSource is { } dataSource)
+        {
+            _dataSource = dataSource;
+        }
+        else
+        {
+            _dataSource = NpgsqlDataSource.Create(_options.ConnectionString!);
+            _ownsDataSource = true;
+        }
+
+        var table = PostgreSqlIdempotencyMigrator.Quote(_options.SchemaName) + "." + PostgreSqlIdempotencyMigrator.Quote(_options.TableName);
+
+        // $1 key, $2 fingerprint, $3 owner, $4 lease, $5 retention.
+        // `cur` reads the row without locking it, so a replay or a live in-flight record costs one index read and no write.
+        // Otherwise the INSERT claims a free key, replaces a record past retention or takes over an expired lease with the
+        // same fingerprint. Outcome 1 = claimed, 2 = the record that stands, 0 = the snapshot is stale: the INSERT met a
+        // row committed after this statement's snapshot (READ COMMITTED) that it may not take, so the caller runs the
+        // statement again with a fresh snapshot.
+        _claimSql = $"""
+            WITH cur AS (
+                SELECT {Columns},
+                       (expires_at <= clock_timestamp()
+                        OR (state = 'in_flight' AND lease_expires_at <= clock_timestamp() AND fingerprint = $2)) AS claimable
+                FROM {table} WHERE key = $1
+            ), ins AS (
+                INSERT INTO {table} AS r (key, state, fingerprint, owner_token, took_over, lease_expires_at, expires_at)
+                SELECT $1, 'in_flight', $2, $3, false, clock_timestamp() + $4, clock_timestamp() + $5
+                WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.claimable)
+                ON CONFLICT (key) DO UPDATE SET
+                    state = 'in_flight', fingerprint = EXCLUDED.fingerprint, owner_token = EXCLUDED.owner_token,
+                    took_over = r.expires_at > clock_timestamp(), has_waiters = false,
+                    lease_expires_at = clock_timestamp() + $4, expires_at = clock_timestamp() + $5,
+                    status_code = NULL, headers = NULL, body = NULL, body_omitted = false
+                WHERE r.expires_at <= clock_timestamp()
+                   OR (r.state = 'in_flight' AND r.lease_expires_at <= clock_timestamp() AND r.fingerprint = EXCLUDED.fingerprint)
+                RETURNING {Columns}
+            )
+            SELECT 1, {Columns} FROM ins
+            UNION ALL
+            SELECT CASE WHEN claimable THEN 0 ELSE 2 END, {Columns} FROM cur WHERE NOT EXISTS (SELECT 1 FROM ins)
+            """;
+
+        // $1 key, $2 owner, $3 retention, $4 status, $5 headers, $6 body, $7 body omitted, $8 channel.
+        _completeSql = $"""
+            WITH done AS (
+                UPDATE {table} SET state = 'completed', expires_at = clock_timestamp() + $3,
+                    status_code = $4, headers = $5, body = $6, body_omitted = $7
+                WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()
+                RETURNING key, has_waiters
+            )
+            SELECT CASE WHEN has_waiters THEN pg_notify($8, key)::text END FROM done
+            """;
+
+        // $1 key, $2 owner, $3 channel.
+        _releaseSql = $"""
+            WITH gone AS (
+                DELETE FROM {table} WHERE key = $1 AND owner_token = $2 AND state = 'in_flight'
+                RETURNING key, has_waiters
+            )
+            SELECT CASE WHEN has_waiters THEN pg_notify($3, key)::text END FROM gone
+            """;
+
+        // $1 key, $2 owner, $3 lease.
+        _renewSql = $"""
+            UPDATE {table} SET lease_expires_at = clock_timestamp() + $3
+            WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()
+            """;
+
+        _getSql = $"SELECT 2, {Columns} FROM {table} WHERE key = $1 AND expires_at > clock_timestamp()";
+
+        // $1 key, $2 observed owner: a row means nothing changed yet and the owner will NOTIFY when it does, because
+        // has_waiters is set (by an earlier waiter, or by this statement's UPDATE on the row's latest version). A
+        // completion that commits after this statement's snapshot saw has_waiters as set, so it notifies. When the
+        // UPDATE finds the row already changed, no row comes back and the caller re-checks at once.
+        _isUnchangedSql = $"""
+            WITH cur AS (
+                SELECT has_waiters FROM {table}
+                WHERE key = $1 AND owner_token = $2 AND state = 'in_flight'
+                  AND lease_expires_at > clock_timestamp() AND expires_at > clock_timestamp()
+            ), mark AS (
+                UPDATE {table} SET has_waiters = true
+                WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND EXISTS (SELECT 1 FROM cur WHERE NOT cur.has_waiters)
+                RETURNING 1
+            )
+            SELECT 1 FROM cur WHERE cur.has_waiters OR EXISTS (SELECT 1 FROM mark)
+            """;
+
+        // $1 batch size. SKIP LOCKED: rows being claimed or completed right now are left for the next batch.
+        _purgeSql = $"""
+            DELETE FROM {table}
+            WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM {table} WHERE expires_at <= clock_timestamp()
+                LIMIT $1 FOR UPDATE SKIP LOCKED))
+              AND expires_at <= clock_timestamp()
+            """;
+
+        _listener = Task.Run(ListenAsync);
+    }
+
+    /// <summary>The data source (connection pool) the store uses.</summary>
+    public NpgsqlDataSource DataSource => _dataSource;
+
+    /// <summary>The backend process id of the listener's connection, or 0 while it is not listening; for diagnostics and tests.</summary>
+    internal int ListenerProcessId => _listenerProcessId;
+
+    /// <summary>How many claim statements ran again because their snapshot predated a concurrent claim; for tests.</summary>
+    internal long StaleSnapshotRetries => Interlocked.Read(ref _staleSnapshotRetries);
+
+    /// <summary>Creates or upgrades the schema (see <see cref="PostgreSqlIdempotencyMigrator"/>). Idempotent; safe on many nodes at once.</summary>
+    /// <param name="cancellationToken">Cancels the migration.</param>
+    /// <returns>How many migrations were applied.</returns>
+    public Task<int> MigrateAsync(CancellationToken cancellationToken) =>
+        new PostgreSqlIdempotencyMigrator(_dataSource, _options).MigrateAsync(cancellationToken);
+
+    /// <inheritdoc />
+    public async ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request.Key);
+        ArgumentNullException.ThrowIfNull(request.Fingerprint);
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = new NpgsqlCommand(_claimSql, connection);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Key });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = request.Fingerprint });
+            command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = request.OwnerToken });
+            command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = request.Lease });
+            command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = request.Retention });
+            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+
+            // Almost always one pass. A second one only when the INSERT waited on a concurrent claim of the same key
+            // that committed after this statement's snapshot, which the next snapshot sees.
+            for (var attempt = 0; attempt < MaxClaimAttempts; attempt++)
+            {
+                var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+                await using (reader.ConfigureAwait(false))
+                {
+                    if (!await reader.ReadAsync(cancellationToken).ConfigureAwait(false) || reader.GetInt32(0) == 0)
+                    {
+                        Interlocked.Increment(ref _staleSnapshotRetries);
+                        continue;
+                    }
+
+                    var outcome = reader.GetInt32(0);
+                    var record = await ReadRecordAsync(reader, request.Key, cancellationToken).ConfigureAwait(false);
+                    if (outcome == 1)
+                    {
+                        return record.TookOver ? new ClaimResult(ClaimStatus.Claimed, record.Record, TookOver: true) : ClaimResult.NewClaim;
+                    }
+
+                    return new ClaimResult(
+                        record.Record.State == IdempotencyRecordState.Completed ? ClaimStatus.Completed : ClaimStatus.InFlight,
+                        record.Record);
+                }
+            }
+        }
+
+        throw new InvalidOperationException($"The claim of an idempotency key did not settle after {MaxClaimAttempts} attempts.");
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<bool> CompleteAsync(string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(response);
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        var headers = new string[response.Headers.Count * 2];
+        for (var i = 0; i < response.Headers.Count; i++)
+        {
+            headers[2 * i] = response.Headers[i].Key;
+            headers[(2 * i) + 1] = response.Headers[i].Value;
+        }
+
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        bool completed;
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = new NpgsqlCommand(_completeSql, connection);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+            command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = ownerToken });
+            command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = retention });
+            command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = response.StatusCode });
+            command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = headers });
+            command.Parameters.Add(new NpgsqlParameter<ReadOnlyMemory<byte>> { TypedValue = response.Body });
+            command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = response.BodyOmitted });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NotificationChannel });
+            completed = await ReturnsRowAsync(command, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (completed)
+        {
+            // Waiters in this process wake even while the listener is down.
+            _signals.Signal(key);
+        }
+
+        return completed;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<bool> ReleaseAsync(string key, Guid ownerToken, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        bool released;
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = new NpgsqlCommand(_releaseSql, connection);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+            command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = ownerToken });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NotificationChannel });
+            released = await ReturnsRowAsync(command, cancellationToken).ConfigureAwait(false);
+        }
+
+        if (released)
+        {
+            _signals.Signal(key);
+        }
+
+        return released;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<bool> RenewAsync(string key, Guid ownerToken, TimeSpan lease, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = new NpgsqlCommand(_renewSql, connection);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+            command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = ownerToken });
+            command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = lease });
+            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            return await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == 1;
+        }
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<IdempotencyRecord?> GetAsync(string key, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = new NpgsqlCommand(_getSql, connection);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+            await using (reader.ConfigureAwait(false))
+            {
+                return await reader.ReadAsync(cancellationToken).ConfigureAwait(false)
+                    ? (await ReadRecordAsync(reader, key, cancellationToken).ConfigureAwait(false)).Record
+                    : null;
+            }
+        }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Deletes in statements of at most <see cref="PostgreSqlIdempotencyStoreOptions.PurgeBatchSize"/> rows, each its own
+    /// short transaction that skips rows locked by live requests.
+    /// </remarks>
+    public async ValueTask<int> PurgeExpiredAsync(int maxRecords, CancellationToken cancellationToken)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxRecords);
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = new NpgsqlCommand(_purgeSql, connection);
+            var batch = new NpgsqlParameter<int> { TypedValue = _options.PurgeBatchSize };
+            command.Parameters.Add(batch);
+            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            var purged = 0;
+            while (purged < maxRecords && !cancellationToken.IsCancellationRequested)
+            {
+                var size = Math.Min(maxRecords - purged, _options.PurgeBatchSize);
+                batch.TypedValue = size;
+                var deleted = await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+                purged += deleted;
+                if (deleted < size)
+                {
+                    break;
+                }
+            }
+
+            return purged;
+        }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Woken by <c>NOTIFY</c> from any node (or at once by a completion in this process). The wait registers first and
+    /// then reads the row once, so a change between the caller's read and this call is never missed. While the
+    /// listener is reconnecting, the wait just times out and the caller polls.
+    /// </remarks>
+    public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        return _signals.WaitAsync(key, ct => HasChangedAsync(key, observedOwner, ct), timeout, TimeProvider.System, cancellationToken);
+    }
+
+    /// <summary>Stops the listener and, when the store created it, disposes the data source.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        await _disposing.CancelAsync().ConfigureAwait(false);
+        try
+        {
+            await _listener.ConfigureAwait(false);
+        }
+        catch (OperationCanceledException)
+        {
+            // Expected on shutdown.
+        }
+
+        _disposing.Dispose();
+        if (_ownsDataSource)
+        {
+            await _dataSource.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>
+    /// Stops the listener without waiting for it and, when the store created it, disposes the data source.
+    /// Prefer <see cref="DisposeAsync"/>; this exists so a synchronously disposed service provider does not throw.
+    /// </summary>
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _disposing.Cancel();
+        if (_ownsDataSource)
+        {
+            _dataSource.Dispose();
+        }
+    }
+
+    private static async ValueTask<bool> ReturnsRowAsync(NpgsqlCommand command, CancellationToken cancellationToken)
+    {
+        await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+        var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        await using (reader.ConfigureAwait(false))
+        {
+            return await reader.ReadAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    // Columns from ordinal 1: state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted.
+    private static async ValueTask<(IdempotencyRecord Record, bool TookOver)> ReadRecordAsync(NpgsqlDataReader reader, string key, CancellationToken cancellationToken)
+    {
+        var completed = reader.GetString(1) == "completed";
+        StoredResponse? response = null;
+        if (completed)
+        {
+            var headers = await reader.IsDBNullAsync(8, cancellationToken).ConfigureAwait(false) ? [] : reader.GetFieldValue<string[]>(8);
+            var pairs = new KeyValuePair<string, string>[headers.Length / 2];
+            for (var i = 0; i < pairs.Length; i++)
+            {
+                pairs[i] = new KeyValuePair<string, string>(headers[2 * i], headers[(2 * i) + 1]);
+            }
+
+            var body = await reader.IsDBNullAsync(9, cancellationToken).ConfigureAwait(false) ? [] : reader.GetFieldValue<byte[]>(9);
+            response = new StoredResponse(reader.GetInt32(7), pairs, body) { BodyOmitted = reader.GetBoolean(10) };
+        }
+
+        var record = new IdempotencyRecord
+        {
+            Key = key,
+            State = completed ? IdempotencyRecordState.Completed : IdempotencyRecordState.InFlight,
+            Fingerprint = reader.GetString(2),
+            OwnerToken = reader.GetGuid(3),
+            LeaseExpiresAt = reader.GetFieldValue<DateTimeOffset>(5),
+            ExpiresAt = reader.GetFieldValue<DateTimeOffset>(6),
+            Response = response,
+        };
+        return (record, reader.GetBoolean(4));
+    }
+
+    private async ValueTask<bool> HasChangedAsync(string key, Guid observedOwner, CancellationToken cancellationToken)
+    {
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = new NpgsqlCommand(_isUnchangedSql, connection);
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+            command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = observedOwner });
+            return !await ReturnsRowAsync(command, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    private ValueTask EnsureSchemaAsync(CancellationToken cancellationToken)
+    {
+        if (!_options.CreateSchemaAutomatically)
+        {
+            return ValueTask.CompletedTask;
+        }
+
+        var ready = Volatile.Read(ref _schemaReady);
+        if (ready is { IsCompletedSuccessfully: true })
+        {
+            return ValueTask.CompletedTask;
+        }
+
+        return AwaitSchemaAsync(cancellationToken);
+    }
+
+    private async ValueTask AwaitSchemaAsync(CancellationToken cancellationToken)
+    {
+        var ready = Volatile.Read(ref _schemaReady);
+        if (ready is null || ready.IsFaulted || ready.IsCanceled)
+        {
+            // One migration at a time per instance (only the caller that installs the attempt starts it); a failed
+            // one is retried by the next operation.
+            var start = new Task<Task<int>>(() => MigrateAsync(_disposing.Token));
+            var attempt = start.Unwrap();
+            if (Interlocked.CompareExchange(ref _schemaReady, attempt, ready) == ready)
+            {
+                start.Start(TaskScheduler.Default);
+                ready = attempt;
+            }
+            else
+            {
+                ready = Volatile.Read(ref _schemaReady)!;
+            }
+        }
+
+        await ready.WaitAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    private async Task ListenAsync()
+    {
+        var stopping = _disposing.Token;
+        var delay = _options.ListenerReconnectMinDelay;
+        var listen = "LISTEN " + PostgreSqlIdempotencyMigrator.Quote(_options.NotificationChannel);
+        while (!stopping.IsCancellationRequested)
+        {
+            try
+            {
+                var connection = await _dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
+                await using (connection.ConfigureAwait(false))
+                {
+                    connection.Notification += (_, e) => _signals.Signal(e.Payload);
+                    using (var command = new NpgsqlCommand(listen, connection))
+                    {
+                        await command.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
+                    }
+
+                    _listenerProcessId = connection.ProcessID;
+                    delay = _options.ListenerReconnectMinDelay;
+                    Log.Listening(_logger, _options.NotificationChannel);
+                    while (true)
+                    {
+                        if (!await connection.WaitAsync(_options.ListenerHealthCheckInterval, stopping).ConfigureAwait(false))
+                        {
+                            // Quiet for a while: one round trip proves the connection is still there.
+                            using var ping = new NpgsqlCommand("SELECT 1", connection);
+                            await ping.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
+                        }
+                    }
+                }
+            }
+            catch (OperationCanceledException) when (stopping.IsCancellationRequested)
+            {
+                break;
+            }
+#pragma warning disable CA1031 // The listener must survive any failure; it logs and reconnects.
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                _listenerProcessId = 0;
+                Log.ListenerFailed(_logger, ex, _options.NotificationChannel, delay);
+            }
+
+            _listenerProcessId = 0;
+            try
+            {
+                await Task.Delay(delay, stopping).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                break;
+            }
+
+            delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, _options.ListenerReconnectMaxDelay.Ticks));
+        }
+
+        _listenerProcessId = 0;
+    }
+}
