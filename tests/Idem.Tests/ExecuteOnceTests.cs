@@ -45,7 +45,7 @@ public sealed class ExecuteOnceTests : IDisposable
         Assert.Equal(a.Amount, b.Amount);
         Assert.Equal(a.Lines, b.Lines);
 
-        var third = await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-3"));
+        var third = await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-3")).Guarded();
         Assert.Equal("r-1", third.Id);
         Assert.Equal(1, _runs);
     }
@@ -53,8 +53,8 @@ public sealed class ExecuteOnceTests : IDisposable
     [Fact]
     public async Task Different_scopes_with_one_key_run_twice()
     {
-        var a = await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-1"));
-        var b = await _h.Executor.ExecuteOnceAsync("refund", "msg-1", Fp, Charge("r-2"));
+        var a = await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-1")).Guarded();
+        var b = await _h.Executor.ExecuteOnceAsync("refund", "msg-1", Fp, Charge("r-2")).Guarded();
         Assert.Equal(2, _runs);
         Assert.Equal("r-1", a.Id);
         Assert.Equal("r-2", b.Id);
@@ -63,10 +63,10 @@ public sealed class ExecuteOnceTests : IDisposable
     [Fact]
     public async Task Another_fingerprint_throws_with_the_outcome()
     {
-        await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-1"));
+        await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-1")).Guarded();
 
         var ex = await Assert.ThrowsAsync<IdempotencyException>(async () =>
-            await _h.Executor.ExecuteOnceAsync("charge", "msg-1", RequestFingerprint.Compute("charge", "{}"u8), Charge("r-2")));
+            await _h.Executor.ExecuteOnceAsync("charge", "msg-1", RequestFingerprint.Compute("charge", "{}"u8), Charge("r-2")).Guarded());
         Assert.Equal(IdempotencyOutcomeKind.FingerprintMismatch, ex.Outcome.Kind);
         Assert.False(string.IsNullOrEmpty(ex.Message));
         Assert.Equal(1, _runs);
@@ -79,7 +79,7 @@ public sealed class ExecuteOnceTests : IDisposable
         await _h.Memory.TryClaimAsync(new ClaimRequest(storeKey, Fp, Guid.NewGuid(), TimeSpan.FromHours(1), TimeSpan.FromHours(2)), default);
 
         var ex = await Assert.ThrowsAsync<IdempotencyException>(async () =>
-            await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-1"), IdempotencyPolicy.Default with { ConflictBehavior = ConflictBehavior.Reject }));
+            await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-1"), IdempotencyPolicy.Default with { ConflictBehavior = ConflictBehavior.Reject }).Guarded());
         Assert.Equal(IdempotencyOutcomeKind.Conflict, ex.Outcome.Kind);
         Assert.NotNull(ex.Outcome.RetryAfter);
         Assert.Equal(0, _runs);
@@ -90,7 +90,7 @@ public sealed class ExecuteOnceTests : IDisposable
     {
         _h.Counting.FailWith = new InvalidOperationException("down");
         var ex = await Assert.ThrowsAsync<IdempotencyException>(async () =>
-            await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-1")));
+            await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-1")).Guarded());
         Assert.Equal(IdempotencyOutcomeKind.StoreUnavailable, ex.Outcome.Kind);
         Assert.Equal(0, _runs);
     }
@@ -99,11 +99,11 @@ public sealed class ExecuteOnceTests : IDisposable
     public async Task Oversized_result_is_returned_once_and_replays_throw()
     {
         var policy = IdempotencyPolicy.Default with { MaxStoredBodyBytes = 8 };
-        var first = await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("a-long-receipt-id"), policy);
+        var first = await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("a-long-receipt-id"), policy).Guarded();
         Assert.Equal("a-long-receipt-id", first.Id);
 
         var ex = await Assert.ThrowsAsync<IdempotencyException>(async () =>
-            await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-2"), policy));
+            await _h.Executor.ExecuteOnceAsync("charge", "msg-1", Fp, Charge("r-2"), policy).Guarded());
         Assert.Equal(IdempotencyOutcomeKind.Replayed, ex.Outcome.Kind);
         Assert.True(ex.Outcome.Response!.BodyOmitted);
         Assert.Equal(1, _runs);

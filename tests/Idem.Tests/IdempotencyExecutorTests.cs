@@ -22,7 +22,7 @@ public sealed class IdempotencyExecutorTests : IDisposable
     };
 
     private Task<IdempotencyOutcome> Run(IdempotencyPolicy? policy = null, Func<IdempotentExecution, ValueTask<StoredResponse>>? work = null, string fingerprint = Fp, CancellationToken cancellationToken = default) =>
-        Executor.ExecuteAsync(_key, fingerprint, policy ?? IdempotencyPolicy.Default, work ?? Work(), cancellationToken).AsTask();
+        Executor.ExecuteAsync(_key, fingerprint, policy ?? IdempotencyPolicy.Default, work ?? Work(), cancellationToken).AsTask().WaitAsync(Tests.Guard, CancellationToken.None);
 
     /// <summary>A work that reports its start and runs until released.</summary>
     private sealed class BlockedWork

@@ -12,7 +12,7 @@ public sealed class MetricsTests : IDisposable
     private static ValueTask<StoredResponse> Ok(IdempotentExecution _) => ValueTask.FromResult(Tests.Response(201, "ok"));
 
     private Task<IdempotencyOutcome> Run(string key, IdempotencyPolicy? policy = null, string fingerprint = Fp) =>
-        _h.Executor.ExecuteAsync(key, fingerprint, policy ?? IdempotencyPolicy.Default, Ok, default).AsTask();
+        _h.Executor.ExecuteAsync(key, fingerprint, policy ?? IdempotencyPolicy.Default, Ok, default).AsTask().WaitAsync(Tests.Guard);
 
     [Fact]
     public async Task Each_outcome_is_counted_once_with_its_tag()

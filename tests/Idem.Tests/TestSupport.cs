@@ -115,5 +115,7 @@ internal static class Tests
 
     public static StoredResponse Response(int status, string body) => new(status, [new("Content-Type", "text/plain")], Encoding.UTF8.GetBytes(body));
 
+    public static Task<T> Guarded<T>(this ValueTask<T> task) => task.AsTask().WaitAsync(Guard);
+
     public static string Text(this IdempotencyOutcome outcome) => Encoding.UTF8.GetString(outcome.Response!.Body.Span);
 }
