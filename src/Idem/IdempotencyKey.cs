@@ -24,9 +24,10 @@ public static class IdempotencyKey
         }
 
         var candidate = value;
-        if (value.Length >= 2 && value[0] == '"' && value[^1] == '"')
+        // A value that opens with a quote is a Structured Field string and must be a well-formed one.
+        if (value[0] == '"')
         {
-            if (!TryUnquote(value.AsSpan(1, value.Length - 2), out candidate))
+            if (value.Length < 2 || value[^1] != '"' || !TryUnquote(value.AsSpan(1, value.Length - 2), out candidate))
             {
                 error = "The Idempotency-Key header is a malformed quoted string; only \\\" and \\\\ may be escaped.";
                 return false;

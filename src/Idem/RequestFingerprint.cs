@@ -36,6 +36,12 @@ public sealed class RequestFingerprint : IDisposable
     /// <summary>Appends body bytes; call as many times as the body arrives in pieces.</summary>
     public void AppendBody(ReadOnlySpan<byte> bytes)
     {
+        // An empty piece adds nothing: otherwise it would write the body marker twice and change the fingerprint.
+        if (bytes.IsEmpty)
+        {
+            return;
+        }
+
         if (_bodyLength == 0)
         {
             AppendString("body");
