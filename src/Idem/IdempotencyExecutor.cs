@@ -131,7 +131,9 @@ public sealed class IdempotencyExecutor
             }
             catch (Exception ex) when (IsStoreFailure(ex, cancellationToken))
             {
-                return await OnStoreUnavailableAsync(ex, storeKey, policy, work, activity).ConfigureAwait(false);
+                // Another owner is known to hold the key: running unprotected now would duplicate it, even when the
+                // policy fails open, so the answer is 503 whatever the failure mode.
+                return FailClosed(ex, storeKey, activity);
             }
         }
     }
@@ -314,17 +316,24 @@ public sealed class IdempotencyExecutor
         Func<IdempotentExecution, ValueTask<StoredResponse>> work,
         Activity? activity)
     {
-        _metrics.StoreError("claim");
-        Log.StoreFailed(_logger, exception, "claim", storeKey);
         if (policy.StoreFailureMode != StoreFailureMode.FailOpen)
         {
-            return Finish(activity, IdempotencyOutcomes.StoreError, new IdempotencyOutcome(IdempotencyOutcomeKind.StoreUnavailable, retryAfter: TimeSpan.FromSeconds(1)));
+            return FailClosed(exception, storeKey, activity);
         }
 
+        _metrics.StoreError("claim");
+        Log.StoreFailed(_logger, exception, "claim", storeKey);
         Log.ExecutingUnprotected(_logger, storeKey);
         using var executionCts = new CancellationTokenSource(policy.ExecutionTimeout, _timeProvider);
         var response = await work(new IdempotentExecution(storeKey, Guid.Empty, executionCts.Token)).ConfigureAwait(false);
         return Finish(activity, IdempotencyOutcomes.Unprotected, new IdempotencyOutcome(IdempotencyOutcomeKind.ExecutedUnprotected, response));
+    }
+
+    private IdempotencyOutcome FailClosed(Exception exception, string storeKey, Activity? activity)
+    {
+        _metrics.StoreError("claim");
+        Log.StoreFailed(_logger, exception, "claim", storeKey);
+        return Finish(activity, IdempotencyOutcomes.StoreError, new IdempotencyOutcome(IdempotencyOutcomeKind.StoreUnavailable, retryAfter: TimeSpan.FromSeconds(1)));
     }
 
     private IdempotencyOutcome Finish(Activity? activity, string outcomeTag, IdempotencyOutcome outcome)

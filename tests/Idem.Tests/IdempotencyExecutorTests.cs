@@ -275,6 +275,26 @@ public sealed class IdempotencyExecutorTests : IDisposable
     }
 
     [Fact]
+    public async Task A_store_failure_while_waiting_on_a_live_owner_is_503_even_when_failing_open()
+    {
+        var blocked = new BlockedWork();
+        var first = Run(work: blocked.RunAsync);
+        await blocked.Started.Task.WaitAsync(Tests.Guard);
+
+        var second = Run(IdempotencyPolicy.Default with { StoreFailureMode = StoreFailureMode.FailOpen }, Work(200, "must not run"));
+        await _h.Time.WaitForTimerAsync(Tests.FirstPoll); // parked, waiting on the store
+        Counting.FailWith = new InvalidOperationException("store went down while waiting");
+        _h.Time.Advance(Tests.FirstPoll);
+        var waiter = await second.WaitAsync(Tests.Guard);
+
+        Assert.Equal(IdempotencyOutcomeKind.StoreUnavailable, waiter.Kind);
+        Assert.Equal(0, _runs); // running it unprotected would duplicate the live owner's work
+        Counting.FailWith = null;
+        blocked.Release.SetResult(Tests.Response(201, "owner"));
+        await first.WaitAsync(Tests.Guard);
+    }
+
+    [Fact]
     public async Task Wait_replays_the_owners_response_once_it_completes()
     {
         var blocked = new BlockedWork();
