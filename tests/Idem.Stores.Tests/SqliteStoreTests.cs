@@ -127,6 +127,36 @@ public sealed class SqliteStoreTests : IdempotencyStoreConformanceTests
     }
 
     [Fact]
+    public async Task Waiter_notices_a_change_made_by_another_process_within_the_poll_interval()
+    {
+        var key = NewKey();
+        var owner = Guid.NewGuid();
+        Assert.Equal(ClaimStatus.Claimed, (await Store.TryClaimAsync(Claim(key, owner: owner, lease: TimeSpan.FromMinutes(5)), CancellationToken.None)).Status);
+        var wait = Store.WaitForChangeAsync(key, owner, TimeSpan.FromMinutes(1), CancellationToken.None).AsTask();
+
+        // Another process completes the key: the file changes, and no in-process signal fires.
+        await using (var other = new SqliteConnection($"Data Source={_path};Pooling=False"))
+        {
+            await other.OpenAsync();
+            await using var command = other.CreateCommand();
+            command.CommandText = "UPDATE idem_records SET state = 2, status_code = 200, headers = NULL, body = NULL WHERE key = $key;";
+            command.Parameters.AddWithValue("$key", key);
+            Assert.Equal(1, await command.ExecuteNonQueryAsync());
+        }
+
+        // Ten poll intervals (5 s of the store's clock), far short of the wait's one-minute timeout.
+        var poll = new SqliteIdempotencyStoreOptions().PollInterval;
+        for (var i = 0; i < 10 && !wait.IsCompleted; i++)
+        {
+            Time.Advance(poll);
+            await Task.WhenAny(wait, Task.Delay(50));
+        }
+
+        Assert.True(wait.IsCompleted, "The wait did not notice the other process's change by polling.");
+        await wait;
+    }
+
+    [Fact]
     public async Task Tables_with_different_names_on_one_file_keep_separate_keys()
     {
         var other = Open(_path, Time, o => o.TableName = "other_records");
