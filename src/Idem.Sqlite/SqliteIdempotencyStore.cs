@@ -107,7 +107,7 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
             {
                 claim.Parameters.AddWithValue("$key", request.Key);
                 claim.Parameters.AddWithValue("$fingerprint", request.Fingerprint);
-                claim.Parameters.AddWithValue("$owner", request.OwnerToken);
+                AddOwner(claim, request.OwnerToken);
                 claim.Parameters.AddWithValue("$lease", leaseExpiresAt.ToUnixTimeMilliseconds());
                 claim.Parameters.AddWithValue("$expires", expiresAt.ToUnixTimeMilliseconds());
                 claim.Parameters.AddWithValue("$now", nowMs);
@@ -157,7 +157,7 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
             var now = _timeProvider.GetUtcNow();
             using var command = Command(connection, null, _completeSql);
             command.Parameters.AddWithValue("$key", key);
-            command.Parameters.AddWithValue("$owner", ownerToken);
+            AddOwner(command, ownerToken);
             command.Parameters.AddWithValue("$now", now.ToUnixTimeMilliseconds());
             command.Parameters.AddWithValue("$expires", (now + retention).ToUnixTimeMilliseconds());
             command.Parameters.AddWithValue("$status", response.StatusCode);
@@ -185,7 +185,7 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         {
             using var command = Command(connection, null, _releaseSql);
             command.Parameters.AddWithValue("$key", key);
-            command.Parameters.AddWithValue("$owner", ownerToken);
+            AddOwner(command, ownerToken);
             if (await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == 0)
             {
                 return false;
@@ -208,7 +208,7 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
             var now = _timeProvider.GetUtcNow();
             using var command = Command(connection, null, _renewSql);
             command.Parameters.AddWithValue("$key", key);
-            command.Parameters.AddWithValue("$owner", ownerToken);
+            AddOwner(command, ownerToken);
             command.Parameters.AddWithValue("$now", now.ToUnixTimeMilliseconds());
             command.Parameters.AddWithValue("$lease", (now + lease).ToUnixTimeMilliseconds());
             return await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) != 0;
@@ -362,6 +362,10 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         MemoryMarshal.TryGetArray(memory, out var segment) && segment.Offset == 0 && segment.Count == segment.Array!.Length
             ? segment.Array
             : memory.ToArray();
+
+    // 16 bytes (Guid.ToByteArray order); Microsoft.Data.Sqlite would otherwise bind a Guid as 36 characters of text.
+    private static void AddOwner(SqliteCommand command, Guid owner) =>
+        command.Parameters.Add("$owner", SqliteType.Blob).Value = owner.ToByteArray();
 
     private static SqliteCommand Command(SqliteConnection connection, SqliteTransaction? transaction, string sql)
     {

@@ -72,6 +72,27 @@ public sealed class SqliteStoreTests : IdempotencyStoreConformanceTests
     }
 
     [Fact]
+    public async Task Stored_format_is_pinned()
+    {
+        // The on-disk format is a contract with files written by earlier releases: changing it needs a schema version.
+        var key = NewKey();
+        var owner = Guid.Parse("00112233-4455-6677-8899-aabbccddeeff");
+        await Store.TryClaimAsync(Claim(key, owner: owner), CancellationToken.None);
+        var response = new StoredResponse(201, [new("A", "b"), new("A", "c")], new byte[] { 0xFF, 0x00 }) { BodyOmitted = false };
+        Assert.True(await Store.CompleteAsync(key, owner, response, TimeSpan.FromHours(1), CancellationToken.None));
+
+        var row = (string?)await ScalarAsync(
+            $"SELECT state || '|' || hex(owner) || '|' || expires_at || '|' || status_code || '|' || hex(headers) || '|' || hex(body) || '|' || body_omitted FROM idem_records WHERE key = '{key}';");
+
+        var expiresAt = (Time.GetUtcNow() + TimeSpan.FromHours(1)).ToUnixTimeMilliseconds();
+        Assert.Equal(
+            $"2|{Convert.ToHexString(owner.ToByteArray())}|{expiresAt}|201|"
+            + "01" + "02000000" + "01000000" + "4100" + "01000000" + "6200" + "01000000" + "4100" + "01000000" + "6300"
+            + "|FF00|0",
+            row);
+    }
+
+    [Fact]
     public async Task Schema_from_a_newer_release_is_refused_loudly()
     {
         var path = NewPath();
