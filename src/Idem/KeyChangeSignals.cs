@@ -42,25 +42,75 @@ public sealed class KeyChangeSignals
         ArgumentNullException.ThrowIfNull(hasChanged);
         ArgumentNullException.ThrowIfNull(timeProvider);
 
-        var waiters = _waiters.GetOrAdd(key, static _ => new Waiters());
-        if (await hasChanged(cancellationToken).ConfigureAwait(false))
-        {
-            return;
-        }
-
+        var waiters = Register(key);
         try
         {
-            await waiters.Completion.Task.WaitAsync(timeout, timeProvider, cancellationToken).ConfigureAwait(false);
+            if (await hasChanged(cancellationToken).ConfigureAwait(false))
+            {
+                return;
+            }
+
+            try
+            {
+                await waiters.Completion.Task.WaitAsync(timeout, timeProvider, cancellationToken).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                // The caller re-checks the store; a timeout is the polling fallback, not an error. (Only the wait's own
+                // timeout is caught: a store's timeout thrown by the re-check above surfaces.)
+            }
         }
-        catch (TimeoutException)
+        finally
         {
-            // The caller re-checks the store; a timeout is the polling fallback, not an error. The entry stays,
-            // since other waiters may share it; the key's next completion or release removes it.
+            // The last waiter to leave removes the entry, so keys changed elsewhere (never signalled here) do not pile up.
+            if (waiters.RemoveWaiter())
+            {
+                _waiters.TryRemove(new KeyValuePair<string, Waiters>(key, waiters));
+            }
+        }
+    }
+
+    private Waiters Register(string key)
+    {
+        while (true)
+        {
+            var waiters = _waiters.GetOrAdd(key, static _ => new Waiters());
+            if (waiters.TryAddWaiter())
+            {
+                return waiters;
+            }
+
+            // Its last waiter is removing it; help, then register on a fresh entry.
+            _waiters.TryRemove(new KeyValuePair<string, Waiters>(key, waiters));
         }
     }
 
     private sealed class Waiters
     {
+        // The number of registered waiters; -1 once the last one left and the entry is being removed (closed for good).
+        private int _count;
+
         public TaskCompletionSource Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        public bool TryAddWaiter()
+        {
+            var count = Volatile.Read(ref _count);
+            while (count >= 0)
+            {
+                var seen = Interlocked.CompareExchange(ref _count, count + 1, count);
+                if (seen == count)
+                {
+                    return true;
+                }
+
+                count = seen;
+            }
+
+            return false;
+        }
+
+        /// <summary>Returns <see langword="true"/> when this was the last waiter and the entry is now closed.</summary>
+        public bool RemoveWaiter() =>
+            Interlocked.Decrement(ref _count) == 0 && Interlocked.CompareExchange(ref _count, -1, 0) == 0;
     }
 }

@@ -1,0 +1,103 @@
+using System.Buffers.Binary;
+
+namespace Idem.Sqlite;
+
+/// <summary>
+/// The stored form of response headers: version byte 1, then a little-endian int32 count, then per header the name and
+/// the value, each as an int32 length in UTF-16 code units followed by those code units (little-endian). UTF-16 keeps
+/// any .NET string exactly, order and repeated names included.
+/// </summary>
+internal static class ResponseCodec
+{
+    private const byte Version = 1;
+
+    public static byte[] EncodeHeaders(IReadOnlyList<KeyValuePair<string, string>> headers)
+    {
+        var length = 1 + 4;
+        foreach (var (name, value) in headers)
+        {
+            length += 8 + (2 * (name.Length + value.Length));
+        }
+
+        var buffer = new byte[length];
+        buffer[0] = Version;
+        var span = buffer.AsSpan(1);
+        BinaryPrimitives.WriteInt32LittleEndian(span, headers.Count);
+        span = span[4..];
+        foreach (var (name, value) in headers)
+        {
+            span = Write(span, name);
+            span = Write(span, value);
+        }
+
+        return buffer;
+    }
+
+    public static KeyValuePair<string, string>[] DecodeHeaders(ReadOnlySpan<byte> data)
+    {
+        if (data.Length < 5 || data[0] != Version)
+        {
+            throw new InvalidDataException("The stored response headers are not in a known format.");
+        }
+
+        var count = BinaryPrimitives.ReadInt32LittleEndian(data[1..]);
+        data = data[5..];
+        if (count < 0 || count > data.Length / 8)
+        {
+            throw new InvalidDataException("The stored response headers are corrupt.");
+        }
+
+        var headers = new KeyValuePair<string, string>[count];
+        for (var i = 0; i < count; i++)
+        {
+            var name = Read(ref data);
+            var value = Read(ref data);
+            headers[i] = new(name, value);
+        }
+
+        if (!data.IsEmpty)
+        {
+            throw new InvalidDataException("The stored response headers are corrupt.");
+        }
+
+        return headers;
+    }
+
+    private static Span<byte> Write(Span<byte> span, string text)
+    {
+        BinaryPrimitives.WriteInt32LittleEndian(span, text.Length);
+        span = span[4..];
+        foreach (var c in text)
+        {
+            BinaryPrimitives.WriteUInt16LittleEndian(span, c);
+            span = span[2..];
+        }
+
+        return span;
+    }
+
+    private static string Read(ref ReadOnlySpan<byte> data)
+    {
+        if (data.Length < 4)
+        {
+            throw new InvalidDataException("The stored response headers are corrupt.");
+        }
+
+        var length = BinaryPrimitives.ReadInt32LittleEndian(data);
+        data = data[4..];
+        if (length < 0 || length > data.Length / 2)
+        {
+            throw new InvalidDataException("The stored response headers are corrupt.");
+        }
+
+        var text = string.Create(length, data[..(2 * length)].ToArray(), static (chars, bytes) =>
+        {
+            for (var i = 0; i < chars.Length; i++)
+            {
+                chars[i] = (char)BinaryPrimitives.ReadUInt16LittleEndian(bytes.AsSpan(2 * i));
+            }
+        });
+        data = data[(2 * length)..];
+        return text;
+    }
+}

@@ -1,0 +1,29 @@
+using Idem;
+using Idem.Sqlite;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>Registers <see cref="SqliteIdempotencyStore"/> as the idempotency store.</summary>
+public static class SqliteIdempotencyBuilderExtensions
+{
+    /// <summary>
+    /// Keeps idempotency records in the SQLite database file at <paramref name="path"/> (created when missing, in WAL mode),
+    /// replacing any store registered before. Leases and retention are judged by the registered
+    /// <see cref="TimeProvider"/>, or the system clock when none is registered.
+    /// </summary>
+    /// <param name="builder">The builder returned by <c>AddIdempotency()</c>.</param>
+    /// <param name="path">The database file, for example <c>idem.db</c>.</param>
+    /// <param name="configure">Adjusts the options; validated here, at startup.</param>
+    /// <returns>The builder.</returns>
+    public static IIdempotencyBuilder UseSqliteStore(this IIdempotencyBuilder builder, string path, Action<SqliteIdempotencyStoreOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+
+        var options = new SqliteIdempotencyStoreOptions { Path = path };
+        configure?.Invoke(options);
+        SqliteIdempotencyStore.Validate(options);
+
+        return builder.UseStore(sp => new SqliteIdempotencyStore(options, sp.GetService<TimeProvider>() ?? TimeProvider.System));
+    }
+}
