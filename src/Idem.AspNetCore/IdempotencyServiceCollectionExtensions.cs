@@ -11,8 +11,9 @@ namespace Microsoft.Extensions.DependencyInjection;
 public static class IdempotencyServiceCollectionExtensions
 {
     /// <summary>
-    /// Adds the idempotency executor, metrics, background purge and the default store: SQLite in <c>idem.db</c> in the
-    /// content root, so protection never silently does nothing. Choose another store on the returned builder.
+    /// Adds the idempotency executor, metrics, background purge, OpenAPI header documentation and the default store:
+    /// SQLite in <c>idem.db</c> in the content root, so protection never silently does nothing. Choose another store on
+    /// the returned builder (<c>.UseSqliteStore(path)</c>, <c>.UsePostgreSqlStore(…)</c>, <c>.UseInMemoryStore()</c>).
     /// </summary>
     public static IIdempotencyBuilder AddIdempotency(this IServiceCollection services) => services.AddIdempotency(static _ => { });
 
@@ -47,7 +48,13 @@ public static class IdempotencyServiceCollectionExtensions
         var builder = new IdempotencyBuilder(services);
         if (!services.Any(static d => d.ServiceType == typeof(IIdempotencyStore)))
         {
-            builder.UseInMemoryStore(); // TODO(merge): UseSqliteStore(DefaultSqlitePath)
+            // Incident 1: there is always a store. The default is durable and needs no server.
+            builder.UseStore(static sp => new Idem.Sqlite.SqliteIdempotencyStore(
+                new Idem.Sqlite.SqliteIdempotencyStoreOptions
+                {
+                    Path = Path.Combine(sp.GetService<IHostEnvironment>()?.ContentRootPath ?? AppContext.BaseDirectory, DefaultSqlitePath),
+                },
+                sp.GetRequiredService<TimeProvider>()));
         }
 
         return builder;
