@@ -255,7 +255,14 @@ public sealed class IdempotencyExecutor
         {
             while (true)
             {
-                await Task.Delay(interval, _timeProvider, stop).ConfigureAwait(false);
+                // Stopping is the common case (every execution shorter than a third of the lease ends here), so it must
+                // not throw: awaiting the cancelled delay normally cost one first-chance exception per execution.
+                await Task.Delay(interval, _timeProvider, stop).ConfigureAwait(ConfigureAwaitOptions.SuppressThrowing);
+                if (stop.IsCancellationRequested)
+                {
+                    return;
+                }
+
                 bool renewed;
                 try
                 {
@@ -289,7 +296,9 @@ public sealed class IdempotencyExecutor
 
     private static async ValueTask StopAsync(CancellationTokenSource heartbeatCts, Task heartbeat)
     {
-        await heartbeatCts.CancelAsync().ConfigureAwait(false);
+        // Synchronous: the callbacks on this token are the heartbeat's delay and, during a renewal, its linked store
+        // token, both cheap to run inline; CancelAsync queued them as one more thread-pool work item per execution.
+        heartbeatCts.Cancel();
         await heartbeat.ConfigureAwait(false);
     }
 
