@@ -4,7 +4,8 @@
 # See benchmarks/README.md. Writes benchmarks/results.md and prints it.
 #
 # Environment (all optional):
-#   DURATION=10s WARMUP=3s THREADS=2 CONNECTIONS=32   wrk settings per case
+#   DURATION=10s WARMUP=5s THREADS=2 CONNECTIONS=32   wrk settings per case
+#   TIERING=fast|default                              fast (default) sets DOTNET_TC_CallCountingDelayMs=0, see README
 #   PIN=1 SERVER_CPUS=0 WRK_CPUS=1                    taskset pinning (PIN=0 turns it off)
 #   CASES="bare memory-new ..."                       run only these cases (bare is always measured, interleaved)
 #   IDEM_BENCH_POSTGRES="Host=...;Database=..."       enables the PostgreSQL cases
@@ -15,13 +16,14 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 
 DURATION="${DURATION:-10s}"
-WARMUP="${WARMUP:-3s}"
+WARMUP="${WARMUP:-5s}"
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-32}"
 PIN="${PIN:-1}"
 SERVER_CPUS="${SERVER_CPUS:-0}"
 WRK_CPUS="${WRK_CPUS:-1}"
 CASES="${CASES:-}"
+TIERING="${TIERING:-fast}"
 POSTGRES="${IDEM_BENCH_POSTGRES:-}"
 
 project="$here/Idem.Benchmarks.Server/Idem.Benchmarks.Server.csproj"
@@ -45,6 +47,15 @@ trap cleanup EXIT
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 command -v curl >/dev/null || { echo "curl not found" >&2; exit 1; }
+
+server_env=(DOTNET_gcServer=1)
+tiering_note="tiered compilation and dynamic PGO at .NET defaults"
+if [[ "$TIERING" == fast ]]; then
+  # Tiered compilation and dynamic PGO stay on; only the call-counting delay goes. Under a saturating load on one
+  # pinned core that delay never runs out, and neither bare nor Idem code reached Tier 1 in a 10 s run (README).
+  server_env+=(DOTNET_TC_CallCountingDelayMs=0)
+  tiering_note="tiered compilation and dynamic PGO on, DOTNET_TC_CallCountingDelayMs=0"
+fi
 
 server_prefix=()
 wrk_prefix=()
@@ -110,7 +121,7 @@ run_case() {
   local args=(--store "$store" --port "$port")
   [[ -n "$connection" ]] && args+=(--connection "$connection")
   # exec through taskset keeps one PID: the one we stop.
-  DOTNET_gcServer=1 "${server_prefix[@]}" dotnet "$dll" "${args[@]}" >"$log" 2>&1 &
+  env "${server_env[@]}" "${server_prefix[@]}" dotnet "$dll" "${args[@]}" >"$log" 2>&1 &
   server_pid=$!
 
   local ready=0
@@ -182,11 +193,15 @@ run_case() {
   local d
   d() { echo $(( $(json_field "$after" "$1") - $(json_field "$before" "$1") )); }
   runs="$(d executions)"
-  local exceptions allocated gcs
+  local exceptions allocated gcs pause workitems cpu
   exceptions="$(d exceptions)"
   allocated="$(d allocatedBytes)"
   gcs="$(d gen0)/$(d gen1)/$(d gen2)"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mode" "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" "$exceptions" "$allocated" "$gcs" >>"$rows"
+  pause="$(d gcPauseMicroseconds)"
+  workitems="$(d threadPoolWorkItems)"
+  cpu="$(d cpuMicroseconds)"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mode" "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" \
+    "$exceptions" "$allocated" "$gcs" "$pause" "$workitems" "$cpu" >>"$rows"
   printf '   %s req/s, p50 %s ms, p99 %s ms, %s requests, handler ran %s times, %s errors, %s exceptions, %s bytes allocated, GCs %s\n' \
     "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" "$exceptions" "$allocated" "$gcs"
 }
@@ -227,7 +242,7 @@ dirty="$(git -C "$here/.." status --porcelain -- src benchmarks 2>/dev/null | gr
 
 awk -F'\t' -v started="$started" -v commit="$commit$dirty" -v pin="$pin_note" \
   -v wrkargs="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP)" \
-  -v cpus="$(nproc)" -v load1="$load_before" -v load2="$load_after" -v dotnet="$(dotnet --version)" '
+  -v tiering="$tiering_note" -v cpus="$(nproc)" -v load1="$load_before" -v load2="$load_after" -v dotnet="$(dotnet --version)" '
 function target(name) {
   if (name == "memory-new") return "ratio:0.75"
   if (name == "memory-replay") return "ratio:0.85"
@@ -238,7 +253,7 @@ function target(name) {
 }
 {
   n++; name[n] = $1; mode[n] = $2; rps[n] = $3; p50[n] = $4; p99[n] = $5; req[n] = $6; runs[n] = $7; err[n] = $8; note[n] = $8
-  exc[n] = $9; alloc[n] = $10; gcs[n] = $11
+  exc[n] = $9; alloc[n] = $10; gcs[n] = $11; pause[n] = $12; items[n] = $13; cpu[n] = $14
   if ($1 ~ /^bare/ && $2 != "skip") {
     bn++; bsum += $3
     if (bmin == "" || $3 < bmin) bmin = $3
@@ -250,7 +265,7 @@ END {
   bmean = bn ? bsum / bn : 0
   print "# Idem HTTP benchmark results"
   print ""
-  printf "Run %s, commit %s, .NET SDK %s, %d CPUs, %s, %s.\n", started, commit, dotnet, cpus, pin, wrkargs
+  printf "Run %s, commit %s, .NET SDK %s, %d CPUs, %s, %s, server GC, %s.\n", started, commit, dotnet, cpus, pin, wrkargs, tiering
   printf "Load average before/after: %s / %s (the box is shared: read the ratios, not the absolute numbers).\n", load1, load2
   print ""
   if (bn) printf "Bare baseline: mean **%.0f req/s** over %d interleaved runs (%s); spread (max-min)/mean = %.1f%%.\n", bmean, bn, blist, 100 * (bmax - bmin) / bmean
@@ -281,13 +296,15 @@ END {
     printf "| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %d / %d |\n", name[i], rps[i], p50[i], p99[i], ratio, tdesc, verdict, runs[i], req[i]
   }
   print ""
-  print "Server-side diagnostics over the timed run (from GET /stats: GC.GetTotalAllocatedBytes, GC.CollectionCount, first-chance exceptions):"
+  print "Server-side diagnostics over the timed run, from GET /stats (process CPU time, GC.GetTotalAllocatedBytes,"
+  print "GC.CollectionCount, GC.GetTotalPauseDuration, ThreadPool.CompletedWorkItemCount, first-chance exceptions)."
+  print "CPU µs/request is the least noise-sensitive number here: it does not depend on how much CPU the box gave us."
   print ""
-  print "| case | allocated KB/request | exceptions/request | GCs gen0/gen1/gen2 |"
-  print "|---|---:|---:|---|"
+  print "| case | CPU µs/request | allocated KB/request | thread-pool items/request | exceptions/request | GCs gen0/1/2 | GC pause ms |"
+  print "|---|---:|---:|---:|---:|---|---:|"
   for (i = 1; i <= n; i++) {
     if (mode[i] == "skip" || req[i] == 0) continue
-    printf "| %s | %.2f | %.3f | %s |\n", name[i], alloc[i] / req[i] / 1024, exc[i] / req[i], gcs[i]
+    printf "| %s | %.1f | %.2f | %.2f | %.3f | %s | %.0f |\n", name[i], cpu[i] / req[i], alloc[i] / req[i] / 1024, items[i] / req[i], exc[i] / req[i], gcs[i], pause[i] / 1000
   }
   print ""
   print "Cases: *bare* = same handler without Idem (new key header sent, ignored); *-new* = a unique Idempotency-Key per"

@@ -82,7 +82,11 @@ app.MapGet("/stats", () => TypedResults.Ok(new Stats(
     GC.GetTotalAllocatedBytes(precise: false),
     GC.CollectionCount(0),
     GC.CollectionCount(1),
-    GC.CollectionCount(2))));
+    GC.CollectionCount(2),
+    (long)GC.GetTotalPauseDuration().TotalMicroseconds,
+    ThreadPool.CompletedWorkItemCount,
+    Monitor.LockContentionCount,
+    (long)Environment.CpuUsage.TotalTime.TotalMicroseconds)));
 
 await app.RunAsync().ConfigureAwait(false);
 return 0;
@@ -98,7 +102,7 @@ internal sealed record CreateOrder(int Amount);
 
 internal sealed record Order(Guid Id, int Amount);
 
-internal sealed record Stats(string Store, long Executions, long Exceptions, long AllocatedBytes, int Gen0, int Gen1, int Gen2);
+internal sealed record Stats(string Store, long Executions, long Exceptions, long AllocatedBytes, int Gen0, int Gen1, int Gen2, long GcPauseMicroseconds, long ThreadPoolWorkItems, long LockContentions, long CpuMicroseconds);
 
 [JsonSerializable(typeof(CreateOrder))]
 [JsonSerializable(typeof(Order))]
