@@ -238,7 +238,7 @@ load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # ---- the table ----------------------------------------------------------------------------------------------------
 commit="$(git -C "$here" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-dirty="$(git -C "$here/.." status --porcelain -- src benchmarks 2>/dev/null | grep -q . && echo ' (uncommitted changes)' || true)"
+dirty="$(git -C "$here/.." status --porcelain -- src benchmarks ':!benchmarks/results.md' 2>/dev/null | grep -q . && echo ' (uncommitted changes)' || true)"
 
 awk -F'\t' -v started="$started" -v commit="$commit$dirty" -v pin="$pin_note" \
   -v wrkargs="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP)" \
