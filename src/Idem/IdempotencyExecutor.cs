@@ -194,8 +194,7 @@ public sealed class IdempotencyExecutor
     {
         Log.Claimed(_logger, storeKey);
         using var executionCts = new CancellationTokenSource(policy.ExecutionTimeout, _timeProvider);
-        using var heartbeatCts = new CancellationTokenSource();
-        var heartbeat = RenewWhileRunningAsync(storeKey, ownerToken, policy, executionCts, heartbeatCts.Token);
+        var heartbeat = new LeaseHeartbeat(this, storeKey, ownerToken, policy, executionCts);
 
         StoredResponse response;
         try
@@ -204,14 +203,14 @@ public sealed class IdempotencyExecutor
         }
         catch (Exception ex)
         {
-            await StopAsync(heartbeatCts, heartbeat).ConfigureAwait(false);
+            await heartbeat.StopAsync().ConfigureAwait(false);
             Log.ReleasedAfterFailure(_logger, ex, storeKey);
             await TryReleaseAsync(storeKey, ownerToken, policy).ConfigureAwait(false);
             activity?.SetTag("idem.outcome", "failed");
             throw;
         }
 
-        await StopAsync(heartbeatCts, heartbeat).ConfigureAwait(false);
+        await heartbeat.StopAsync().ConfigureAwait(false);
 
         if (!policy.ShouldStore(response.StatusCode))
         {
@@ -250,49 +249,111 @@ public sealed class IdempotencyExecutor
         return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { Stored = stored, TookOver = tookOver });
     }
 
-    private async Task RenewWhileRunningAsync(string storeKey, Guid ownerToken, IdempotencyPolicy policy, CancellationTokenSource executionCts, CancellationToken stop)
+    /// <summary>
+    /// Renews a claim's lease every third of it while the work runs. Until the first renewal is due it is one timer
+    /// and nothing else: almost every execution ends before that, so the heartbeat must cost them next to nothing
+    /// (a delay task, its state machine and a cancellation source per execution showed up in the benchmarks).
+    /// </summary>
+    private sealed class LeaseHeartbeat
     {
-        var interval = policy.Lease / 3;
-        try
+        private readonly IdempotencyExecutor _executor;
+        private readonly string _storeKey;
+        private readonly Guid _ownerToken;
+        private readonly IdempotencyPolicy _policy;
+        private readonly CancellationTokenSource _executionCts;
+        private readonly TimeSpan _interval;
+        private readonly ITimer _timer;
+        private readonly Lock _gate = new();
+        private CancellationTokenSource? _stopCts;
+        private Task? _renewing;
+        private bool _stopped;
+
+        public LeaseHeartbeat(IdempotencyExecutor executor, string storeKey, Guid ownerToken, IdempotencyPolicy policy, CancellationTokenSource executionCts)
         {
-            while (true)
+            _executor = executor;
+            _storeKey = storeKey;
+            _ownerToken = ownerToken;
+            _policy = policy;
+            _executionCts = executionCts;
+            _interval = policy.Lease / 3;
+            _timer = executor._timeProvider.CreateTimer(static state => ((LeaseHeartbeat)state!).OnDue(), this, _interval, Timeout.InfiniteTimeSpan);
+        }
+
+        /// <summary>Stops renewing and waits for a renewal in progress, which is cancelled. Never throws.</summary>
+        public async ValueTask StopAsync()
+        {
+            Task? renewing;
+            lock (_gate)
             {
-                await Task.Delay(interval, _timeProvider, stop).ConfigureAwait(false);
-                bool renewed;
-                try
+                _stopped = true;
+                renewing = _renewing;
+            }
+
+            _timer.Dispose();
+            if (renewing is null)
+            {
+                return;
+            }
+
+            // Synchronous: the only callback is the renewal's linked store token.
+            _stopCts!.Cancel();
+            await renewing.ConfigureAwait(false);
+            _stopCts.Dispose();
+        }
+
+        private void OnDue()
+        {
+            lock (_gate)
+            {
+                if (_stopped)
                 {
-                    renewed = await CallStoreAsync(
-                        static (s, a, ct) => s.RenewAsync(a.storeKey, a.ownerToken, a.Lease, ct),
-                        (storeKey, ownerToken, policy.Lease),
-                        policy,
-                        stop).ConfigureAwait(false);
-                }
-                catch (Exception ex) when (IsStoreFailure(ex, stop))
-                {
-                    _metrics.StoreError("renew");
-                    Log.LeaseLost(_logger, ex, storeKey);
-                    await executionCts.CancelAsync().ConfigureAwait(false);
                     return;
                 }
 
-                if (!renewed)
+                // Started under the gate so that StopAsync either prevents it or sees it and waits for it.
+                _stopCts ??= new CancellationTokenSource();
+                _renewing = RenewAsync(_stopCts.Token);
+            }
+        }
+
+        private async Task RenewAsync(CancellationToken stop)
+        {
+            bool renewed;
+            try
+            {
+                renewed = await _executor.CallStoreAsync(
+                    static (s, h, ct) => s.RenewAsync(h._storeKey, h._ownerToken, h._policy.Lease, ct),
+                    this,
+                    _policy,
+                    stop).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested)
+            {
+                return; // The work finished.
+            }
+            catch (Exception ex)
+            {
+                _executor._metrics.StoreError("renew");
+                Log.LeaseLost(_executor._logger, ex, _storeKey);
+                await _executionCts.CancelAsync().ConfigureAwait(false);
+                return;
+            }
+
+            if (!renewed)
+            {
+                Log.LeaseLost(_executor._logger, null, _storeKey);
+                await _executionCts.CancelAsync().ConfigureAwait(false);
+                return;
+            }
+
+            lock (_gate)
+            {
+                if (!_stopped)
                 {
-                    Log.LeaseLost(_logger, null, storeKey);
-                    await executionCts.CancelAsync().ConfigureAwait(false);
-                    return;
+                    _timer.Change(_interval, Timeout.InfiniteTimeSpan);
                 }
             }
         }
-        catch (OperationCanceledException) when (stop.IsCancellationRequested)
-        {
-            // The work finished.
-        }
-    }
-
-    private static async ValueTask StopAsync(CancellationTokenSource heartbeatCts, Task heartbeat)
-    {
-        await heartbeatCts.CancelAsync().ConfigureAwait(false);
-        await heartbeat.ConfigureAwait(false);
     }
 
     private async ValueTask TryReleaseAsync(string storeKey, Guid ownerToken, IdempotencyPolicy policy)
