@@ -4,73 +4,23 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 
-PG_BIN=/usr/lib/postgresql/15/bin
-log() { printf '[test.sh] %s\n' "$*" >&2; }
-
-install_missing() {
-  local need=()
-  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-  [ -x "$PG_BIN/initdb" ] || need+=(postgresql)
-  if [ ${#need[@]} -gt 0 ]; then
-    log "installing ${need[*]}"
-    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
-  fi
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null \
-    || echo $((20000 + RANDOM % 20000))
-}
+. eng/servers.sh
 
 WORK=$(mktemp -d /tmp/idem-test.XXXXXX)
-PG_STARTED=""
-REDIS_PID=""
 cleanup() {
-  if [ -n "$PG_STARTED" ]; then
-    as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate stop >/dev/null 2>&1 || true
-  fi
-  if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; fi
+  idem_stop_postgres
+  idem_stop_redis
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-as_postgres() {
-  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
-}
+idem_install_missing
+idem_start_postgres "$WORK" || { echo "0 passed, 1 failed"; exit 1; }
+export IDEM_TEST_POSTGRES="$IDEM_PG_CONNECTION" IDEM_TEST_POSTGRES_DATA="$IDEM_PG_DATA" IDEM_TEST_POSTGRES_OPTIONS="$IDEM_PG_OPTIONS"
+idem_start_redis "$WORK"
+export IDEM_TEST_REDIS="$IDEM_REDIS_ENDPOINT"
 
-start_postgres() {
-  id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
-  mkdir -p "$WORK/pg" "$WORK/pgsock"
-  [ "$(id -u)" -eq 0 ] && chown postgres "$WORK" "$WORK/pg" "$WORK/pgsock"
-  chmod 755 "$WORK"
-  as_postgres "$PG_BIN/initdb" -D "$WORK/pg" -U postgres -A trust --no-sync >"$WORK/initdb.log" 2>&1 || { cat "$WORK/initdb.log" >&2; return 1; }
-  local port; port=$(free_port)
-  as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w -t 60 \
-    -o "-p $port -c listen_addresses=127.0.0.1 -k $WORK/pgsock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
-    start >/dev/null || { cat "$WORK/pg.log" >&2; return 1; }
-  PG_STARTED=1
-  export IDEM_TEST_POSTGRES="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres;Pooling=true;Maximum Pool Size=100"
-  export IDEM_TEST_POSTGRES_DATA="$WORK/pg"
-  export IDEM_TEST_POSTGRES_OPTIONS="-p $port -c listen_addresses=127.0.0.1 -k $WORK/pgsock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-  log "PostgreSQL on 127.0.0.1:$port"
-}
-
-start_redis() {
-  local port; port=$(free_port)
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" --daemonize no >"$WORK/redis.log" 2>&1 &
-  REDIS_PID=$!
-  for _ in $(seq 1 50); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-  export IDEM_TEST_REDIS="127.0.0.1:$port"
-  log "Redis on 127.0.0.1:$port"
-}
-
-install_missing
-start_postgres || { echo "0 passed, 1 failed"; exit 1; }
-start_redis
+log() { idem_log "$@"; }
 
 log "building"
 if ! dotnet build Idem.slnx -c Release -nologo -v quiet >"$WORK/build.log" 2>&1; then

@@ -8,8 +8,8 @@
 #   TIERING=fast|default                              fast (default) sets DOTNET_TC_CallCountingDelayMs=0, see README
 #   PIN=1 SERVER_CPUS=0 WRK_CPUS=1                    taskset pinning (PIN=0 turns it off)
 #   CASES="bare memory-new ..."                       run only these cases (bare is always measured, interleaved)
-#   IDEM_BENCH_POSTGRES="Host=...;Database=..."       enables the PostgreSQL cases
-#   IDEM_BENCH_SQLITE=true|false                      overrides the csproj's IdemBenchSqlite (compiles the SQLite cases in)
+#   IDEM_BENCH_POSTGRES="Host=...;Database=..."       PostgreSQL to use; when unset, a temporary local one is started
+#                                                     (PostgreSQL 15 binaries, as test.sh does); IDEM_BENCH_POSTGRES=off skips it
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -36,14 +36,23 @@ rows="$work/rows.tsv"
 : >"$rows"
 server_pid=""
 
+. "$here/../eng/servers.sh"
 cleanup() {
   if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
   fi
+  idem_stop_postgres || true
   rm -rf "$work"
 }
 trap cleanup EXIT
+
+IDEM_NEED_WRK=1 idem_install_missing
+if [[ -z "$POSTGRES" ]]; then
+  if idem_start_postgres "$work"; then POSTGRES="$IDEM_PG_CONNECTION"; fi
+elif [[ "$POSTGRES" == "off" ]]; then
+  POSTGRES=""
+fi
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
 command -v curl >/dev/null || { echo "curl not found" >&2; exit 1; }
@@ -68,8 +77,6 @@ fi
 
 # ---- build once ---------------------------------------------------------------------------------------------
 build_args=(-c Release --nologo -v quiet)
-[[ -n "${IDEM_BENCH_SQLITE:-}" ]] && build_args+=("-p:IdemBenchSqlite=$IDEM_BENCH_SQLITE")
-[[ -n "$POSTGRES" ]] && build_args+=("-p:IdemBenchPostgres=${IDEM_BENCH_POSTGRES_BUILD:-true}")
 echo "== building (Release) =="
 dotnet build "$project" "${build_args[@]}" >"$work/build.log" 2>&1 || { cat "$work/build.log" >&2; exit 1; }
 
@@ -130,10 +137,6 @@ run_case() {
       local rc=0
       wait "$server_pid" || rc=$?
       server_pid=""
-      if [[ "$rc" == 3 ]]; then
-        skip "$name" "store not compiled in (see README: TODO(merge))"
-        return 0
-      fi
       echo "server exited with $rc:" >&2
       cat "$log" >&2
       skip "$name" "server failed to start (exit $rc)"
@@ -229,7 +232,7 @@ if [[ -n "$POSTGRES" ]]; then
   run_case postgres-replay postgres replay "$POSTGRES"
 else
   for c in postgres-new postgres-replay; do
-    wanted "$c" && { echo "== $c =="; skip "$c" "IDEM_BENCH_POSTGRES not set"; }
+    wanted "$c" && { echo "== $c =="; skip "$c" "no PostgreSQL (IDEM_BENCH_POSTGRES=off or it failed to start)"; }
   done
 fi
 run_case bare-3 none new

@@ -1,0 +1,69 @@
+# Shared by test.sh and benchmarks/run.sh: install and start throwaway PostgreSQL and Redis servers on free
+# loopback ports in a work directory, and stop them by PID/data dir. Source it; nothing runs on its own.
+# PostgreSQL refuses to run as root, so as root it runs as the postgres user with a data dir that user owns.
+
+IDEM_PG_BIN=/usr/lib/postgresql/15/bin
+
+idem_log() { printf '[idem] %s\n' "$*" >&2; }
+
+idem_install_missing() {
+  local need=()
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  [ -x "$IDEM_PG_BIN/initdb" ] || need+=(postgresql)
+  command -v wrk >/dev/null 2>&1 || [ "${IDEM_NEED_WRK:-0}" = 0 ] || need+=(wrk)
+  if [ ${#need[@]} -gt 0 ]; then
+    idem_log "installing ${need[*]}"
+    local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+
+idem_free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()' 2>/dev/null \
+    || echo $((20000 + RANDOM % 20000))
+}
+
+idem_as_postgres() {
+  if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# idem_start_postgres WORKDIR: sets IDEM_PG_CONNECTION, IDEM_PG_DATA, IDEM_PG_OPTIONS.
+idem_start_postgres() {
+  local dir="$1"
+  id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+  mkdir -p "$dir/pg" "$dir/pgsock"
+  chmod 755 "$dir"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$dir/pg" "$dir/pgsock"
+  idem_as_postgres "$IDEM_PG_BIN/initdb" -D "$dir/pg" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; return 1; }
+  local port; port=$(idem_free_port)
+  IDEM_PG_OPTIONS="-p $port -c listen_addresses=127.0.0.1 -k $dir/pgsock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+  idem_as_postgres "$IDEM_PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t 60 -o "$IDEM_PG_OPTIONS" start >/dev/null \
+    || { cat "$dir/pg.log" >&2; return 1; }
+  IDEM_PG_DATA="$dir/pg"
+  IDEM_PG_CONNECTION="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres;Pooling=true;Maximum Pool Size=100"
+  idem_log "PostgreSQL on 127.0.0.1:$port"
+}
+
+idem_stop_postgres() {
+  [ -n "${IDEM_PG_DATA:-}" ] && idem_as_postgres "$IDEM_PG_BIN/pg_ctl" -D "$IDEM_PG_DATA" -m immediate stop >/dev/null 2>&1
+  IDEM_PG_DATA=""
+}
+
+# idem_start_redis WORKDIR: sets IDEM_REDIS_ENDPOINT and IDEM_REDIS_PID.
+idem_start_redis() {
+  local dir="$1" port; port=$(idem_free_port)
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize no >"$dir/redis.log" 2>&1 &
+  IDEM_REDIS_PID=$!
+  for _ in $(seq 1 50); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  IDEM_REDIS_ENDPOINT="127.0.0.1:$port"
+  idem_log "Redis on $IDEM_REDIS_ENDPOINT"
+}
+
+idem_stop_redis() {
+  [ -n "${IDEM_REDIS_PID:-}" ] && kill "$IDEM_REDIS_PID" 2>/dev/null
+  IDEM_REDIS_PID=""
+}
