@@ -11,6 +11,8 @@ namespace Idem.TestUtils;
 /// that server is used (CI starts one); otherwise this starts PostgreSQL 15 itself: <c>initdb</c> as the <c>postgres</c>
 /// user in a temporary directory, a free loopback port, and on disposal stops it and deletes the directory.
 /// Use it as an xunit collection fixture (one server per test run); give every test its own schema or database.
+/// A test that stops and starts the server (an outage) must not touch that shared one: it asks for a private server with
+/// <see cref="StartPrivateAsync"/>, which is always self-started whatever the environment says.
 /// </summary>
 public sealed class PostgreSqlServer : IAsyncLifetime
 {
@@ -19,8 +21,35 @@ public sealed class PostgreSqlServer : IAsyncLifetime
 
     private const string DefaultBinDirectory = "/usr/lib/postgresql/15/bin";
 
+    private readonly bool _private;
     private string? _root;
     private string? _connectionString;
+
+    /// <summary>A server for the whole run: the one in <see cref="EnvironmentVariable"/> when set, otherwise self-started.</summary>
+    public PostgreSqlServer()
+    {
+    }
+
+    private PostgreSqlServer(bool isPrivate) => _private = isPrivate;
+
+    /// <summary>
+    /// Starts a PostgreSQL for the caller alone (never the shared one from <see cref="EnvironmentVariable"/>), which the
+    /// caller may <see cref="StopAsync">stop</see> and <see cref="StartAsync">start</see> again on the same port, and must dispose.
+    /// </summary>
+    public static async Task<PostgreSqlServer> StartPrivateAsync()
+    {
+        var server = new PostgreSqlServer(isPrivate: true);
+        try
+        {
+            await server.InitializeAsync();
+            return server;
+        }
+        catch
+        {
+            await server.DisposeAsync();
+            throw;
+        }
+    }
 
     /// <summary>The connection string of the server's test database (a superuser on a self-started server).</summary>
     public string ConnectionString => _connectionString ?? throw new InvalidOperationException("The server is not initialized.");
@@ -41,7 +70,7 @@ public sealed class PostgreSqlServer : IAsyncLifetime
     /// <inheritdoc />
     public async Task InitializeAsync()
     {
-        if (Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } external)
+        if (!_private && Environment.GetEnvironmentVariable(EnvironmentVariable) is { Length: > 0 } external)
         {
             IsExternal = true;
             _connectionString = external;
@@ -127,7 +156,11 @@ public sealed class PostgreSqlServer : IAsyncLifetime
             return;
         }
 
-        NpgsqlConnection.ClearAllPools();
+        if (!_private)
+        {
+            NpgsqlConnection.ClearAllPools();
+        }
+
         try
         {
             if (IsRunning)
