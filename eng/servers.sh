@@ -31,15 +31,16 @@ idem_as_postgres() {
 idem_start_postgres() {
   local dir="$1"
   id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
-  mkdir -p "$dir/pg" "$dir/pgsock"
+  # The server's own files (data, socket, log) live in directories the postgres user owns.
+  mkdir -p "$dir/pg" "$dir/pgsock" "$dir/pglog"
   chmod 755 "$dir"
-  [ "$(id -u)" -eq 0 ] && chown postgres "$dir/pg" "$dir/pgsock"
+  [ "$(id -u)" -eq 0 ] && chown postgres "$dir/pg" "$dir/pgsock" "$dir/pglog"
   idem_as_postgres "$IDEM_PG_BIN/initdb" -D "$dir/pg" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; return 1; }
   local port; port=$(idem_free_port)
   IDEM_PG_OPTIONS="-p $port -c listen_addresses=127.0.0.1 -k $dir/pgsock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-  idem_as_postgres "$IDEM_PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pg.log" -w -t 60 -o "$IDEM_PG_OPTIONS" start >/dev/null \
-    || { cat "$dir/pg.log" >&2; return 1; }
+  idem_as_postgres "$IDEM_PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pglog/pg.log" -w -t 60 -o "$IDEM_PG_OPTIONS" start >/dev/null \
+    || { cat "$dir/pglog/pg.log" >&2; return 1; }
   IDEM_PG_DATA="$dir/pg"
   IDEM_PG_CONNECTION="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres;Pooling=true;Maximum Pool Size=100"
   idem_log "PostgreSQL on 127.0.0.1:$port"
