@@ -115,6 +115,12 @@ internal sealed class IdempotencyMiddleware
             await RejectAsync(context, requestId, ex.StatusCode, "Unreadable request body", ex.Message).ConfigureAwait(false);
             return;
         }
+        catch (EndOfStreamException)
+        {
+            await RejectAsync(context, requestId, StatusCodes.Status400BadRequest, "Truncated request body",
+                "The request body ended before its Content-Length.").ConfigureAwait(false);
+            return;
+        }
         catch (Exception ex) when ((ex is OperationCanceledException or IOException) && context.RequestAborted.IsCancellationRequested)
         {
             return; // The client went away while sending the body; nothing was claimed and nobody is listening.
@@ -253,9 +259,21 @@ internal sealed class IdempotencyMiddleware
             return fingerprint.Complete();
         }
 
+        Stream body;
+        if (request.ContentLength is { } length && length <= _options.RequestBufferThreshold)
+        {
+            // The common case, a small body of known length: one exact-size array serves the hash and the handler.
+            var bytes = new byte[length];
+            await request.Body.ReadExactlyAsync(bytes, context.RequestAborted).ConfigureAwait(false);
+            fingerprint.AppendBody(bytes);
+            body = new MemoryStream(bytes, writable: false);
+            request.Body = body;
+            return await CompleteFingerprintAsync(context, fingerprint, body).ConfigureAwait(false);
+        }
+
         // Memory first, then a temp file: the handler reads the same bytes again after the claim.
         request.EnableBuffering(_options.RequestBufferThreshold);
-        var body = request.Body;
+        body = request.Body;
         var buffer = ArrayPool<byte>.Shared.Rent(16 * 1024);
         try
         {
@@ -276,6 +294,12 @@ internal sealed class IdempotencyMiddleware
         }
 
         body.Position = 0;
+        return await CompleteFingerprintAsync(context, fingerprint, body).ConfigureAwait(false);
+    }
+
+    private async Task<string> CompleteFingerprintAsync(HttpContext context, RequestFingerprint fingerprint, Stream body)
+    {
+        var request = context.Request;
         if (_options.CanonicalJsonFingerprint && IsJson(request.ContentType) && fingerprint.BodyLength > 0)
         {
             var canonical = await CanonicalJson.TryHashAsync(body, context.RequestAborted).ConfigureAwait(false);

@@ -404,18 +404,28 @@ public sealed class IdempotencyExecutor
         return outcome;
     }
 
-    // Every store call has a deadline: an outage must answer quickly, never hang a request.
+    // Every store call that waits has a deadline: an outage must answer quickly, never hang a request. A call that
+    // completes synchronously (the in-memory store, an embedded database) never sees a timer or a registration:
+    // both are armed only once the call turns out to be waiting, which keeps them off the hot path.
     private async ValueTask<TResult> CallStoreAsync<TArg, TResult>(
         Func<IIdempotencyStore, TArg, CancellationToken, ValueTask<TResult>> call,
         TArg argument,
         IdempotencyPolicy policy,
         CancellationToken cancellationToken)
     {
-        using var deadline = new CancellationTokenSource(policy.StoreTimeout, _timeProvider);
-        using var linked = cancellationToken.CanBeCanceled
-            ? CancellationTokenSource.CreateLinkedTokenSource(deadline.Token, cancellationToken)
-            : null;
-        return await call(_store, argument, linked?.Token ?? deadline.Token).ConfigureAwait(false);
+        cancellationToken.ThrowIfCancellationRequested();
+
+        // Not disposed on purpose: it never owns a timer, and a timer callback racing with a dispose would throw.
+        var deadline = new CancellationTokenSource();
+        var pending = call(_store, argument, deadline.Token);
+        if (pending.IsCompleted)
+        {
+            return pending.Result;
+        }
+
+        using var timer = _timeProvider.CreateTimer(static state => ((CancellationTokenSource)state!).Cancel(), deadline, policy.StoreTimeout, Timeout.InfiniteTimeSpan);
+        using var registration = cancellationToken.UnsafeRegister(static state => ((CancellationTokenSource)state!).Cancel(), deadline);
+        return await pending.ConfigureAwait(false);
     }
 
     private static bool IsStoreFailure(Exception exception, CancellationToken callerToken) =>

@@ -49,7 +49,10 @@ public sealed record IdempotencyPolicy
     /// <value>100 seconds.</value>
     public TimeSpan ExecutionTimeout { get; init; } = TimeSpan.FromSeconds(100);
 
-    /// <summary>The deadline of each store call; past it the store counts as unavailable.</summary>
+    /// <summary>
+    /// The deadline of each store call that waits; past it the store counts as unavailable. A store call that completes
+    /// synchronously (an embedded database) is bounded by the store's own timeout instead, such as SQLite's busy timeout.
+    /// </summary>
     /// <value>5 seconds.</value>
     public TimeSpan StoreTimeout { get; init; } = TimeSpan.FromSeconds(5);
 

@@ -89,6 +89,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     {
         ArgumentNullException.ThrowIfNull(response);
         cancellationToken.ThrowIfCancellationRequested();
+        var detached = Detach(response);
         while (_records.TryGetValue(key, out var existing) && IsOwnedInFlight(existing, ownerToken))
         {
             var completed = new IdempotencyRecord
@@ -99,7 +100,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
                 OwnerToken = ownerToken,
                 LeaseExpiresAt = existing.LeaseExpiresAt,
                 ExpiresAt = _timeProvider.GetUtcNow() + retention,
-                Response = response,
+                Response = detached,
             };
 
             if (_records.TryUpdate(key, completed, existing))
@@ -187,6 +188,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     /// <inheritdoc />
     public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken) =>
         _signals.WaitAsync(key, ct => ValueTask.FromResult(HasChanged(key, observedOwner)), timeout, _timeProvider, cancellationToken);
+
+    // Kept for the whole retention: an exact-size copy that never aliases a buffer the caller may reuse.
+    private static StoredResponse Detach(StoredResponse response) =>
+        new(response.StatusCode, response.Headers.ToArray(), response.Body.ToArray()) { BodyOmitted = response.BodyOmitted };
 
     private bool HasChanged(string key, Guid observedOwner)
     {

@@ -30,12 +30,31 @@ internal sealed class ObservedTimeProvider : TimeProvider
     {
         var timer = Fake.CreateTimer(callback, state, dueTime, period);
         Created(dueTime).Release();
-        return timer;
+        return new ObservedTimer(timer, this);
+    }
+
+    // Re-arming a timer (ITimer.Change) counts like creating one: both park a loop on its next delay.
+    private sealed class ObservedTimer(ITimer inner, ObservedTimeProvider owner) : ITimer
+    {
+        public bool Change(TimeSpan dueTime, TimeSpan period)
+        {
+            var changed = inner.Change(dueTime, period);
+            if (dueTime != Timeout.InfiniteTimeSpan)
+            {
+                owner.Created(dueTime).Release();
+            }
+
+            return changed;
+        }
+
+        public void Dispose() => inner.Dispose();
+
+        public ValueTask DisposeAsync() => inner.DisposeAsync();
     }
 
     public void Advance(TimeSpan delta) => Fake.Advance(delta);
 
-    /// <summary>Waits until one more timer with <paramref name="dueTime"/> has been created (each creation is counted once).</summary>
+    /// <summary>Waits until one more timer with <paramref name="dueTime"/> has been created or re-armed (each counted once).</summary>
     public async Task WaitForTimerAsync(TimeSpan dueTime)
     {
         if (!await Created(dueTime).WaitAsync(Guard))
