@@ -42,9 +42,10 @@ public sealed class CountingUpstream : IAsyncDisposable
         var app = builder.Build();
         var upstream = new CountingUpstream(app);
 
-        // POST /{op}?delayMs=N&failFirst=N: counts, optionally waits, answers 201 with a fresh id and the body's hash.
-        app.MapMethods("/{op}", ["POST", "PUT", "PATCH", "DELETE"], async (HttpContext context, string op, int? delayMs, int? failFirst) =>
+        // POST /…/{op}?delayMs=N&failFirst=N: counts, optionally waits, answers 201 with a fresh id and the body's hash.
+        app.MapMethods("/{**path}", ["POST", "PUT", "PATCH", "DELETE"], async (HttpContext context, string path, int? delayMs, int? failFirst) =>
         {
+            var op = path.Split('/')[^1];
             var n = upstream._started.AddOrUpdate(op, 1, static (_, c) => c + 1);
             upstream.RequestIds.Enqueue(context.Request.Headers["X-Request-Id"].ToString());
             using var body = new MemoryStream();
@@ -78,7 +79,7 @@ public sealed class CountingUpstream : IAsyncDisposable
                 requestId = context.Request.Headers["X-Request-Id"].ToString(),
             }, statusCode: 201);
         });
-        app.MapGet("/{op}", (string op) => Results.Json(new { op, started = upstream.Started(op) }));
+        app.MapGet("/{**path}", (string path) => Results.Json(new { path, started = upstream.Started(path.Split('/')[^1]) }));
 
         await app.StartAsync();
         upstream.Address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());
