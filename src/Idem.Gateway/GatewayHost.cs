@@ -68,6 +68,7 @@ public static partial class GatewayHost
             o.MaxRequestBodyBytes = gateway.MaxRequestBodyBytes;
             o.RequestBufferThreshold = gateway.RequestBufferThreshold;
             o.CanonicalJsonFingerprint = gateway.CanonicalJsonFingerprint;
+            o.PurgeInterval = gateway.PurgeInterval;
             o.PrincipalResolver = GatewayPrincipal.Create(gateway.Principal);
         });
         GatewayStores.Use(idem, gateway, builder.Environment.ContentRootPath);

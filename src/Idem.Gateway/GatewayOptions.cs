@@ -55,6 +55,8 @@ internal sealed class GatewayOptions
 
     public bool CanonicalJsonFingerprint { get; set; }
 
+    public TimeSpan PurgeInterval { get; set; } = TimeSpan.FromMinutes(1);
+
     /// <summary>Policy of every route; <c>Idem:Routes:&lt;routeId&gt;</c> and route metadata override it.</summary>
     public RoutePolicySection Default { get; set; } = new();
 
