@@ -11,6 +11,8 @@ install_missing() {
   local need=()
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   [ -x "$PG_BIN/initdb" ] || need+=(postgresql)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)   # the gateway tests run a third-party Express upstream
+  command -v npm >/dev/null 2>&1 || need+=(npm)
   if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
