@@ -70,6 +70,9 @@ internal sealed class GatewayOptions
     public sealed class PostgreSqlSection
     {
         public string? ConnectionString { get; set; }
+
+        /// <summary>Whether the gateway creates (and upgrades) its table on first use; turn off where its user may not run DDL.</summary>
+        public bool CreateSchema { get; set; } = true;
     }
 
     public sealed class PrincipalSection

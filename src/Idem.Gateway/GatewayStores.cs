@@ -26,7 +26,7 @@ internal static class GatewayStores
                     throw new InvalidOperationException("Idem:Store is PostgreSql but Idem:PostgreSql:ConnectionString is empty (e.g. Idem__PostgreSql__ConnectionString=\"Host=db;Username=idem;Password=…;Database=idem\").");
                 }
 
-                UsePostgreSql(builder, options.PostgreSql.ConnectionString);
+                UsePostgreSql(builder, options.PostgreSql.ConnectionString, options.PostgreSql.CreateSchema);
                 break;
             case GatewayStoreKind.Redis:
             case GatewayStoreKind.Tiered:
@@ -47,10 +47,11 @@ internal static class GatewayStores
 #endif
 
 #if IDEM_HAS_POSTGRESQL
-    private static void UsePostgreSql(IIdempotencyBuilder builder, string connectionString) => builder.UsePostgreSqlStore(connectionString);
+    private static void UsePostgreSql(IIdempotencyBuilder builder, string connectionString, bool createSchema) =>
+        builder.UsePostgreSqlStore(connectionString, o => o.CreateSchemaAutomatically = createSchema);
 #else
     // TODO(merge): compiled in automatically (IDEM_HAS_POSTGRESQL) once src/Idem.PostgreSql has UsePostgreSqlStore.
-    private static void UsePostgreSql(IIdempotencyBuilder builder, string connectionString) => throw new InvalidOperationException(
+    private static void UsePostgreSql(IIdempotencyBuilder builder, string connectionString, bool createSchema) => throw new InvalidOperationException(
         "Idem:Store=PostgreSql is not part of this build: the PostgreSQL store has not been merged yet.");
 #endif
 }
