@@ -211,17 +211,23 @@ public static partial class GatewayHost
             return next(context);
         });
 
+        if (managementPorts.Count > 0)
+        {
+            // Decided by the port the connection arrived on (not the Host header, which the client chooses).
+            app.UseOpenTelemetryPrometheusScrapingEndpoint(context =>
+                managementPorts.Contains(context.Connection.LocalPort)
+                && context.Request.Path.StartsWithSegments("/metrics", StringComparison.OrdinalIgnoreCase));
+        }
+
         app.UseRouting();
         app.UseIdempotency();
 
-        var health = app.MapHealthChecks("/healthz");
-        var metrics = app.MapPrometheusScrapingEndpoint("/metrics");
-        if (managementPorts.Count > 0)
+        app.MapHealthChecks("/healthz");
+        if (managementPorts.Count == 0)
         {
-            metrics.RequireHost(managementPorts.Select(static p => "*:" + p.ToString(CultureInfo.InvariantCulture)).ToArray());
+            app.MapPrometheusScrapingEndpoint("/metrics");
         }
 
-        _ = health;
         var policies = new GatewayRoutePolicies(gateway);
         app.MapReverseProxy(pipeline =>
         {
@@ -239,7 +245,6 @@ public static partial class GatewayHost
         });
 
         // Fail at startup, not on the first request, when a route's Idem settings are invalid; and say what is protected.
-        var lifetime = app.Services.GetRequiredService<IHostApplicationLifetime>();
         foreach (var provider in app.Services.GetServices<IProxyConfigProvider>())
         {
             foreach (var route in provider.GetConfig().Routes)
@@ -248,8 +253,6 @@ public static partial class GatewayHost
                 LogRoute(logger, route.RouteId, options is null ? "not protected" : Describe(options, app.Services));
             }
         }
-
-        _ = lifetime;
     }
 
     private static string Describe(IdempotencyEndpointOptions o, IServiceProvider services)
