@@ -1,0 +1,91 @@
+using Idem.AspNetCore;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using Yarp.ReverseProxy.Forwarder;
+
+namespace Idem.Gateway;
+
+/// <summary>
+/// Fires when the gateway is stopping and in-flight requests are about to run out of the host's shutdown timeout:
+/// 80 % of it. Forwarded calls still running then are cancelled, so their claims are released (a retry elsewhere
+/// runs again) instead of being held until the lease expires.
+/// </summary>
+internal sealed partial class GatewayDrain(IHostApplicationLifetime lifetime, IOptions<HostOptions> hostOptions, ILogger<GatewayDrain> logger)
+    : IHostedService, IDisposable
+{
+    private readonly CancellationTokenSource _drain = new();
+    private CancellationTokenRegistration _stopping;
+
+    public CancellationToken Token => _drain.Token;
+
+    public Task StartAsync(CancellationToken cancellationToken)
+    {
+        _stopping = lifetime.ApplicationStopping.Register(() =>
+        {
+            var grace = Grace;
+            LogDraining(logger, grace);
+            _drain.CancelAfter(grace);
+        });
+        return Task.CompletedTask;
+    }
+
+    public TimeSpan Grace => hostOptions.Value.ShutdownTimeout * 0.8;
+
+    public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public void Dispose()
+    {
+        _stopping.Dispose();
+        _drain.Dispose();
+    }
+
+    [LoggerMessage(5001, LogLevel.Information, "Stopping: in-flight requests have {Grace} to finish; forwarded calls still running then are cancelled and their idempotency keys released.", EventName = "Draining")]
+    private static partial void LogDraining(ILogger logger, TimeSpan grace);
+}
+
+/// <summary>
+/// Runs inside YARP's proxy pipeline, under Idem's claim. Links the request's (already detached) abort token with the
+/// drain token, and refuses to let a broken forward be stored: when YARP reports an error after the upstream's status
+/// was copied (the body was cut short), the claim is released instead of completed with a truncated response.
+/// </summary>
+internal sealed class GatewayForwardingMiddleware(RequestDelegate next, GatewayDrain drain)
+{
+    public async Task InvokeAsync(HttpContext context)
+    {
+        var original = context.Features.GetRequiredFeature<IHttpRequestLifetimeFeature>();
+        using var linked = CancellationTokenSource.CreateLinkedTokenSource(original.RequestAborted, drain.Token);
+        context.Features.Set<IHttpRequestLifetimeFeature>(new LinkedRequestLifetimeFeature(original, linked.Token));
+        try
+        {
+            await next(context).ConfigureAwait(false);
+        }
+        finally
+        {
+            context.Features.Set(original);
+        }
+
+        if (context.Response.StatusCode < 500
+            && context.Features.Get<IForwarderErrorFeature>() is { Error: not ForwarderError.None } error
+            && context.Features.Get<IIdempotencyFeature>() is { IsProtected: true })
+        {
+            throw new GatewayForwardingException($"Forwarding failed after the upstream's status {context.Response.StatusCode} was copied ({error.Error}); the response is incomplete and will not be stored.", error.Exception);
+        }
+    }
+
+    private sealed class LinkedRequestLifetimeFeature(IHttpRequestLifetimeFeature original, CancellationToken token) : IHttpRequestLifetimeFeature
+    {
+        public CancellationToken RequestAborted
+        {
+            get => token;
+            set { }
+        }
+
+        public void Abort() => original.Abort();
+    }
+}
+
+/// <summary>A forwarded response that cannot be stored because YARP could not finish it.</summary>
+internal sealed class GatewayForwardingException(string message, Exception? inner) : Exception(message, inner);

@@ -1,0 +1,266 @@
+using System.Globalization;
+using Idem.AspNetCore;
+using Microsoft.Extensions.Configuration;
+
+namespace Idem.Gateway;
+
+/// <summary>The store that keeps the gateway's idempotency records (<c>Idem:Store</c>).</summary>
+internal enum GatewayStoreKind
+{
+    /// <summary>An embedded SQLite file (<c>Idem:Sqlite:Path</c>): one node, durable, zero setup. The default.</summary>
+    Sqlite,
+
+    /// <summary>PostgreSQL (<c>Idem:PostgreSql:ConnectionString</c>): many gateway nodes share one authority.</summary>
+    PostgreSql,
+
+    /// <summary>Process memory: tests and throwaway setups; records are lost on restart.</summary>
+    InMemory,
+
+    /// <summary>Redis: accepted by name, refused at startup until the Redis store ships.</summary>
+    Redis,
+
+    /// <summary>Redis in front of PostgreSQL: accepted by name, refused at startup until the Redis store ships.</summary>
+    Tiered,
+}
+
+/// <summary>The <c>Idem</c> configuration section of the gateway.</summary>
+internal sealed class GatewayOptions
+{
+    public const string SectionName = "Idem";
+
+    /// <summary>One-flag quick start: a catch-all route to this upstream instead of <c>ReverseProxy:Routes/Clusters</c>.</summary>
+    public string? Upstream { get; set; }
+
+    public GatewayStoreKind Store { get; set; } = GatewayStoreKind.Sqlite;
+
+    public SqliteSection Sqlite { get; set; } = new();
+
+    public PostgreSqlSection PostgreSql { get; set; } = new();
+
+    public PrincipalSection Principal { get; set; } = new();
+
+    /// <summary>Extra URLs (e.g. <c>http://127.0.0.1:9090</c>) that serve <c>/metrics</c> and <c>/healthz</c> only.</summary>
+    public string? ManagementUrls { get; set; }
+
+    /// <summary>How long in-flight requests may take to finish when the gateway stops.</summary>
+    public TimeSpan ShutdownTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
+    public string HeaderName { get; set; } = "Idempotency-Key";
+
+    public string CorrelationIdHeader { get; set; } = "X-Request-Id";
+
+    public long MaxRequestBodyBytes { get; set; } = 10 * 1024 * 1024;
+
+    public int RequestBufferThreshold { get; set; } = 64 * 1024;
+
+    public bool CanonicalJsonFingerprint { get; set; }
+
+    public TimeSpan PurgeInterval { get; set; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>Policy of every route; <c>Idem:Routes:&lt;routeId&gt;</c> and route metadata override it.</summary>
+    public RoutePolicySection Default { get; set; } = new();
+
+    public Dictionary<string, RoutePolicySection> Routes { get; set; } = new(StringComparer.OrdinalIgnoreCase);
+
+    public sealed class SqliteSection
+    {
+        public string Path { get; set; } = "idem.db";
+    }
+
+    public sealed class PostgreSqlSection
+    {
+        public string? ConnectionString { get; set; }
+
+        /// <summary>Whether the gateway creates (and upgrades) its table on first use; turn off where its user may not run DDL.</summary>
+        public bool CreateSchema { get; set; } = true;
+    }
+
+    public sealed class PrincipalSection
+    {
+        /// <summary>The request header whose value identifies the caller; <c>Authorization</c> unless a cookie is named.</summary>
+        public string? Header { get; set; }
+
+        /// <summary>A cookie whose value identifies the caller (a session cookie), instead of a header.</summary>
+        public string? Cookie { get; set; }
+    }
+
+    public void Validate()
+    {
+        if (Upstream is not null && (!Uri.TryCreate(Upstream, UriKind.Absolute, out var upstream) || (upstream.Scheme != Uri.UriSchemeHttp && upstream.Scheme != Uri.UriSchemeHttps)))
+        {
+            throw new InvalidOperationException($"Idem:Upstream (--upstream) must be an absolute http:// or https:// URL; got '{Upstream}'.");
+        }
+
+        if (!Enum.IsDefined(Store))
+        {
+            throw new InvalidOperationException($"Unknown Idem:Store; use one of {string.Join(", ", Enum.GetNames<GatewayStoreKind>())}.");
+        }
+
+        if (Principal.Header is not null && Principal.Cookie is not null)
+        {
+            throw new InvalidOperationException("Set Idem:Principal:Header or Idem:Principal:Cookie, not both.");
+        }
+
+        if (ShutdownTimeout <= TimeSpan.Zero)
+        {
+            throw new InvalidOperationException("Idem:ShutdownTimeout must be positive.");
+        }
+    }
+}
+
+/// <summary>Per-route Idem settings, from <c>Idem:Default</c>, <c>Idem:Routes:&lt;routeId&gt;</c> or YARP route metadata <c>Idem.&lt;Name&gt;</c>.</summary>
+internal sealed class RoutePolicySection
+{
+    /// <summary><see langword="false"/> leaves the route unprotected (plain proxying).</summary>
+    public bool? Enabled { get; set; }
+
+    /// <summary>Protected methods, comma separated or a list (default POST, PATCH).</summary>
+    public string[]? Methods { get; set; }
+
+    public bool? RequireKey { get; set; }
+
+    public Idem.ConflictBehavior? ConflictBehavior { get; set; }
+
+    public TimeSpan? Retention { get; set; }
+
+    public TimeSpan? Lease { get; set; }
+
+    public TimeSpan? WaitTimeout { get; set; }
+
+    public TimeSpan? ExecutionTimeout { get; set; }
+
+    /// <summary>Stored statuses: <c>200</c>, <c>2xx</c> or <c>200-299</c>, comma separated; others release the key.</summary>
+    public string? StoredStatuses { get; set; }
+
+    public int? MaxStoredBodyBytes { get; set; }
+
+    public TimeSpan? ImplicitKeyWindow { get; set; }
+
+    public Idem.StoreFailureMode? StoreFailureMode { get; set; }
+
+    /// <summary>Overlays the values set in <paramref name="other"/> onto a copy of this.</summary>
+    public RoutePolicySection Overlay(RoutePolicySection? other) => other is null ? this : new RoutePolicySection
+    {
+        Enabled = other.Enabled ?? Enabled,
+        Methods = other.Methods ?? Methods,
+        RequireKey = other.RequireKey ?? RequireKey,
+        ConflictBehavior = other.ConflictBehavior ?? ConflictBehavior,
+        Retention = other.Retention ?? Retention,
+        Lease = other.Lease ?? Lease,
+        WaitTimeout = other.WaitTimeout ?? WaitTimeout,
+        ExecutionTimeout = other.ExecutionTimeout ?? ExecutionTimeout,
+        StoredStatuses = other.StoredStatuses ?? StoredStatuses,
+        MaxStoredBodyBytes = other.MaxStoredBodyBytes ?? MaxStoredBodyBytes,
+        ImplicitKeyWindow = other.ImplicitKeyWindow ?? ImplicitKeyWindow,
+        StoreFailureMode = other.StoreFailureMode ?? StoreFailureMode,
+    };
+
+    /// <summary>Reads YARP route metadata entries named <c>Idem.&lt;Name&gt;</c> (or <c>Idem:&lt;Name&gt;</c>).</summary>
+    public static RoutePolicySection? FromMetadata(string routeId, IReadOnlyDictionary<string, string>? metadata)
+    {
+        if (metadata is null)
+        {
+            return null;
+        }
+
+        var values = new Dictionary<string, string?>(StringComparer.OrdinalIgnoreCase);
+        foreach (var (name, value) in metadata)
+        {
+            if (name.StartsWith("Idem.", StringComparison.OrdinalIgnoreCase) || name.StartsWith("Idem:", StringComparison.OrdinalIgnoreCase))
+            {
+                values[name[5..]] = value;
+            }
+        }
+
+        if (values.Count == 0)
+        {
+            return null;
+        }
+
+        // Methods may be written "POST,PUT" in a metadata string.
+        if (values.TryGetValue(nameof(Methods), out var methods) && methods is not null)
+        {
+            values.Remove(nameof(Methods));
+            var i = 0;
+            foreach (var method in methods.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            {
+                values[$"{nameof(Methods)}:{i++}"] = method;
+            }
+        }
+
+        var section = new RoutePolicySection();
+        try
+        {
+            new ConfigurationBuilder().AddInMemoryCollection(values).Build().Bind(section, o => o.ErrorOnUnknownConfiguration = true);
+        }
+        catch (InvalidOperationException ex)
+        {
+            throw new InvalidOperationException($"Invalid Idem metadata on YARP route '{routeId}': {ex.Message}", ex);
+        }
+
+        return section;
+    }
+
+    /// <summary>The endpoint options the middleware understands, or <see langword="null"/> when the route is not protected.</summary>
+    public IdempotencyEndpointOptions? ToEndpointOptions(string routeId)
+    {
+        if (Enabled == false)
+        {
+            return null;
+        }
+
+        var methods = Methods?
+            .SelectMany(static m => m.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+            .Select(static m => m.ToUpperInvariant())
+            .ToArray();
+        return new IdempotencyEndpointOptions
+        {
+            Methods = methods is { Length: > 0 } ? methods : null,
+            RequireKey = RequireKey,
+            ConflictBehavior = ConflictBehavior,
+            Retention = Retention,
+            Lease = Lease,
+            WaitTimeout = WaitTimeout,
+            ExecutionTimeout = ExecutionTimeout,
+            ShouldStore = StoredStatuses is null ? null : ParseStatuses(routeId, StoredStatuses),
+            MaxStoredBodyBytes = MaxStoredBodyBytes,
+            ImplicitKeyWindow = ImplicitKeyWindow,
+            StoreFailureMode = StoreFailureMode,
+        };
+    }
+
+    internal static Func<int, bool> ParseStatuses(string routeId, string spec)
+    {
+        var stored = new bool[600];
+        foreach (var token in spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            int from, to;
+            if (token.Length == 3 && token.EndsWith("xx", StringComparison.OrdinalIgnoreCase) && token[0] is >= '1' and <= '5')
+            {
+                from = (token[0] - '0') * 100;
+                to = from + 99;
+            }
+            else if (token.Split('-') is [var a, var b] && TryStatus(a, out from) && TryStatus(b, out to) && from <= to)
+            {
+            }
+            else if (TryStatus(token, out from))
+            {
+                to = from;
+            }
+            else
+            {
+                throw new InvalidOperationException($"Idem StoredStatuses of route '{routeId}': '{token}' is not a status (200), a class (2xx) or a range (200-299).");
+            }
+
+            for (var s = from; s <= to; s++)
+            {
+                stored[s] = true;
+            }
+        }
+
+        return status => status is >= 0 and < 600 && stored[status];
+    }
+
+    private static bool TryStatus(string text, out int status) =>
+        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out status) && status is >= 100 and <= 599;
+}

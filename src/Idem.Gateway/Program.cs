@@ -1,0 +1,1 @@
+return await Idem.Gateway.GatewayHost.RunAsync(args).ConfigureAwait(false);
