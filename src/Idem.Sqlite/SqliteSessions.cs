@@ -16,7 +16,7 @@ internal sealed class SqliteStatements
         var t = "\"" + table + "\"";
         Pragmas = string.Create(
             CultureInfo.InvariantCulture,
-            $"PRAGMA busy_timeout = {(long)Math.Ceiling(busyTimeout.TotalMilliseconds)}; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY;");
+            $"PRAGMA busy_timeout = {(long)Math.Ceiling(busyTimeout.TotalMilliseconds)}; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 4000;");
         Claim = $"""
             INSERT INTO {t} (key, state, fingerprint, owner, lease_expires_at, expires_at, body_omitted, took_over)
             VALUES ($key, {InFlight}, $fingerprint, $owner, $lease, $expires, 0, 0)
