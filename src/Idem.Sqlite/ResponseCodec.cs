@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.InteropServices;
 
 namespace Idem.Sqlite;
 
@@ -90,13 +91,16 @@ internal static class ResponseCodec
             throw new InvalidDataException("The stored response headers are corrupt.");
         }
 
-        var text = string.Create(length, data[..(2 * length)].ToArray(), static (chars, bytes) =>
-        {
-            for (var i = 0; i < chars.Length; i++)
+        var bytes = data[..(2 * length)];
+        var text = BitConverter.IsLittleEndian
+            ? new string(MemoryMarshal.Cast<byte, char>(bytes))
+            : string.Create(length, bytes.ToArray(), static (chars, source) =>
             {
-                chars[i] = (char)BinaryPrimitives.ReadUInt16LittleEndian(bytes.AsSpan(2 * i));
-            }
-        });
+                for (var i = 0; i < chars.Length; i++)
+                {
+                    chars[i] = (char)BinaryPrimitives.ReadUInt16LittleEndian(source.AsSpan(2 * i));
+                }
+            });
         data = data[(2 * length)..];
         return text;
     }

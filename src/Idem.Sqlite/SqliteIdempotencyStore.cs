@@ -1,37 +1,56 @@
+using System.Collections.Concurrent;
 using System.Globalization;
-using System.Runtime.InteropServices;
 using System.Text.RegularExpressions;
+using System.Threading.Channels;
 using Microsoft.Data.Sqlite;
 
 namespace Idem.Sqlite;
 
 /// <summary>
 /// Keeps idempotency records in a SQLite database file: the embedded default, durable, for one node (several processes
-/// on one host may share the file). Every step is one statement or one <c>IMMEDIATE</c> transaction in WAL mode;
-/// leases and retention are judged by the <see cref="TimeProvider"/> given, stored as unix milliseconds.
+/// on one host may share the file). Every write runs inside an <c>IMMEDIATE</c> transaction in WAL mode; leases and
+/// retention are judged by the <see cref="TimeProvider"/> given, stored as unix milliseconds.
 /// </summary>
 /// <remarks>
-/// The schema is created on first use and versioned with <c>PRAGMA user_version</c>. Each operation opens a pooled
-/// connection. Busy, locked or corrupt databases surface as <see cref="SqliteException"/>; nothing is swallowed.
+/// <para>
+/// The schema is created on first use and versioned with <c>PRAGMA user_version</c>. Busy, locked or corrupt databases
+/// surface as <see cref="SqliteException"/>; nothing is swallowed.
+/// </para>
+/// <para>
+/// Concurrency model: each instance keeps long-lived connections with their statements prepared once. Reads (replays,
+/// <see cref="GetAsync"/>, the first step of every claim) rent a read connection from a lock-free pool; WAL lets them
+/// run beside the writer. Writes (claims that may win, completions, renewals, releases, purges) are queued to one
+/// writer loop on one write connection, which applies every queued write in a single <c>IMMEDIATE</c> transaction
+/// (group commit) and answers each caller after the commit. Each write is its own statement with its result read in
+/// that transaction, so each stays atomic; if any statement of a group fails, the group is rolled back and each of its
+/// writes is retried alone, so a failure is never half-applied and only fails the write that caused it.
+/// </para>
+/// <para>
 /// Waiters are woken at once by completions and releases made through any instance in this process on the same file;
 /// changes made by another process are noticed by re-reading the row every <see cref="SqliteIdempotencyStoreOptions.PollInterval"/>.
+/// </para>
 /// </remarks>
 public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDisposable
 {
     /// <summary>The schema version this release creates and understands, kept in <c>PRAGMA user_version</c>.</summary>
     public const int SchemaVersion = 1;
 
-    private const int InFlight = (int)IdempotencyRecordState.InFlight;
-    private const int Completed = (int)IdempotencyRecordState.Completed;
-    private const string Columns = "key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body, body_omitted";
+    // The most writes one group transaction applies; more wait for the next group.
+    private const int MaxGroup = 256;
+
+    // Idle read connections kept; more (from a burst) are closed when returned.
+    private const int MaxIdleReaders = 16;
 
     private readonly string _connectionString;
-    private readonly string _pragmas;
     private readonly string _table;
     private readonly TimeSpan _pollInterval;
     private readonly TimeProvider _timeProvider;
     private readonly SharedSignals.Lease _signals;
-    private readonly string _claimSql, _selectSql, _getSql, _completeSql, _renewSql, _releaseSql, _purgeSql, _stateSql;
+    private readonly SqliteStatements _sql;
+    private readonly ConcurrentBag<SqliteReadSession> _readers = [];
+    private readonly Channel<ISqliteWriteOperation> _writes;
+    private readonly Task _writer;
+    private int _idleReaders;
     private Task? _schema;
     private int _disposed;
 
@@ -50,38 +69,17 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
     {
         ArgumentNullException.ThrowIfNull(timeProvider);
         var builder = Validate(options);
+
+        // This instance keeps its connections open for its lifetime, so Microsoft.Data.Sqlite's pool has nothing to add.
+        builder.Pooling = false;
         _connectionString = builder.ConnectionString;
         _timeProvider = timeProvider;
         _pollInterval = options.PollInterval;
-        _pragmas = string.Create(
-            CultureInfo.InvariantCulture,
-            $"PRAGMA busy_timeout = {(long)Math.Ceiling(options.BusyTimeout.TotalMilliseconds)}; PRAGMA synchronous = NORMAL;");
         _table = options.TableName;
+        _sql = new SqliteStatements(_table, options.BusyTimeout);
         _signals = SharedSignals.Acquire(SignalScope(builder.DataSource, _table));
-
-        var t = Quote(_table);
-        _claimSql = $"""
-            INSERT INTO {t} (key, state, fingerprint, owner, lease_expires_at, expires_at, body_omitted, took_over)
-            VALUES ($key, {InFlight}, $fingerprint, $owner, $lease, $expires, 0, 0)
-            ON CONFLICT (key) DO UPDATE SET
-                state = {InFlight}, fingerprint = excluded.fingerprint, owner = excluded.owner,
-                lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at,
-                status_code = NULL, headers = NULL, body = NULL, body_omitted = 0,
-                took_over = {t}.expires_at > $now
-            WHERE {t}.expires_at <= $now
-               OR ({t}.state = {InFlight} AND {t}.lease_expires_at <= $now AND {t}.fingerprint = excluded.fingerprint)
-            RETURNING took_over;
-            """;
-        _selectSql = $"SELECT {Columns} FROM {t} WHERE key = $key;";
-        _getSql = $"SELECT {Columns} FROM {t} WHERE key = $key AND expires_at > $now;";
-        _stateSql = $"SELECT state, owner, lease_expires_at, expires_at FROM {t} WHERE key = $key;";
-        _completeSql = $"""
-            UPDATE {t} SET state = {Completed}, expires_at = $expires, status_code = $status, headers = $headers, body = $body, body_omitted = $omitted
-            WHERE key = $key AND owner = $owner AND state = {InFlight} AND expires_at > $now;
-            """;
-        _renewSql = $"UPDATE {t} SET lease_expires_at = $lease WHERE key = $key AND owner = $owner AND state = {InFlight} AND expires_at > $now;";
-        _releaseSql = $"DELETE FROM {t} WHERE key = $key AND owner = $owner AND state = {InFlight};";
-        _purgeSql = $"DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE expires_at <= $now LIMIT $max);";
+        _writes = Channel.CreateUnbounded<ISqliteWriteOperation>(new UnboundedChannelOptions { SingleReader = true });
+        _writer = Task.Run(WriterLoopAsync);
     }
 
     /// <inheritdoc />
@@ -90,58 +88,37 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         ArgumentNullException.ThrowIfNull(request.Key);
         ArgumentNullException.ThrowIfNull(request.Fingerprint);
         cancellationToken.ThrowIfCancellationRequested();
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
 
-        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
+        // Read first, without the write lock: a live row that this claim could not take over is the answer (a replay
+        // or a conflict) as of a consistent snapshot. Only an absent, expired or abandoned row needs the writer, which
+        // re-decides atomically in its transaction.
+        var reader = RentReader();
+        IdempotencyRecord? existing;
+        try
         {
-            // IMMEDIATE: the write lock is taken up front (waiting up to busy_timeout), so the upsert and the read of
-            // what blocked it see one state, and no reader-to-writer upgrade can fail with a stale snapshot.
-            using var transaction = connection.BeginTransaction(deferred: false);
-            var now = _timeProvider.GetUtcNow();
-            var nowMs = now.ToUnixTimeMilliseconds();
-            var leaseExpiresAt = now + request.Lease;
-            var expiresAt = now + request.Retention;
-
-            bool? tookOver;
-            using (var claim = Command(connection, transaction, _claimSql))
-            {
-                claim.Parameters.AddWithValue("$key", request.Key);
-                claim.Parameters.AddWithValue("$fingerprint", request.Fingerprint);
-                AddOwner(claim, request.OwnerToken);
-                claim.Parameters.AddWithValue("$lease", leaseExpiresAt.ToUnixTimeMilliseconds());
-                claim.Parameters.AddWithValue("$expires", expiresAt.ToUnixTimeMilliseconds());
-                claim.Parameters.AddWithValue("$now", nowMs);
-                var returned = await claim.ExecuteScalarAsync(cancellationToken).ConfigureAwait(false);
-                tookOver = returned is null or DBNull ? null : Convert.ToInt64(returned, CultureInfo.InvariantCulture) != 0;
-            }
-
-            ClaimResult result;
-            if (tookOver is { } takeover)
-            {
-                var record = new IdempotencyRecord
-                {
-                    Key = request.Key,
-                    State = IdempotencyRecordState.InFlight,
-                    Fingerprint = request.Fingerprint,
-                    OwnerToken = request.OwnerToken,
-                    LeaseExpiresAt = FromMilliseconds(leaseExpiresAt.ToUnixTimeMilliseconds()),
-                    ExpiresAt = FromMilliseconds(expiresAt.ToUnixTimeMilliseconds()),
-                };
-                result = new ClaimResult(ClaimStatus.Claimed, record, takeover);
-            }
-            else
-            {
-                // The row that blocked the claim: live, and either completed or in flight under someone else's lease.
-                using var select = Command(connection, transaction, _selectSql);
-                select.Parameters.AddWithValue("$key", request.Key);
-                var existing = await ReadRecordAsync(select, cancellationToken).ConfigureAwait(false)
-                    ?? throw new InvalidOperationException($"The claim of key '{request.Key}' was refused, yet no record was found in the same transaction.");
-                result = new ClaimResult(existing.State == IdempotencyRecordState.Completed ? ClaimStatus.Completed : ClaimStatus.InFlight, existing);
-            }
-
-            await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
-            return result;
+            existing = reader.Select(request.Key);
         }
+        catch
+        {
+            reader.Dispose();
+            throw;
+        }
+
+        ReturnReader(reader);
+        if (existing is not null)
+        {
+            var now = _timeProvider.GetUtcNow();
+            var claimable = existing.ExpiresAt <= now
+                || (existing.State == IdempotencyRecordState.InFlight && existing.LeaseExpiresAt <= now
+                    && string.Equals(existing.Fingerprint, request.Fingerprint, StringComparison.Ordinal));
+            if (!claimable)
+            {
+                return new ClaimResult(existing.State == IdempotencyRecordState.Completed ? ClaimStatus.Completed : ClaimStatus.InFlight, existing);
+            }
+        }
+
+        return await WriteAsync(new SqliteClaimOperation(request), cancellationToken).ConfigureAwait(false);
     }
 
     /// <inheritdoc />
@@ -150,24 +127,10 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         ArgumentNullException.ThrowIfNull(key);
         ArgumentNullException.ThrowIfNull(response);
         cancellationToken.ThrowIfCancellationRequested();
-
-        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
+        if (!await WriteAsync(new SqliteCompleteOperation(key, ownerToken, response, retention), cancellationToken).ConfigureAwait(false))
         {
-            var now = _timeProvider.GetUtcNow();
-            using var command = Command(connection, null, _completeSql);
-            command.Parameters.AddWithValue("$key", key);
-            AddOwner(command, ownerToken);
-            command.Parameters.AddWithValue("$now", now.ToUnixTimeMilliseconds());
-            command.Parameters.AddWithValue("$expires", (now + retention).ToUnixTimeMilliseconds());
-            command.Parameters.AddWithValue("$status", response.StatusCode);
-            command.Parameters.AddWithValue("$headers", ResponseCodec.EncodeHeaders(response.Headers));
-            command.Parameters.AddWithValue("$body", AsArray(response.Body));
-            command.Parameters.AddWithValue("$omitted", response.BodyOmitted ? 1 : 0);
-            if (await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == 0)
-            {
-                return false;
-            }
+            return false;
         }
 
         _signals.Signals.Signal(key);
@@ -179,17 +142,10 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
     {
         ArgumentNullException.ThrowIfNull(key);
         cancellationToken.ThrowIfCancellationRequested();
-
-        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
+        if (!await WriteAsync(new SqliteReleaseOperation(key, ownerToken), cancellationToken).ConfigureAwait(false))
         {
-            using var command = Command(connection, null, _releaseSql);
-            command.Parameters.AddWithValue("$key", key);
-            AddOwner(command, ownerToken);
-            if (await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == 0)
-            {
-                return false;
-            }
+            return false;
         }
 
         _signals.Signals.Signal(key);
@@ -201,18 +157,8 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
     {
         ArgumentNullException.ThrowIfNull(key);
         cancellationToken.ThrowIfCancellationRequested();
-
-        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
-        {
-            var now = _timeProvider.GetUtcNow();
-            using var command = Command(connection, null, _renewSql);
-            command.Parameters.AddWithValue("$key", key);
-            AddOwner(command, ownerToken);
-            command.Parameters.AddWithValue("$now", now.ToUnixTimeMilliseconds());
-            command.Parameters.AddWithValue("$lease", (now + lease).ToUnixTimeMilliseconds());
-            return await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) != 0;
-        }
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
+        return await WriteAsync(new SqliteRenewOperation(key, ownerToken, lease), cancellationToken).ConfigureAwait(false);
     }
 
     /// <inheritdoc />
@@ -220,15 +166,22 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
     {
         ArgumentNullException.ThrowIfNull(key);
         cancellationToken.ThrowIfCancellationRequested();
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
 
-        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
+        var reader = RentReader();
+        IdempotencyRecord? record;
+        try
         {
-            using var command = Command(connection, null, _getSql);
-            command.Parameters.AddWithValue("$key", key);
-            command.Parameters.AddWithValue("$now", _timeProvider.GetUtcNow().ToUnixTimeMilliseconds());
-            return await ReadRecordAsync(command, cancellationToken).ConfigureAwait(false);
+            record = reader.Get(key, _timeProvider.GetUtcNow().ToUnixTimeMilliseconds());
         }
+        catch
+        {
+            reader.Dispose();
+            throw;
+        }
+
+        ReturnReader(reader);
+        return record;
     }
 
     /// <inheritdoc />
@@ -236,15 +189,8 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxRecords);
         cancellationToken.ThrowIfCancellationRequested();
-
-        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
-        {
-            using var command = Command(connection, null, _purgeSql);
-            command.Parameters.AddWithValue("$now", _timeProvider.GetUtcNow().ToUnixTimeMilliseconds());
-            command.Parameters.AddWithValue("$max", maxRecords);
-            return await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-        }
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
+        return await WriteAsync(new SqlitePurgeOperation(maxRecords), cancellationToken).ConfigureAwait(false);
     }
 
     /// <inheritdoc />
@@ -284,17 +230,22 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         }
     }
 
-    /// <summary>Closes this instance; idle pooled connections to the file are closed when the last instance on it goes.</summary>
-    /// <returns>A completed task.</returns>
-    public ValueTask DisposeAsync()
+    /// <summary>
+    /// Closes this instance: writes already queued are still applied (or failed), then its connections are closed.
+    /// Operations started afterwards throw <see cref="ObjectDisposedException"/>.
+    /// </summary>
+    /// <returns>A task that completes when the queued writes are answered and the connections closed.</returns>
+    public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) == 0 && _signals.Release())
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
         {
-            using var connection = new SqliteConnection(_connectionString);
-            SqliteConnection.ClearPool(connection);
+            return;
         }
 
-        return ValueTask.CompletedTask;
+        _writes.Writer.TryComplete();
+        await _writer.ConfigureAwait(false);
+        DrainReaders();
+        _signals.Release();
     }
 
     internal static SqliteConnectionStringBuilder Validate(SqliteIdempotencyStoreOptions options)
@@ -350,88 +301,201 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
 
     private static string Quote(string identifier) => "\"" + identifier + "\"";
 
-    private static string SignalScope(string dataSource, string table)
+    private async ValueTask<T> WriteAsync<T>(SqliteWriteOperation<T> operation, CancellationToken cancellationToken)
     {
-        var file = dataSource.StartsWith("file:", StringComparison.OrdinalIgnoreCase) ? dataSource : System.IO.Path.GetFullPath(dataSource);
-        return file + "\n" + table;
+        operation.Watch(cancellationToken);
+        ObjectDisposedException.ThrowIf(!_writes.Writer.TryWrite(operation), this);
+
+        return await operation.Task.ConfigureAwait(false);
     }
 
-    private static DateTimeOffset FromMilliseconds(long milliseconds) => DateTimeOffset.FromUnixTimeMilliseconds(milliseconds);
-
-    private static byte[] AsArray(ReadOnlyMemory<byte> memory) =>
-        MemoryMarshal.TryGetArray(memory, out var segment) && segment.Offset == 0 && segment.Count == segment.Array!.Length
-            ? segment.Array
-            : memory.ToArray();
-
-    // 16 bytes (Guid.ToByteArray order); Microsoft.Data.Sqlite would otherwise bind a Guid as 36 characters of text.
-    private static void AddOwner(SqliteCommand command, Guid owner) =>
-        command.Parameters.Add("$owner", SqliteType.Blob).Value = owner.ToByteArray();
-
-    private static SqliteCommand Command(SqliteConnection connection, SqliteTransaction? transaction, string sql)
+    private ValueTask<bool> HasChangedAsync(string key, Guid observedOwner, CancellationToken cancellationToken)
     {
-        var command = connection.CreateCommand();
-        command.Transaction = transaction;
-        command.CommandText = sql;
-        return command;
-    }
-
-    private static async ValueTask<IdempotencyRecord?> ReadRecordAsync(SqliteCommand command, CancellationToken cancellationToken)
-    {
-        var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-        await using (reader.ConfigureAwait(false))
+        cancellationToken.ThrowIfCancellationRequested();
+        var reader = RentReader();
+        bool changed;
+        try
         {
-            if (!await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            changed = reader.HasChanged(key, observedOwner, _timeProvider);
+        }
+        catch
+        {
+            reader.Dispose();
+            throw;
+        }
+
+        ReturnReader(reader);
+        return ValueTask.FromResult(changed);
+    }
+
+    // Microsoft.Data.Sqlite runs every statement synchronously (its async methods only wrap the sync ones), so the
+    // sessions call the sync methods directly and spare the Task per call.
+    private SqliteReadSession RentReader()
+    {
+        if (_readers.TryTake(out var reader))
+        {
+            Interlocked.Decrement(ref _idleReaders);
+            return reader;
+        }
+
+        return new SqliteReadSession(_sql, _connectionString);
+    }
+
+    private void ReturnReader(SqliteReadSession reader)
+    {
+        if (Volatile.Read(ref _disposed) != 0 || Interlocked.Increment(ref _idleReaders) > MaxIdleReaders)
+        {
+            if (Volatile.Read(ref _disposed) == 0)
             {
-                return null;
+                Interlocked.Decrement(ref _idleReaders);
             }
 
-            var state = (IdempotencyRecordState)reader.GetInt32(1);
-            StoredResponse? response = null;
-            if (state == IdempotencyRecordState.Completed)
-            {
-                var headers = reader.IsDBNull(7) ? [] : ResponseCodec.DecodeHeaders(reader.GetFieldValue<byte[]>(7));
-                var body = reader.IsDBNull(8) ? [] : reader.GetFieldValue<byte[]>(8);
-                response = new StoredResponse(reader.GetInt32(6), headers, body) { BodyOmitted = reader.GetInt64(9) != 0 };
-            }
+            reader.Dispose();
+            return;
+        }
 
-            return new IdempotencyRecord
-            {
-                Key = reader.GetString(0),
-                State = state,
-                Fingerprint = reader.GetString(2),
-                OwnerToken = reader.GetGuid(3),
-                LeaseExpiresAt = FromMilliseconds(reader.GetInt64(4)),
-                ExpiresAt = FromMilliseconds(reader.GetInt64(5)),
-                Response = response,
-            };
+        _readers.Add(reader);
+
+        // Returned while DisposeAsync drained the pool: drain again so nothing is left open.
+        if (Volatile.Read(ref _disposed) != 0)
+        {
+            DrainReaders();
         }
     }
 
-    private async ValueTask<bool> HasChangedAsync(string key, Guid observedOwner, CancellationToken cancellationToken)
+    private void DrainReaders()
     {
-        var connection = await OpenAsync(cancellationToken).ConfigureAwait(false);
-        await using (connection.ConfigureAwait(false))
+        while (_readers.TryTake(out var reader))
         {
-            using var command = Command(connection, null, _stateSql);
-            command.Parameters.AddWithValue("$key", key);
-            var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-            await using (reader.ConfigureAwait(false))
+            reader.Dispose();
+        }
+    }
+
+    private async Task WriterLoopAsync()
+    {
+        SqliteWriteSession? session = null;
+        var group = new List<ISqliteWriteOperation>(MaxGroup);
+        var started = new List<ISqliteWriteOperation>(MaxGroup);
+        try
+        {
+            while (await _writes.Reader.WaitToReadAsync().ConfigureAwait(false))
             {
-                if (!await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                while (group.Count < MaxGroup && _writes.Reader.TryRead(out var operation))
                 {
-                    return true;
+                    group.Add(operation);
                 }
 
-                var now = _timeProvider.GetUtcNow().ToUnixTimeMilliseconds();
-                return reader.GetInt32(0) != InFlight
-                    || reader.GetGuid(1) != observedOwner
-                    || reader.GetInt64(2) <= now
-                    || reader.GetInt64(3) <= now;
+                try
+                {
+                    session ??= new SqliteWriteSession(_sql, _connectionString);
+                    ApplyGroup(session, group, started);
+                }
+                catch (Exception ex)
+                {
+                    // Opening the connection failed, the write lock could not be taken, or a rollback failed: nothing
+                    // was applied (closing the connection rolls back whatever it held). Answered writes are unaffected.
+                    foreach (var operation in group)
+                    {
+                        operation.Fail(ex);
+                    }
+
+                    session?.Dispose();
+                    session = null;
+                }
+
+                group.Clear();
+                started.Clear();
             }
+        }
+        finally
+        {
+            session?.Dispose();
         }
     }
 
-    private async ValueTask<SqliteConnection> OpenAsync(CancellationToken cancellationToken)
+    private void ApplyGroup(SqliteWriteSession session, List<ISqliteWriteOperation> group, List<ISqliteWriteOperation> started)
+    {
+        // Takes the write lock, waiting up to busy_timeout (a failure here applied nothing and fails the group);
+        // callers who give up meanwhile are skipped below and their writes never applied.
+        session.Begin();
+        Exception? error = null;
+        try
+        {
+            foreach (var operation in group)
+            {
+                if (operation.TryStart())
+                {
+                    started.Add(operation);
+                    operation.Execute(session, _timeProvider);
+                }
+            }
+
+            session.Commit();
+        }
+        catch (Exception ex)
+        {
+            error = ex;
+            session.RollbackIfOpen();
+        }
+
+        if (error is null)
+        {
+            foreach (var operation in started)
+            {
+                operation.Publish();
+            }
+
+            return;
+        }
+
+        // Nothing of the group was applied. Writes not reached yet are still pending: take them too.
+        foreach (var operation in group)
+        {
+            if (operation.TryStart())
+            {
+                started.Add(operation);
+            }
+        }
+
+        if (started.Count == 1)
+        {
+            started[0].Fail(error);
+            return;
+        }
+
+        // Apply each write alone, so only the one that fails is failed.
+        foreach (var operation in started)
+        {
+            ApplyAlone(session, operation);
+        }
+    }
+
+    private void ApplyAlone(SqliteWriteSession session, ISqliteWriteOperation operation)
+    {
+        try
+        {
+            session.Begin();
+            try
+            {
+                operation.Execute(session, _timeProvider);
+                session.Commit();
+            }
+            catch
+            {
+                session.RollbackIfOpen();
+                throw;
+            }
+        }
+        catch (Exception ex)
+        {
+            operation.Fail(ex);
+            return;
+        }
+
+        operation.Publish();
+    }
+
+    private async ValueTask EnsureReadyAsync(CancellationToken cancellationToken)
     {
         ObjectDisposedException.ThrowIf(Volatile.Read(ref _disposed) != 0, this);
         var schema = Volatile.Read(ref _schema);
@@ -439,25 +503,13 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         {
             await EnsureSchemaAsync(schema, cancellationToken).ConfigureAwait(false);
         }
-
-        return await OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
     }
 
-    private async ValueTask<SqliteConnection> OpenConnectionAsync(CancellationToken cancellationToken)
+
+    private static string SignalScope(string dataSource, string table)
     {
-        var connection = new SqliteConnection(_connectionString);
-        try
-        {
-            await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
-            using var pragmas = Command(connection, null, _pragmas);
-            await pragmas.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
-            return connection;
-        }
-        catch
-        {
-            await connection.DisposeAsync().ConfigureAwait(false);
-            throw;
-        }
+        var file = dataSource.StartsWith("file:", StringComparison.OrdinalIgnoreCase) ? dataSource : System.IO.Path.GetFullPath(dataSource);
+        return file + "\n" + table;
     }
 
     private Task EnsureSchemaAsync(Task? observed, CancellationToken cancellationToken)
@@ -483,6 +535,14 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         return current.WaitAsync(cancellationToken);
     }
 
+    private static SqliteCommand Command(SqliteConnection connection, SqliteTransaction? transaction, string sql)
+    {
+        var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = sql;
+        return command;
+    }
+
     private async Task CreateSchemaAsync(TaskCompletionSource attempt)
     {
         try
@@ -498,7 +558,7 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
 
     private async Task CreateSchemaAsync()
     {
-        var connection = await OpenConnectionAsync(CancellationToken.None).ConfigureAwait(false);
+        var connection = _sql.Open(_connectionString);
         await using (connection.ConfigureAwait(false))
         {
             // WAL is a property of the file; switching needs no other connection to be mid-transaction (busy_timeout waits).

@@ -148,6 +148,37 @@ public sealed class SqliteStoreTests : IdempotencyStoreConformanceTests
     }
 
     [Fact]
+    public async Task Cancellation_interrupts_a_wait_for_the_write_lock_and_the_write_is_never_applied()
+    {
+        var store = Open(_path, Time, o => o.BusyTimeout = TimeSpan.FromSeconds(30));
+        await store.GetAsync(NewKey(), CancellationToken.None); // creates the schema
+        var key = NewKey();
+        var owner = Guid.NewGuid();
+
+        await using (var blocker = new SqliteConnection($"Data Source={_path};Pooling=False"))
+        {
+            await blocker.OpenAsync();
+            await using var transaction = (SqliteTransaction)await blocker.BeginTransactionAsync();
+            await using (var write = blocker.CreateCommand())
+            {
+                write.Transaction = transaction;
+                write.CommandText = "UPDATE idem_records SET state = state;"; // takes the write lock
+                await write.ExecuteNonQueryAsync();
+            }
+
+            using var timeout = new CancellationTokenSource(TimeSpan.FromMilliseconds(200));
+            var started = Stopwatch.StartNew();
+            await Assert.ThrowsAnyAsync<OperationCanceledException>(() => store.TryClaimAsync(Claim(key, owner: owner), timeout.Token).AsTask());
+            Assert.True(started.Elapsed < TimeSpan.FromSeconds(10), $"Cancellation took {started.Elapsed}.");
+        }
+
+        // The lock is free: the writer goes on, skips the cancelled claim, and the key is still free to claim.
+        var claim = await store.TryClaimAsync(Claim(key), CancellationToken.None);
+        Assert.Equal(ClaimStatus.Claimed, claim.Status);
+        Assert.False(claim.TookOver);
+    }
+
+    [Fact]
     public async Task Waiter_notices_a_change_made_by_another_process_within_the_poll_interval()
     {
         var key = NewKey();
