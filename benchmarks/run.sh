@@ -8,6 +8,8 @@
 #   TIERING=fast|default                              fast (default) sets DOTNET_TC_CallCountingDelayMs=0, see README
 #   PIN=1 SERVER_CPUS=0 WRK_CPUS=1                    taskset pinning (PIN=0 turns it off)
 #   CASES="bare memory-new ..."                       run only these cases (bare is always measured, interleaved)
+#   TP_SPIN=default|0                                 0 sets DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0 for every case
+#                                                     (no thread-pool spinning before a worker sleeps), see README
 #   IDEM_BENCH_POSTGRES="Host=...;Database=..."       PostgreSQL to use; when unset, a temporary local one is started
 #                                                     (PostgreSQL 15 binaries, as test.sh does); IDEM_BENCH_POSTGRES=off skips it
 set -euo pipefail
@@ -24,6 +26,7 @@ SERVER_CPUS="${SERVER_CPUS:-0}"
 WRK_CPUS="${WRK_CPUS:-1}"
 CASES="${CASES:-}"
 TIERING="${TIERING:-fast}"
+TP_SPIN="${TP_SPIN:-default}"
 POSTGRES="${IDEM_BENCH_POSTGRES:-}"
 
 project="$here/Idem.Benchmarks.Server/Idem.Benchmarks.Server.csproj"
@@ -66,6 +69,14 @@ if [[ "$TIERING" == fast ]]; then
   # pinned core that delay never runs out, and neither bare nor Idem code reached Tier 1 in a 10 s run (README).
   server_env+=(DOTNET_TC_CallCountingDelayMs=0)
   tiering_note="tiered compilation and dynamic PGO on, DOTNET_TC_CallCountingDelayMs=0"
+fi
+
+spin_note=""
+if [[ "$TP_SPIN" == 0 ]]; then
+  # Idle thread-pool workers spin (sched_yield) before they sleep. With PostgreSQL and wrk on the same two cores that
+  # spinning takes CPU from the processes doing the work (README, "Thread-pool spinning").
+  server_env+=(DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0)
+  spin_note=", thread-pool spin limit 0"
 fi
 
 server_prefix=()
@@ -258,7 +269,7 @@ dirty="$(git -C "$here/.." status --porcelain -- src benchmarks ':!benchmarks/re
 
 awk -F'\t' -v started="$started" -v commit="$commit$dirty" -v pin="$pin_note" \
   -v wrkargs="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP)" \
-  -v tiering="$tiering_note" -v cpus="$(nproc)" -v load1="$load_before" -v load2="$load_after" -v dotnet="$(dotnet --version)" '
+  -v tiering="$tiering_note$spin_note" -v cpus="$(nproc)" -v load1="$load_before" -v load2="$load_after" -v dotnet="$(dotnet --version)" '
 function target(name) {
   if (name == "memory-new") return "ratio:0.75"
   if (name == "memory-replay") return "ratio:0.85"
