@@ -8,6 +8,8 @@
 #   TIERING=fast|default                              fast (default) sets DOTNET_TC_CallCountingDelayMs=0, see README
 #   PIN=1 SERVER_CPUS=0 WRK_CPUS=1                    taskset pinning (PIN=0 turns it off)
 #   CASES="bare memory-new ..."                       run only these cases (bare is always measured, interleaved)
+#   TP_SPIN=default|0                                 0 sets DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0 for every case
+#                                                     (no thread-pool spinning before a worker sleeps), see README
 #   IDEM_BENCH_POSTGRES="Host=...;Database=..."       PostgreSQL to use; when unset, a temporary local one is started
 #                                                     (PostgreSQL 15 binaries, as test.sh does); IDEM_BENCH_POSTGRES=off skips it
 set -euo pipefail
@@ -24,6 +26,7 @@ SERVER_CPUS="${SERVER_CPUS:-0}"
 WRK_CPUS="${WRK_CPUS:-1}"
 CASES="${CASES:-}"
 TIERING="${TIERING:-fast}"
+TP_SPIN="${TP_SPIN:-default}"
 POSTGRES="${IDEM_BENCH_POSTGRES:-}"
 
 project="$here/Idem.Benchmarks.Server/Idem.Benchmarks.Server.csproj"
@@ -49,7 +52,9 @@ trap cleanup EXIT
 
 IDEM_NEED_WRK=1 idem_install_missing
 if [[ -z "$POSTGRES" ]]; then
-  if idem_start_postgres "$work"; then POSTGRES="$IDEM_PG_CONNECTION"; fi
+  # The store multiplexes its statements over its pool; 2 connections per core keep the server's backends busy without
+  # a backend (and a context switch) per in-flight request. A connection string given in IDEM_BENCH_POSTGRES is used as is.
+  if idem_start_postgres "$work"; then POSTGRES="$IDEM_PG_CONNECTION;Maximum Pool Size=$((2 * $(nproc)))"; fi
 elif [[ "$POSTGRES" == "off" ]]; then
   POSTGRES=""
 fi
@@ -66,13 +71,21 @@ if [[ "$TIERING" == fast ]]; then
   tiering_note="tiered compilation and dynamic PGO on, DOTNET_TC_CallCountingDelayMs=0"
 fi
 
+spin_note=""
+if [[ "$TP_SPIN" == 0 ]]; then
+  # Idle thread-pool workers spin (sched_yield) before they sleep. With PostgreSQL and wrk on the same two cores that
+  # spinning takes CPU from the processes doing the work (README, "Thread-pool spinning").
+  server_env+=(DOTNET_ThreadPool_UnfairSemaphoreSpinLimit=0)
+  spin_note=", thread-pool spin limit 0"
+fi
+
 server_prefix=()
 wrk_prefix=()
 pin_note="not pinned"
 if [[ "$PIN" == "1" ]] && command -v taskset >/dev/null && [[ "$(nproc)" -ge 2 ]]; then
   server_prefix=(taskset -c "$SERVER_CPUS")
   wrk_prefix=(taskset -c "$WRK_CPUS")
-  pin_note="server on CPU $SERVER_CPUS, wrk on CPU $WRK_CPUS (taskset)"
+  pin_note="server on CPU $SERVER_CPUS, wrk on CPU $WRK_CPUS (taskset; PostgreSQL cases unpinned)"
 fi
 
 # ---- build once ---------------------------------------------------------------------------------------------
@@ -122,13 +135,22 @@ run_case() {
   wanted "$name" || [[ "$name" == bare* ]] || return 0
   echo "== $name (store=$store, $mode key) =="
 
+  # PostgreSQL cases are never pinned: the server, wrk and PostgreSQL's backends (a third CPU-hungry process) share
+  # both cores through the scheduler. Pinning the server to one core would leave PostgreSQL fighting wrk for the other
+  # and measure that split, not the store (README, "Pinning").
+  local srv_pre=("${server_prefix[@]}") wrk_pre=("${wrk_prefix[@]}")
+  if [[ "$store" == postgres ]]; then
+    srv_pre=()
+    wrk_pre=()
+  fi
+
   local port log
   port="$(free_port)"
   log="$work/$name.log"
   local args=(--store "$store" --port "$port")
   [[ -n "$connection" ]] && args+=(--connection "$connection")
   # exec through taskset keeps one PID: the one we stop.
-  env "${server_env[@]}" "${server_prefix[@]}" dotnet "$dll" "${args[@]}" >"$log" 2>&1 &
+  env "${server_env[@]}" "${srv_pre[@]}" dotnet "$dll" "${args[@]}" >"$log" 2>&1 &
   server_pid=$!
 
   local ready=0
@@ -173,11 +195,11 @@ run_case() {
   # Warm up (JIT, tiered PGO, connection pools) with the same traffic, then measure.
   local warm_seed="$seed-warm"
   [[ "$mode" == replay ]] && warm_seed="$seed"
-  "${wrk_prefix[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s orders.lua "$url" -- "$mode" "$warm_seed" >/dev/null 2>&1 || true
+  "${wrk_pre[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s orders.lua "$url" -- "$mode" "$warm_seed" >/dev/null 2>&1 || true
 
   local before after line
   before="$(stats "$port")"
-  "${wrk_prefix[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s orders.lua "$url" -- "$mode" "$seed" >"$work/$name.wrk" 2>&1
+  "${wrk_pre[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s orders.lua "$url" -- "$mode" "$seed" >"$work/$name.wrk" 2>&1
   after="$(stats "$port")"
   stop_server
 
@@ -203,8 +225,10 @@ run_case() {
   pause="$(d gcPauseMicroseconds)"
   workitems="$(d threadPoolWorkItems)"
   cpu="$(d cpuMicroseconds)"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mode" "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" \
-    "$exceptions" "$allocated" "$gcs" "$pause" "$workitems" "$cpu" >>"$rows"
+  local jit
+  jit="$(d jitMethods)"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mode" "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" \
+    "$exceptions" "$allocated" "$gcs" "$pause" "$workitems" "$cpu" "$jit" >>"$rows"
   printf '   %s req/s, p50 %s ms, p99 %s ms, %s requests, handler ran %s times, %s errors, %s exceptions, %s bytes allocated, GCs %s\n' \
     "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" "$exceptions" "$allocated" "$gcs"
 }
@@ -245,7 +269,7 @@ dirty="$(git -C "$here/.." status --porcelain -- src benchmarks ':!benchmarks/re
 
 awk -F'\t' -v started="$started" -v commit="$commit$dirty" -v pin="$pin_note" \
   -v wrkargs="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP)" \
-  -v tiering="$tiering_note" -v cpus="$(nproc)" -v load1="$load_before" -v load2="$load_after" -v dotnet="$(dotnet --version)" '
+  -v tiering="$tiering_note$spin_note" -v cpus="$(nproc)" -v load1="$load_before" -v load2="$load_after" -v dotnet="$(dotnet --version)" '
 function target(name) {
   if (name == "memory-new") return "ratio:0.75"
   if (name == "memory-replay") return "ratio:0.85"
@@ -256,7 +280,7 @@ function target(name) {
 }
 {
   n++; name[n] = $1; mode[n] = $2; rps[n] = $3; p50[n] = $4; p99[n] = $5; req[n] = $6; runs[n] = $7; err[n] = $8; note[n] = $8
-  exc[n] = $9; alloc[n] = $10; gcs[n] = $11; pause[n] = $12; items[n] = $13; cpu[n] = $14
+  exc[n] = $9; alloc[n] = $10; gcs[n] = $11; pause[n] = $12; items[n] = $13; cpu[n] = $14; jit[n] = $15
   if ($1 ~ /^bare/ && $2 != "skip") {
     bn++; bsum += $3
     if (bmin == "" || $3 < bmin) bmin = $3
@@ -303,11 +327,14 @@ END {
   print "GC.CollectionCount, GC.GetTotalPauseDuration, ThreadPool.CompletedWorkItemCount, first-chance exceptions)."
   print "CPU µs/request is the least noise-sensitive number here: it does not depend on how much CPU the box gave us."
   print ""
-  print "| case | CPU µs/request | allocated KB/request | thread-pool items/request | exceptions/request | GCs gen0/1/2 | GC pause ms |"
-  print "|---|---:|---:|---:|---:|---|---:|"
+  print "JIT methods = methods compiled during the timed run (JitInfo); hundreds mean the warm-up did not finish tiering"
+  print "and CPU µs/request includes JIT time."
+  print ""
+  print "| case | CPU µs/request | allocated KB/request | thread-pool items/request | exceptions/request | GCs gen0/1/2 | GC pause ms | JIT methods |"
+  print "|---|---:|---:|---:|---:|---|---:|---:|"
   for (i = 1; i <= n; i++) {
     if (mode[i] == "skip" || req[i] == 0) continue
-    printf "| %s | %.1f | %.2f | %.2f | %.3f | %s | %.0f |\n", name[i], cpu[i] / req[i], alloc[i] / req[i] / 1024, items[i] / req[i], exc[i] / req[i], gcs[i], pause[i] / 1000
+    printf "| %s | %.1f | %.2f | %.2f | %.3f | %s | %.0f | %d |\n", name[i], cpu[i] / req[i], alloc[i] / req[i] / 1024, items[i] / req[i], exc[i] / req[i], gcs[i], pause[i] / 1000, jit[i]
   }
   print ""
   print "Cases: *bare* = same handler without Idem (new key header sent, ignored); *-new* = a unique Idempotency-Key per"

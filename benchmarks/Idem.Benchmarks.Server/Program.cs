@@ -78,7 +78,9 @@ app.MapGet("/stats", () => TypedResults.Ok(new Stats(
     (long)GC.GetTotalPauseDuration().TotalMicroseconds,
     ThreadPool.CompletedWorkItemCount,
     Monitor.LockContentionCount,
-    (long)Environment.CpuUsage.TotalTime.TotalMicroseconds)));
+    (long)Environment.CpuUsage.TotalTime.TotalMicroseconds,
+    System.Runtime.JitInfo.GetCompiledMethodCount(),
+    (long)System.Runtime.JitInfo.GetCompilationTime().TotalMicroseconds)));
 
 await app.RunAsync().ConfigureAwait(false);
 return 0;
@@ -87,7 +89,7 @@ internal sealed record CreateOrder(int Amount);
 
 internal sealed record Order(Guid Id, int Amount);
 
-internal sealed record Stats(string Store, long Executions, long Exceptions, long AllocatedBytes, int Gen0, int Gen1, int Gen2, long GcPauseMicroseconds, long ThreadPoolWorkItems, long LockContentions, long CpuMicroseconds);
+internal sealed record Stats(string Store, long Executions, long Exceptions, long AllocatedBytes, int Gen0, int Gen1, int Gen2, long GcPauseMicroseconds, long ThreadPoolWorkItems, long LockContentions, long CpuMicroseconds, long JitMethods, long JitMicroseconds);
 
 [JsonSerializable(typeof(CreateOrder))]
 [JsonSerializable(typeof(Order))]

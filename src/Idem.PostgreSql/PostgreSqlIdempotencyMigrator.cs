@@ -36,7 +36,7 @@ public sealed class PostgreSqlIdempotencyMigrator
 
     /// <summary>
     /// Returns the SQL of migration <paramref name="version"/> as shipped, with its psql variables
-    /// (<c>:"schema"</c>, <c>:"table"</c>, <c>:"expires_index"</c>) not yet substituted; for review and hand application.
+    /// (<c>:"schema"</c>, <c>:"table"</c>, <c>:"purge_index"</c>) not yet substituted; for review and hand application.
     /// </summary>
     /// <param name="version">1 to <see cref="LatestVersion"/>.</param>
     public static string GetScript(int version)
@@ -55,7 +55,7 @@ public sealed class PostgreSqlIdempotencyMigrator
         GetScript(version)
             .Replace(":\"schema\"", Quote(_schema), StringComparison.Ordinal)
             .Replace(":\"table\"", Quote(_table), StringComparison.Ordinal)
-            .Replace(":\"expires_index\"", Quote(_table + "_expires_at_idx"), StringComparison.Ordinal);
+            .Replace(":\"purge_index\"", Quote(_table + "_purge_after_idx"), StringComparison.Ordinal);
 
     /// <summary>Applies every migration not applied yet, in one transaction. Idempotent and safe to run concurrently.</summary>
     /// <param name="cancellationToken">Cancels the migration (it then rolls back).</param>

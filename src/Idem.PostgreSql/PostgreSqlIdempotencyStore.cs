@@ -18,6 +18,8 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
 
     private readonly PostgreSqlIdempotencyStoreOptions _options;
     private readonly NpgsqlDataSource _dataSource;
+    private readonly NpgsqlDataSource _listenerDataSource;
+    private readonly bool _multiplexing;
     private readonly bool _ownsDataSource;
     private readonly ILogger _logger;
     private readonly KeyChangeSignals _signals = new();
@@ -41,10 +43,21 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         if (_options.DataSource is { } dataSource)
         {
             _dataSource = dataSource;
+            _multiplexing = new NpgsqlConnectionStringBuilder(dataSource.ConnectionString).Multiplexing;
+            if (_multiplexing)
+            {
+                // LISTEN needs a connection of its own, which a multiplexing data source never hands out.
+                throw new InvalidOperationException(
+                    "The PostgreSQL idempotency store needs a data source without multiplexing for its LISTEN connection; "
+                    + "pass a ConnectionString instead (the store then multiplexes its statements itself) or a data source without Multiplexing.");
+            }
+
+            _listenerDataSource = dataSource;
         }
         else
         {
-            _dataSource = NpgsqlDataSource.Create(_options.ConnectionString!);
+            (_dataSource, _listenerDataSource) = CreateDataSources(_options.ConnectionString!);
+            _multiplexing = new NpgsqlConnectionStringBuilder(_dataSource.ConnectionString).Multiplexing;
             _ownsDataSource = true;
         }
 
@@ -63,13 +76,13 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
                         OR (state = 'in_flight' AND lease_expires_at <= clock_timestamp() AND fingerprint = $2)) AS claimable
                 FROM {table} WHERE key = $1
             ), ins AS (
-                INSERT INTO {table} AS r (key, state, fingerprint, owner_token, took_over, lease_expires_at, expires_at)
-                SELECT $1, 'in_flight', $2, $3, false, clock_timestamp() + $4, clock_timestamp() + $5
+                INSERT INTO {table} AS r (key, state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, purge_after)
+                SELECT $1, 'in_flight', $2, $3, false, clock_timestamp() + $4, clock_timestamp() + $5, clock_timestamp() + $5
                 WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.claimable)
                 ON CONFLICT (key) DO UPDATE SET
                     state = 'in_flight', fingerprint = EXCLUDED.fingerprint, owner_token = EXCLUDED.owner_token,
                     took_over = r.expires_at > clock_timestamp(), has_waiters = false,
-                    lease_expires_at = clock_timestamp() + $4, expires_at = clock_timestamp() + $5,
+                    lease_expires_at = clock_timestamp() + $4, expires_at = clock_timestamp() + $5, purge_after = clock_timestamp() + $5,
                     status_code = NULL, headers = NULL, body = NULL, body_omitted = false
                 WHERE r.expires_at <= clock_timestamp()
                    OR (r.state = 'in_flight' AND r.lease_expires_at <= clock_timestamp() AND r.fingerprint = EXCLUDED.fingerprint)
@@ -81,9 +94,12 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
             """;
 
         // $1 key, $2 owner, $3 retention, $4 status, $5 headers, $6 body, $7 body omitted, $8 channel.
+        // purge_after (the only indexed column besides the key) stays as the claim set it unless the new retention ends
+        // earlier, so the UPDATE is normally HOT: no index entries, no new page.
         _completeSql = $"""
             WITH done AS (
                 UPDATE {table} SET state = 'completed', expires_at = clock_timestamp() + $3,
+                    purge_after = LEAST(purge_after, clock_timestamp() + $3),
                     status_code = $4, headers = $5, body = $6, body_omitted = $7
                 WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()
                 RETURNING key, has_waiters
@@ -129,7 +145,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         _purgeSql = $"""
             DELETE FROM {table}
             WHERE ctid = ANY(ARRAY(
-                SELECT ctid FROM {table} WHERE expires_at <= clock_timestamp()
+                SELECT ctid FROM {table} WHERE purge_after <= clock_timestamp() AND expires_at <= clock_timestamp()
                 LIMIT $1 FOR UPDATE SKIP LOCKED))
               AND expires_at <= clock_timestamp()
             """;
@@ -167,7 +183,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
             command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = request.OwnerToken });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = request.Lease });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = request.Retention });
-            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            await PrepareAsync(command, cancellationToken).ConfigureAwait(false);
 
             // Almost always one pass. A second one only when the INSERT waited on a concurrent claim of the same key
             // that committed after this statement's snapshot, which the next snapshot sees.
@@ -273,7 +289,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
             command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = ownerToken });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = lease });
-            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            await PrepareAsync(command, cancellationToken).ConfigureAwait(false);
             return await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == 1;
         }
     }
@@ -288,7 +304,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         {
             using var command = new NpgsqlCommand(_getSql, connection);
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
-            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            await PrepareAsync(command, cancellationToken).ConfigureAwait(false);
             var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             await using (reader.ConfigureAwait(false))
             {
@@ -314,7 +330,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
             using var command = new NpgsqlCommand(_purgeSql, connection);
             var batch = new NpgsqlParameter<int> { TypedValue = _options.PurgeBatchSize };
             command.Parameters.Add(batch);
-            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            await PrepareAsync(command, cancellationToken).ConfigureAwait(false);
             var purged = 0;
             while (purged < maxRecords && !cancellationToken.IsCancellationRequested)
             {
@@ -366,6 +382,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         if (_ownsDataSource)
         {
             await _dataSource.DisposeAsync().ConfigureAwait(false);
+            await _listenerDataSource.DisposeAsync().ConfigureAwait(false);
         }
     }
 
@@ -384,12 +401,46 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         if (_ownsDataSource)
         {
             _dataSource.Dispose();
+            _listenerDataSource.Dispose();
         }
     }
 
-    private static async ValueTask<bool> ReturnsRowAsync(NpgsqlCommand command, CancellationToken cancellationToken)
+    /// <summary>
+    /// Builds the store's own data sources from a connection string: one for the statements and one, unpooled and never
+    /// multiplexed, for the LISTEN connection. The statements' data source multiplexes unless the connection string says
+    /// otherwise, never resets connections on close (the store changes no session state, and a reset costs the server one
+    /// more statement per operation) and prepares the store's few statements automatically, which multiplexing needs
+    /// because it does not support explicit preparation.
+    /// </summary>
+    private static (NpgsqlDataSource Statements, NpgsqlDataSource Listener) CreateDataSources(string connectionString)
     {
-        await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+        var statements = new NpgsqlConnectionStringBuilder(connectionString) { NoResetOnClose = true };
+        if (!new System.Data.Common.DbConnectionStringBuilder { ConnectionString = connectionString }.ContainsKey(nameof(NpgsqlConnectionStringBuilder.Multiplexing)))
+        {
+            // Many concurrent requests share a few connections, their statements written back to back: far fewer
+            // server backends, context switches and system calls per operation than one pooled connection per request.
+            statements.Multiplexing = true;
+        }
+
+        if (statements.MaxAutoPrepare < 16)
+        {
+            statements.MaxAutoPrepare = 16;
+        }
+
+        var listener = new NpgsqlConnectionStringBuilder(connectionString) { Multiplexing = false, Pooling = false };
+        return (NpgsqlDataSource.Create(statements), NpgsqlDataSource.Create(listener));
+    }
+
+    /// <summary>
+    /// Prepares the command explicitly unless the data source multiplexes (it is then prepared automatically). On a
+    /// connection that already prepared the same SQL this is a lookup, not a round trip.
+    /// </summary>
+    private ValueTask PrepareAsync(NpgsqlCommand command, CancellationToken cancellationToken) =>
+        _multiplexing ? ValueTask.CompletedTask : new ValueTask(command.PrepareAsync(cancellationToken));
+
+    private async ValueTask<bool> ReturnsRowAsync(NpgsqlCommand command, CancellationToken cancellationToken)
+    {
+        await PrepareAsync(command, cancellationToken).ConfigureAwait(false);
         var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
         await using (reader.ConfigureAwait(false))
         {
@@ -488,7 +539,7 @@ public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDispos
         {
             try
             {
-                var connection = await _dataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
+                var connection = await _listenerDataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
                 await using (connection.ConfigureAwait(false))
                 {
                     connection.Notification += (_, e) => _signals.Signal(e.Payload);

@@ -7,12 +7,17 @@ namespace Idem.PostgreSql;
 public sealed partial class PostgreSqlIdempotencyStoreOptions
 {
     /// <summary>
-    /// The connection string, used when <see cref="DataSource"/> is not set; the store then builds and owns its own data source.
+    /// The connection string, used when <see cref="DataSource"/> is not set; the store then builds and owns its own data
+    /// sources: one for its statements (multiplexed unless the string sets <c>Multiplexing</c>, no reset on close,
+    /// statements prepared automatically) and an unpooled one for its <c>LISTEN</c> connection.
     /// </summary>
     /// <value>Default: <see langword="null"/>.</value>
     public string? ConnectionString { get; set; }
 
-    /// <summary>An existing data source (connection pool) to use; the store does not dispose it. Takes precedence over <see cref="ConnectionString"/>.</summary>
+    /// <summary>
+    /// An existing data source (connection pool) to use; the store does not dispose it. Takes precedence over
+    /// <see cref="ConnectionString"/>. It must not use multiplexing: the store's <c>LISTEN</c> connection comes from it.
+    /// </summary>
     /// <value>Default: <see langword="null"/>.</value>
     public NpgsqlDataSource? DataSource { get; set; }
 

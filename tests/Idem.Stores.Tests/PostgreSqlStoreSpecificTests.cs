@@ -72,8 +72,8 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
         await connection.OpenAsync();
         await using var transaction = await connection.BeginTransactionAsync();
         await using (var insert = new NpgsqlCommand(
-            $"INSERT INTO \"{_schema}\".idem_records (key, state, fingerprint, owner_token, lease_expires_at, expires_at) " +
-            "VALUES ($1, 'in_flight', 'fp', $2, now() + interval '30 seconds', now() + interval '1 day')",
+            $"INSERT INTO \"{_schema}\".idem_records (key, state, fingerprint, owner_token, lease_expires_at, expires_at, purge_after) " +
+            "VALUES ($1, 'in_flight', 'fp', $2, now() + interval '30 seconds', now() + interval '1 day', now() + interval '1 day')",
             connection,
             transaction))
         {
@@ -322,7 +322,7 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
             Assert.Equal(1, applied.Sum());
             Assert.Equal(0, await new PostgreSqlIdempotencyMigrator(migrators[0], options).MigrateAsync(CancellationToken.None));
             Assert.Equal(1L, await server.ExecuteAsync($"SELECT count(*) FROM \"{_schema}\".idem_records_schema_version"));
-            Assert.Equal(1L, await server.ExecuteAsync($"SELECT count(*) FROM pg_indexes WHERE schemaname = '{_schema}' AND indexname = 'idem_records_expires_at_idx'"));
+            Assert.Equal(1L, await server.ExecuteAsync($"SELECT count(*) FROM pg_indexes WHERE schemaname = '{_schema}' AND indexname = 'idem_records_purge_after_idx'"));
         }
         finally
         {
@@ -365,7 +365,7 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
         Assert.Equal(1, PostgreSqlIdempotencyMigrator.LatestVersion);
         var script = PostgreSqlIdempotencyMigrator.GetScript(1);
         Assert.Contains("CREATE TABLE IF NOT EXISTS :\"schema\".:\"table\"", script, StringComparison.Ordinal);
-        Assert.Contains("(expires_at)", script, StringComparison.Ordinal);
+        Assert.Contains("(purge_after)", script, StringComparison.Ordinal);
         await Task.CompletedTask;
     }
 
