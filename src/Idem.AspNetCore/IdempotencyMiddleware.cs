@@ -366,19 +366,7 @@ internal sealed class IdempotencyMiddleware
 
         public static EndpointPolicy Resolve(IdempotencyEndpointOptions endpoint, IdempotencyOptions app)
         {
-            var defaults = app.DefaultPolicy;
-            var policy = defaults with
-            {
-                ConflictBehavior = endpoint.ConflictBehavior ?? defaults.ConflictBehavior,
-                Retention = endpoint.Retention ?? defaults.Retention,
-                Lease = endpoint.Lease ?? defaults.Lease,
-                WaitTimeout = endpoint.WaitTimeout ?? defaults.WaitTimeout,
-                ExecutionTimeout = endpoint.ExecutionTimeout ?? defaults.ExecutionTimeout,
-                ShouldStore = endpoint.ShouldStore ?? defaults.ShouldStore,
-                MaxStoredBodyBytes = endpoint.MaxStoredBodyBytes ?? defaults.MaxStoredBodyBytes,
-                StoreFailureMode = endpoint.StoreFailureMode ?? defaults.StoreFailureMode,
-            };
-            policy.Validate();
+            var policy = endpoint.ToPolicy(app.DefaultPolicy);
             return new EndpointPolicy
             {
                 Policy = policy,

@@ -134,4 +134,29 @@ public sealed class IdempotencyEndpointOptions
     /// deliberate repeat after the window executes again. <see langword="null"/> (the default) lets keyless requests pass.
     /// </summary>
     public TimeSpan? ImplicitKeyWindow { get; set; }
+
+    /// <summary>Lays these settings over <paramref name="defaults"/> and validates the result; throws on a value out of range.</summary>
+    internal IdempotencyPolicy ToPolicy(IdempotencyPolicy defaults)
+    {
+        var policy = defaults with
+        {
+            ConflictBehavior = ConflictBehavior ?? defaults.ConflictBehavior,
+            Retention = Retention ?? defaults.Retention,
+            Lease = Lease ?? defaults.Lease,
+            WaitTimeout = WaitTimeout ?? defaults.WaitTimeout,
+            ExecutionTimeout = ExecutionTimeout ?? defaults.ExecutionTimeout,
+            ShouldStore = ShouldStore ?? defaults.ShouldStore,
+            MaxStoredBodyBytes = MaxStoredBodyBytes ?? defaults.MaxStoredBodyBytes,
+            StoreFailureMode = StoreFailureMode ?? defaults.StoreFailureMode,
+        };
+        policy.Validate();
+        if (ImplicitKeyWindow is { } window && window <= TimeSpan.Zero)
+        {
+#pragma warning disable CA2208 // The setting's name is what tells the user which value to fix.
+            throw new ArgumentOutOfRangeException(nameof(ImplicitKeyWindow), window, "The implicit key window must be positive.");
+#pragma warning restore CA2208
+        }
+
+        return policy;
+    }
 }

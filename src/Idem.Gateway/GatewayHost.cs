@@ -314,23 +314,9 @@ internal sealed class GatewayRoutePolicies(GatewayOptions gateway)
 
     private static void Validate(string routeId, IdempotencyEndpointOptions o)
     {
-        var d = IdempotencyPolicy.Default;
         try
         {
-            (d with
-            {
-                ConflictBehavior = o.ConflictBehavior ?? d.ConflictBehavior,
-                Retention = o.Retention ?? d.Retention,
-                Lease = o.Lease ?? d.Lease,
-                WaitTimeout = o.WaitTimeout ?? d.WaitTimeout,
-                ExecutionTimeout = o.ExecutionTimeout ?? d.ExecutionTimeout,
-                MaxStoredBodyBytes = o.MaxStoredBodyBytes ?? d.MaxStoredBodyBytes,
-                StoreFailureMode = o.StoreFailureMode ?? d.StoreFailureMode,
-            }).Validate();
-            if (o.ImplicitKeyWindow is { } window && window <= TimeSpan.Zero)
-            {
-                throw new ArgumentException($"The implicit key window must be positive; got {window}.");
-            }
+            o.ToPolicy(IdempotencyPolicy.Default);
         }
         catch (ArgumentException ex)
         {
