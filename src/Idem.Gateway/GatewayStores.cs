@@ -38,20 +38,8 @@ internal static class GatewayStores
         }
     }
 
-#if IDEM_HAS_SQLITE
     private static void UseSqlite(IIdempotencyBuilder builder, string path) => builder.UseSqliteStore(path);
-#else
-    // TODO(merge): compiled in automatically (IDEM_HAS_SQLITE) once src/Idem.Sqlite has UseSqliteStore.
-    private static void UseSqlite(IIdempotencyBuilder builder, string path) => throw new InvalidOperationException(
-        $"Idem:Store=Sqlite ({path}) is not part of this build: the SQLite store has not been merged yet. Set Idem:Store=InMemory (or --Idem:Store=InMemory) for now.");
-#endif
 
-#if IDEM_HAS_POSTGRESQL
     private static void UsePostgreSql(IIdempotencyBuilder builder, string connectionString, bool createSchema) =>
         builder.UsePostgreSqlStore(connectionString, o => o.CreateSchemaAutomatically = createSchema);
-#else
-    // TODO(merge): compiled in automatically (IDEM_HAS_POSTGRESQL) once src/Idem.PostgreSql has UsePostgreSqlStore.
-    private static void UsePostgreSql(IIdempotencyBuilder builder, string connectionString, bool createSchema) => throw new InvalidOperationException(
-        "Idem:Store=PostgreSql is not part of this build: the PostgreSQL store has not been merged yet.");
-#endif
 }

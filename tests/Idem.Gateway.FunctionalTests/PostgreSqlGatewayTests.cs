@@ -1,4 +1,3 @@
-#if IDEM_HAS_POSTGRESQL
 // Compiled in once the PostgreSQL store and tests/Idem.TestUtils/PostgreSqlServer.cs are on this branch (see the csproj).
 using System.Net;
 using Idem.TestUtils;
@@ -32,4 +31,3 @@ public sealed class PostgreSqlGatewayTests : IClassFixture<PostgreSqlServer>
         Assert.Equal(HttpStatusCode.OK, (await one.Client.GetAsync("/healthz")).StatusCode);
     }
 }
-#endif
