@@ -191,15 +191,10 @@ internal sealed class IdempotencyMiddleware
 
         var originalBody = context.Features.GetRequiredFeature<IHttpResponseBodyFeature>();
         var originalLifetime = context.Features.GetRequiredFeature<IHttpRequestLifetimeFeature>();
-        var capture = new ResponseCaptureStream(originalBody.Stream, policy.MaxStoredBodyBytes);
+        using var capture = new ResponseCaptureStream(originalBody.Stream, policy.MaxStoredBodyBytes);
         var captureBody = new StreamResponseBodyFeature(capture, originalBody);
         context.Features.Set<IHttpResponseBodyFeature>(captureBody);
         context.Features.Set<IHttpRequestLifetimeFeature>(new DetachedRequestLifetimeFeature(originalLifetime, execution.CancellationToken));
-        using var clientGone = originalLifetime.RequestAborted.Register(static state =>
-        {
-            var (logger, id) = ((ILogger, string))state!;
-            Log.ClientGone(logger, id);
-        }, (_logger, requestId));
         try
         {
             await _next(context).ConfigureAwait(false);
@@ -211,11 +206,16 @@ internal sealed class IdempotencyMiddleware
             context.Features.Set(originalLifetime);
         }
 
+        if (capture.ClientGone)
+        {
+            Log.ClientGone(_logger, requestId);
+        }
+
         var response = context.Response;
         var headers = _allowList.Capture(response.Headers);
         return capture.Overflowed
             ? new StoredResponse(response.StatusCode, headers, ReadOnlyMemory<byte>.Empty) { BodyOmitted = true }
-            : new StoredResponse(response.StatusCode, headers, capture.Captured);
+            : new StoredResponse(response.StatusCode, headers, capture.Captured.ToArray()); // the capture's pooled buffer is returned now
     }
 
     private async Task ReplayAsync(HttpContext context, StoredResponse stored)

@@ -1,19 +1,26 @@
+using System.Buffers;
+
 namespace Idem.AspNetCore;
 
 /// <summary>
-/// Writes through to the client and keeps a copy up to a limit. When the client goes away, writes to it stop
-/// but capturing goes on, so the response can still be stored for the retry.
+/// Writes through to the client and keeps a copy up to a limit, in a pooled buffer returned on dispose. When the
+/// client goes away, writes to it stop but capturing goes on, so the response can still be stored for the retry.
 /// </summary>
 internal sealed class ResponseCaptureStream(Stream inner, int limit) : Stream
 {
-    private MemoryStream? _buffer = new();
+    private byte[]? _buffer = [];
+    private int _length;
     private bool _innerGone;
 
     public bool Overflowed => _buffer is null;
 
+    /// <summary>Whether a write to the client failed because it went away.</summary>
+    public bool ClientGone => _innerGone;
+
     public long BytesWritten { get; private set; }
 
-    public ReadOnlyMemory<byte> Captured => _buffer is null ? ReadOnlyMemory<byte>.Empty : _buffer.GetBuffer().AsMemory(0, (int)_buffer.Length);
+    /// <summary>The captured bytes; valid until the stream is disposed.</summary>
+    public ReadOnlyMemory<byte> Captured => _buffer is null ? ReadOnlyMemory<byte>.Empty : _buffer.AsMemory(0, _length);
 
     public override bool CanRead => false;
 
@@ -111,14 +118,43 @@ internal sealed class ResponseCaptureStream(Stream inner, int limit) : Stream
             return;
         }
 
-        if (_buffer.Length + bytes.Length > limit)
+        var needed = _length + bytes.Length;
+        if (needed > limit)
         {
             // Past the limit the copy is useless; drop it instead of holding the whole body twice.
-            _buffer.Dispose();
+            ReturnBuffer();
             _buffer = null;
             return;
         }
 
-        _buffer.Write(bytes);
+        if (needed > _buffer.Length)
+        {
+            var larger = ArrayPool<byte>.Shared.Rent(Math.Max(needed, Math.Min(limit, Math.Max(256, _buffer.Length * 2))));
+            _buffer.AsSpan(0, _length).CopyTo(larger);
+            ReturnBuffer();
+            _buffer = larger;
+        }
+
+        bytes.CopyTo(_buffer.AsSpan(_length));
+        _length = needed;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing)
+        {
+            ReturnBuffer();
+            _buffer = null;
+        }
+
+        base.Dispose(disposing);
+    }
+
+    private void ReturnBuffer()
+    {
+        if (_buffer is { Length: > 0 } rented)
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
     }
 }

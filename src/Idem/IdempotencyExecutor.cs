@@ -193,7 +193,8 @@ public sealed class IdempotencyExecutor
         Activity? activity)
     {
         Log.Claimed(_logger, storeKey);
-        using var executionCts = new CancellationTokenSource(policy.ExecutionTimeout, _timeProvider);
+        // No timer of its own: the heartbeat's one timer also enforces the execution timeout.
+        using var executionCts = new CancellationTokenSource();
         var heartbeat = new LeaseHeartbeat(this, storeKey, ownerToken, policy, executionCts);
 
         StoredResponse response;
@@ -262,6 +263,7 @@ public sealed class IdempotencyExecutor
         private readonly IdempotencyPolicy _policy;
         private readonly CancellationTokenSource _executionCts;
         private readonly TimeSpan _interval;
+        private readonly DateTimeOffset _executionDeadline;
         private readonly ITimer _timer;
         private readonly Lock _gate = new();
         private CancellationTokenSource? _stopCts;
@@ -276,7 +278,8 @@ public sealed class IdempotencyExecutor
             _policy = policy;
             _executionCts = executionCts;
             _interval = policy.Lease / 3;
-            _timer = executor._timeProvider.CreateTimer(static state => ((LeaseHeartbeat)state!).OnDue(), this, _interval, Timeout.InfiniteTimeSpan);
+            _executionDeadline = executor._timeProvider.GetUtcNow() + policy.ExecutionTimeout;
+            _timer = executor._timeProvider.CreateTimer(static state => ((LeaseHeartbeat)state!).OnDue(), this, Min(_interval, policy.ExecutionTimeout), Timeout.InfiniteTimeSpan);
         }
 
         /// <summary>Stops renewing and waits for a renewal in progress, which is cancelled. Never throws.</summary>
@@ -310,10 +313,17 @@ public sealed class IdempotencyExecutor
                     return;
                 }
 
-                // Started under the gate so that StopAsync either prevents it or sees it and waits for it.
-                _stopCts ??= new CancellationTokenSource();
-                _renewing = RenewAsync(_stopCts.Token);
+                if (_executor._timeProvider.GetUtcNow() < _executionDeadline)
+                {
+                    // Started under the gate so that StopAsync either prevents it or sees it and waits for it.
+                    _stopCts ??= new CancellationTokenSource();
+                    _renewing = RenewAsync(_stopCts.Token);
+                    return;
+                }
             }
+
+            // The execution timeout. Cancelled outside the gate: the work's callbacks run synchronously here.
+            _executionCts.Cancel();
         }
 
         private async Task RenewAsync(CancellationToken stop)
@@ -350,7 +360,8 @@ public sealed class IdempotencyExecutor
             {
                 if (!_stopped)
                 {
-                    _timer.Change(_interval, Timeout.InfiniteTimeSpan);
+                    var untilDeadline = _executionDeadline - _executor._timeProvider.GetUtcNow();
+                    _timer.Change(Min(_interval, untilDeadline > TimeSpan.Zero ? untilDeadline : TimeSpan.Zero), Timeout.InfiniteTimeSpan);
                 }
             }
         }

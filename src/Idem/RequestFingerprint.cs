@@ -10,7 +10,13 @@ namespace Idem;
 /// <remarks>Not thread-safe; dispose it, or call <see cref="Complete"/>, once.</remarks>
 public sealed class RequestFingerprint : IDisposable
 {
-    private readonly IncrementalHash _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+    // Small requests (nearly all) are hashed in one call over a pooled buffer: each incremental call into the
+    // platform's crypto library has a fixed cost that dominated the fingerprint of a small JSON body.
+    private const int OneShotLimit = 16 * 1024;
+
+    private byte[] _pending = System.Buffers.ArrayPool<byte>.Shared.Rent(1024);
+    private int _pendingLength;
+    private IncrementalHash? _hash;
     private long _bodyLength;
 
     /// <summary>The number of body bytes appended so far.</summary>
@@ -21,12 +27,12 @@ public sealed class RequestFingerprint : IDisposable
     /// <param name="value">The part's value; <see langword="null"/> is distinct from empty.</param>
     public void AppendPart(string name, string? value)
     {
-        Span<byte> prefix = stackalloc byte[sizeof(int)];
         AppendString(name);
         if (value is null)
         {
+            Span<byte> prefix = stackalloc byte[sizeof(int)];
             System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(prefix, -1);
-            _hash.AppendData(prefix);
+            Append(prefix);
             return;
         }
 
@@ -47,15 +53,26 @@ public sealed class RequestFingerprint : IDisposable
             AppendString("body");
         }
 
-        _hash.AppendData(bytes);
+        Append(bytes);
         _bodyLength += bytes.Length;
     }
 
-    /// <summary>Returns the fingerprint as 64 lowercase hexadecimal characters.</summary>
+    /// <summary>Returns the fingerprint as 64 lowercase hexadecimal characters, and starts over.</summary>
     public string Complete()
     {
+        ObjectDisposedException.ThrowIf(_pending.Length == 0, this);
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
-        _hash.GetHashAndReset(hash);
+        if (_hash is null)
+        {
+            SHA256.HashData(_pending.AsSpan(0, _pendingLength), hash);
+        }
+        else
+        {
+            _hash.AppendData(_pending, 0, _pendingLength);
+            _hash.GetHashAndReset(hash);
+        }
+
+        _pendingLength = 0;
         _bodyLength = 0;
         return Convert.ToHexStringLower(hash);
     }
@@ -70,14 +87,66 @@ public sealed class RequestFingerprint : IDisposable
     }
 
     /// <inheritdoc />
-    public void Dispose() => _hash.Dispose();
+    public void Dispose()
+    {
+        _hash?.Dispose();
+        if (_pending.Length != 0)
+        {
+            System.Buffers.ArrayPool<byte>.Shared.Return(_pending);
+            _pending = [];
+        }
+    }
 
     private void AppendString(string value)
     {
         var byteCount = Encoding.UTF8.GetByteCount(value);
-        Span<byte> buffer = byteCount <= 256 ? stackalloc byte[sizeof(int) + 256] : new byte[sizeof(int) + byteCount];
-        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(buffer, byteCount);
-        Encoding.UTF8.GetBytes(value, buffer[sizeof(int)..]);
-        _hash.AppendData(buffer[..(sizeof(int) + byteCount)]);
+        Span<byte> prefix = stackalloc byte[sizeof(int)];
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(prefix, byteCount);
+        Append(prefix);
+        if (Reserve(byteCount))
+        {
+            _pendingLength += Encoding.UTF8.GetBytes(value, _pending.AsSpan(_pendingLength));
+        }
+        else
+        {
+            Append(Encoding.UTF8.GetBytes(value));
+        }
+    }
+
+    private void Append(ReadOnlySpan<byte> bytes)
+    {
+        if (Reserve(bytes.Length))
+        {
+            bytes.CopyTo(_pending.AsSpan(_pendingLength));
+            _pendingLength += bytes.Length;
+            return;
+        }
+
+        // Too large for one shot: hash incrementally from here on.
+        _hash ??= IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        _hash.AppendData(_pending, 0, _pendingLength);
+        _pendingLength = 0;
+        _hash.AppendData(bytes);
+    }
+
+    // Makes room for count more pending bytes when the total stays under the one-shot limit.
+    private bool Reserve(int count)
+    {
+        ObjectDisposedException.ThrowIf(_pending.Length == 0, this);
+        var needed = _pendingLength + count;
+        if (needed > OneShotLimit)
+        {
+            return false;
+        }
+
+        if (needed > _pending.Length)
+        {
+            var larger = System.Buffers.ArrayPool<byte>.Shared.Rent(Math.Max(needed, _pending.Length * 2));
+            _pending.AsSpan(0, _pendingLength).CopyTo(larger);
+            System.Buffers.ArrayPool<byte>.Shared.Return(_pending);
+            _pending = larger;
+        }
+
+        return true;
     }
 }

@@ -47,6 +47,35 @@ public sealed class RequestFingerprintTests
         Assert.Equal(a, Fingerprint());
     }
 
+    [Theory]
+    [InlineData(1)]
+    [InlineData(7)]
+    [InlineData(4096)]
+    [InlineData(16 * 1024)]
+    [InlineData(200_000)]
+    public void Large_bodies_hash_the_same_in_any_chunking_as_the_whole_stream(int chunk)
+    {
+        var body = new byte[200_000];
+        new Random(42).NextBytes(body);
+        var whole = FingerprintOf(body, body.Length);
+
+        Assert.Equal(whole, FingerprintOf(body, chunk));
+        Assert.NotEqual(whole, FingerprintOf(body.AsSpan(0, body.Length - 1).ToArray(), chunk));
+    }
+
+    private static string FingerprintOf(byte[] body, int chunk)
+    {
+        using var fingerprint = new RequestFingerprint();
+        fingerprint.AppendPart("method", "POST");
+        fingerprint.AppendPart("path", new string('p', 20_000)); // a part alone past the one-shot buffer
+        for (var offset = 0; offset < body.Length; offset += chunk)
+        {
+            fingerprint.AppendBody(body.AsSpan(offset, Math.Min(chunk, body.Length - offset)));
+        }
+
+        return fingerprint.Complete();
+    }
+
     [Fact]
     public void Chunking_does_not_change_the_result()
     {
