@@ -25,6 +25,7 @@ internal sealed class IdempotencyMiddleware
     private readonly ResponseHeaderAllowList _allowList;
     private readonly ILogger _logger;
     private readonly ConditionalWeakTable<IIdempotencyEndpointMetadata, EndpointPolicy> _policies = new();
+    private readonly ConditionalWeakTable<IIdempotencyEndpointMetadata, EndpointPolicy>.CreateValueCallback _resolvePolicy;
 
     public IdempotencyMiddleware(
         RequestDelegate next,
@@ -39,6 +40,7 @@ internal sealed class IdempotencyMiddleware
         _options = options.Value;
         _allowList = new ResponseHeaderAllowList(_options.ReplayedHeaders);
         _logger = logger;
+        _resolvePolicy = m => EndpointPolicy.Resolve(m.Options, _options);
     }
 
     public Task InvokeAsync(HttpContext context)
@@ -51,7 +53,7 @@ internal sealed class IdempotencyMiddleware
 
         var feature = new IdempotencyFeature();
         context.Features.Set<IIdempotencyFeature>(feature);
-        var policy = _policies.GetValue(metadata, m => EndpointPolicy.Resolve(m.Options, _options));
+        var policy = _policies.GetValue(metadata, _resolvePolicy);
         if (!policy.Methods.Contains(context.Request.Method))
         {
             return _next(context);
