@@ -8,7 +8,7 @@ namespace Idem;
 /// </summary>
 public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 {
-    private readonly ConcurrentDictionary<string, IdempotencyRecord> _records = new(StringComparer.Ordinal);
+    private readonly ConcurrentDictionary<string, Entry> _records = new(StringComparer.Ordinal);
     private readonly KeyChangeSignals _signals = new();
     private readonly TimeProvider _timeProvider;
 
@@ -35,9 +35,8 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         while (true)
         {
             var now = _timeProvider.GetUtcNow();
-            var claim = new IdempotencyRecord
+            var claim = new Entry
             {
-                Key = request.Key,
                 State = IdempotencyRecordState.InFlight,
                 Fingerprint = request.Fingerprint,
                 OwnerToken = request.OwnerToken,
@@ -67,20 +66,20 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 
             if (existing.State == IdempotencyRecordState.Completed)
             {
-                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Completed, existing));
+                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Completed, existing.ToRecord(request.Key)));
             }
 
             if (existing.LeaseExpiresAt <= now && existing.Fingerprint == request.Fingerprint)
             {
                 if (_records.TryUpdate(request.Key, claim, existing))
                 {
-                    return ValueTask.FromResult(new ClaimResult(ClaimStatus.Claimed, claim, TookOver: true));
+                    return ValueTask.FromResult(new ClaimResult(ClaimStatus.Claimed, claim.ToRecord(request.Key), TookOver: true));
                 }
 
                 continue;
             }
 
-            return ValueTask.FromResult(new ClaimResult(ClaimStatus.InFlight, existing));
+            return ValueTask.FromResult(new ClaimResult(ClaimStatus.InFlight, existing.ToRecord(request.Key)));
         }
     }
 
@@ -89,18 +88,19 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     {
         ArgumentNullException.ThrowIfNull(response);
         cancellationToken.ThrowIfCancellationRequested();
-        var detached = Detach(response);
+        var payload = Entry.Encode(response);
         while (_records.TryGetValue(key, out var existing) && IsOwnedInFlight(existing, ownerToken))
         {
-            var completed = new IdempotencyRecord
+            var completed = new Entry
             {
-                Key = key,
                 State = IdempotencyRecordState.Completed,
                 Fingerprint = existing.Fingerprint,
                 OwnerToken = ownerToken,
                 LeaseExpiresAt = existing.LeaseExpiresAt,
                 ExpiresAt = _timeProvider.GetUtcNow() + retention,
-                Response = detached,
+                StatusCode = response.StatusCode,
+                BodyOmitted = response.BodyOmitted,
+                Payload = payload,
             };
 
             if (_records.TryUpdate(key, completed, existing))
@@ -119,7 +119,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         cancellationToken.ThrowIfCancellationRequested();
         while (_records.TryGetValue(key, out var existing) && existing.State == IdempotencyRecordState.InFlight && existing.OwnerToken == ownerToken)
         {
-            if (_records.TryRemove(new KeyValuePair<string, IdempotencyRecord>(key, existing)))
+            if (_records.TryRemove(new KeyValuePair<string, Entry>(key, existing)))
             {
                 _signals.Signal(key);
                 return ValueTask.FromResult(true);
@@ -135,9 +135,8 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         cancellationToken.ThrowIfCancellationRequested();
         while (_records.TryGetValue(key, out var existing) && IsOwnedInFlight(existing, ownerToken))
         {
-            var renewed = new IdempotencyRecord
+            var renewed = new Entry
             {
-                Key = key,
                 State = IdempotencyRecordState.InFlight,
                 Fingerprint = existing.Fingerprint,
                 OwnerToken = ownerToken,
@@ -159,7 +158,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     {
         cancellationToken.ThrowIfCancellationRequested();
         return ValueTask.FromResult(
-            _records.TryGetValue(key, out var record) && record.ExpiresAt > _timeProvider.GetUtcNow() ? record : null);
+            _records.TryGetValue(key, out var entry) && entry.ExpiresAt > _timeProvider.GetUtcNow() ? entry.ToRecord(key) : null);
     }
 
     /// <inheritdoc />
@@ -189,10 +188,6 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken) =>
         _signals.WaitAsync(key, ct => ValueTask.FromResult(HasChanged(key, observedOwner)), timeout, _timeProvider, cancellationToken);
 
-    // Kept for the whole retention: an exact-size copy that never aliases a buffer the caller may reuse.
-    private static StoredResponse Detach(StoredResponse response) =>
-        new(response.StatusCode, response.Headers.ToArray(), response.Body.ToArray()) { BodyOmitted = response.BodyOmitted };
-
     private bool HasChanged(string key, Guid observedOwner)
     {
         var now = _timeProvider.GetUtcNow();
@@ -203,8 +198,116 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             || record.ExpiresAt <= now;
     }
 
-    private bool IsOwnedInFlight(IdempotencyRecord record, Guid ownerToken) =>
+    private bool IsOwnedInFlight(Entry record, Guid ownerToken) =>
         record.State == IdempotencyRecordState.InFlight
         && record.OwnerToken == ownerToken
         && record.ExpiresAt > _timeProvider.GetUtcNow();
+
+    /// <summary>
+    /// What the map holds per key, kept for the whole retention: one object plus one array (headers and body encoded
+    /// together), an exact copy that never aliases the caller's buffers. Few objects per record keep the garbage
+    /// collector's work small when hundreds of thousands of records are retained.
+    /// </summary>
+    private sealed class Entry
+    {
+        private long _leaseExpiresTicks;
+        private long _expiresTicks;
+
+        // Decoded on the first replay and kept: records that are replayed pay once, the rest stay compact.
+        private StoredResponse? _decoded;
+
+        public required IdempotencyRecordState State { get; init; }
+
+        public required string Fingerprint { get; init; }
+
+        public required Guid OwnerToken { get; init; }
+
+        public required DateTimeOffset LeaseExpiresAt
+        {
+            get => new(_leaseExpiresTicks, TimeSpan.Zero);
+            init => _leaseExpiresTicks = value.UtcTicks;
+        }
+
+        public required DateTimeOffset ExpiresAt
+        {
+            get => new(_expiresTicks, TimeSpan.Zero);
+            init => _expiresTicks = value.UtcTicks;
+        }
+
+        public int StatusCode { get; init; }
+
+        public bool BodyOmitted { get; init; }
+
+        public byte[]? Payload { get; init; }
+
+        public IdempotencyRecord ToRecord(string key) => new()
+        {
+            Key = key,
+            State = State,
+            Fingerprint = Fingerprint,
+            OwnerToken = OwnerToken,
+            LeaseExpiresAt = LeaseExpiresAt,
+            ExpiresAt = ExpiresAt,
+            Response = State == IdempotencyRecordState.Completed ? _decoded ??= Decode() : null,
+        };
+
+        // [header count] then per header [name chars][value chars], each length-prefixed, UTF-16; then the body.
+        public static byte[] Encode(StoredResponse response)
+        {
+            var headers = response.Headers;
+            var size = sizeof(int);
+            foreach (var header in headers)
+            {
+                size += (2 * sizeof(int)) + ((header.Key.Length + header.Value.Length) * sizeof(char));
+            }
+
+            var payload = new byte[size + response.Body.Length];
+            var span = payload.AsSpan();
+            System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(span, headers.Count);
+            var offset = sizeof(int);
+            foreach (var header in headers)
+            {
+                offset = WriteString(span, offset, header.Key);
+                offset = WriteString(span, offset, header.Value);
+            }
+
+            response.Body.Span.CopyTo(span[offset..]);
+            return payload;
+        }
+
+        private StoredResponse Decode()
+        {
+            var payload = Payload!;
+            var span = payload.AsSpan();
+            var count = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(span);
+            var offset = sizeof(int);
+            var headers = count == 0 ? [] : new KeyValuePair<string, string>[count];
+            for (var i = 0; i < count; i++)
+            {
+                var name = ReadString(span, ref offset);
+                var value = ReadString(span, ref offset);
+                headers[i] = new(name, value);
+            }
+
+            return new StoredResponse(StatusCode, headers, payload.AsMemory(offset)) { BodyOmitted = BodyOmitted };
+        }
+
+        private static int WriteString(Span<byte> span, int offset, string value)
+        {
+            System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(span[offset..], value.Length);
+            offset += sizeof(int);
+            System.Runtime.InteropServices.MemoryMarshal.AsBytes(value.AsSpan()).CopyTo(span[offset..]);
+            return offset + (value.Length * sizeof(char));
+        }
+
+        private static string ReadString(ReadOnlySpan<byte> span, ref int offset)
+        {
+            var length = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(span[offset..]);
+            offset += sizeof(int);
+            // Offsets stay even (4-byte prefixes, 2-byte chars), so the cast is char-aligned.
+            var value = new string(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, char>(span.Slice(offset, length * sizeof(char))));
+            offset += length * sizeof(char);
+            return value;
+        }
+    }
 }
