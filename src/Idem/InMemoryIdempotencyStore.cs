@@ -251,63 +251,19 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             Response = State == IdempotencyRecordState.Completed ? _decoded ??= Decode() : null,
         };
 
-        // [header count] then per header [name chars][value chars], each length-prefixed, UTF-16; then the body.
+        // The headers in the stored form the SQLite store also uses, then the body, in one array.
         public static byte[] Encode(StoredResponse response)
         {
-            var headers = response.Headers;
-            var size = sizeof(int);
-            foreach (var header in headers)
-            {
-                size += (2 * sizeof(int)) + ((header.Key.Length + header.Value.Length) * sizeof(char));
-            }
-
-            var payload = new byte[size + response.Body.Length];
-            var span = payload.AsSpan();
-            System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(span, headers.Count);
-            var offset = sizeof(int);
-            foreach (var header in headers)
-            {
-                offset = WriteString(span, offset, header.Key);
-                offset = WriteString(span, offset, header.Value);
-            }
-
-            response.Body.Span.CopyTo(span[offset..]);
+            var payload = ResponseCodec.EncodeHeaders(response.Headers, response.Body.Length, out var headersLength);
+            response.Body.Span.CopyTo(payload.AsSpan(headersLength));
             return payload;
         }
 
         private StoredResponse Decode()
         {
             var payload = Payload!;
-            var span = payload.AsSpan();
-            var count = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(span);
-            var offset = sizeof(int);
-            var headers = count == 0 ? [] : new KeyValuePair<string, string>[count];
-            for (var i = 0; i < count; i++)
-            {
-                var name = ReadString(span, ref offset);
-                var value = ReadString(span, ref offset);
-                headers[i] = new(name, value);
-            }
-
-            return new StoredResponse(StatusCode, headers, payload.AsMemory(offset)) { BodyOmitted = BodyOmitted };
-        }
-
-        private static int WriteString(Span<byte> span, int offset, string value)
-        {
-            System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(span[offset..], value.Length);
-            offset += sizeof(int);
-            System.Runtime.InteropServices.MemoryMarshal.AsBytes(value.AsSpan()).CopyTo(span[offset..]);
-            return offset + (value.Length * sizeof(char));
-        }
-
-        private static string ReadString(ReadOnlySpan<byte> span, ref int offset)
-        {
-            var length = System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(span[offset..]);
-            offset += sizeof(int);
-            // Offsets stay even (4-byte prefixes, 2-byte chars), so the cast is char-aligned.
-            var value = new string(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, char>(span.Slice(offset, length * sizeof(char))));
-            offset += length * sizeof(char);
-            return value;
+            var headers = ResponseCodec.DecodeHeaders(payload, out var bodyOffset);
+            return new StoredResponse(StatusCode, headers, payload.AsMemory(bodyOffset)) { BodyOmitted = BodyOmitted };
         }
     }
 }

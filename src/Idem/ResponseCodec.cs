@@ -1,18 +1,22 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 
-namespace Idem.Sqlite;
+namespace Idem;
 
 /// <summary>
 /// The stored form of response headers: version byte 1, then a little-endian int32 count, then per header the name and
 /// the value, each as an int32 length in UTF-16 code units followed by those code units (little-endian). UTF-16 keeps
-/// any .NET string exactly, order and repeated names included.
+/// any .NET string exactly, order and repeated names included. Shared by the stores that keep responses as bytes:
+/// SQLite stores the headers alone; the in-memory store appends the body after them in the same array.
 /// </summary>
 internal static class ResponseCodec
 {
     private const byte Version = 1;
 
-    public static byte[] EncodeHeaders(IReadOnlyList<KeyValuePair<string, string>> headers)
+    public static byte[] EncodeHeaders(IReadOnlyList<KeyValuePair<string, string>> headers) => EncodeHeaders(headers, 0, out _);
+
+    /// <summary>Encodes the headers into an array with <paramref name="trailingBytes"/> free bytes after them, from <paramref name="headersLength"/> on.</summary>
+    public static byte[] EncodeHeaders(IReadOnlyList<KeyValuePair<string, string>> headers, int trailingBytes, out int headersLength)
     {
         var length = 1 + 4;
         foreach (var (name, value) in headers)
@@ -20,7 +24,8 @@ internal static class ResponseCodec
             length += 8 + (2 * (name.Length + value.Length));
         }
 
-        var buffer = new byte[length];
+        headersLength = length;
+        var buffer = new byte[length + trailingBytes];
         buffer[0] = Version;
         var span = buffer.AsSpan(1);
         BinaryPrimitives.WriteInt32LittleEndian(span, headers.Count);
@@ -36,6 +41,19 @@ internal static class ResponseCodec
 
     public static KeyValuePair<string, string>[] DecodeHeaders(ReadOnlySpan<byte> data)
     {
+        var headers = DecodeHeaders(data, out var consumed);
+        if (consumed != data.Length)
+        {
+            throw new InvalidDataException("The stored response headers are corrupt.");
+        }
+
+        return headers;
+    }
+
+    /// <summary>Decodes headers written at the start of <paramref name="data"/>; <paramref name="consumed"/> is where they end.</summary>
+    public static KeyValuePair<string, string>[] DecodeHeaders(ReadOnlySpan<byte> data, out int consumed)
+    {
+        var total = data.Length;
         if (data.Length < 5 || data[0] != Version)
         {
             throw new InvalidDataException("The stored response headers are not in a known format.");
@@ -56,11 +74,7 @@ internal static class ResponseCodec
             headers[i] = new(name, value);
         }
 
-        if (!data.IsEmpty)
-        {
-            throw new InvalidDataException("The stored response headers are corrupt.");
-        }
-
+        consumed = total - data.Length;
         return headers;
     }
 
