@@ -82,8 +82,38 @@ app.MapGet("/stats", () => TypedResults.Ok(new Stats(
     System.Runtime.JitInfo.GetCompiledMethodCount(),
     (long)System.Runtime.JitInfo.GetCompilationTime().TotalMicroseconds)));
 
+// Opt-in (IDEM_BENCH_ALLOCATIONS=1): which types the server allocates, from the runtime's ~100 KB allocation samples.
+// GET /allocations lists sampled bytes by type; it costs a little CPU, so timed runs leave it off.
+using var allocations = Environment.GetEnvironmentVariable("IDEM_BENCH_ALLOCATIONS") == "1" ? new AllocationSampler() : null;
+app.MapGet("/allocations", () => allocations?.Top(40) ?? "set IDEM_BENCH_ALLOCATIONS=1\n");
+
 await app.RunAsync().ConfigureAwait(false);
 return 0;
+
+internal sealed class AllocationSampler : System.Diagnostics.Tracing.EventListener
+{
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, long> _bytes = new();
+
+    public string Top(int count) => string.Join('\n', _bytes.OrderByDescending(p => p.Value).Take(count).Select(p => $"{p.Value / 1024,10} KB  {p.Key}")) + "\n";
+
+    protected override void OnEventSourceCreated(System.Diagnostics.Tracing.EventSource eventSource)
+    {
+        if (eventSource.Name == "Microsoft-Windows-DotNETRuntime")
+        {
+            EnableEvents(eventSource, System.Diagnostics.Tracing.EventLevel.Verbose, (System.Diagnostics.Tracing.EventKeywords)0x1);
+        }
+    }
+
+    protected override void OnEventWritten(System.Diagnostics.Tracing.EventWrittenEventArgs eventData)
+    {
+        if (eventData.EventName?.StartsWith("GCAllocationTick", StringComparison.Ordinal) == true && eventData.Payload is { } payload)
+        {
+            var name = eventData.PayloadNames!.IndexOf("TypeName") is var t and >= 0 ? payload[t]?.ToString() ?? "?" : "?";
+            var amount = eventData.PayloadNames.IndexOf("AllocationAmount64") is var a and >= 0 ? Convert.ToInt64(payload[a], System.Globalization.CultureInfo.InvariantCulture) : 100_000;
+            _bytes.AddOrUpdate(name, amount, (_, v) => v + amount);
+        }
+    }
+}
 
 internal sealed record CreateOrder(int Amount);
 

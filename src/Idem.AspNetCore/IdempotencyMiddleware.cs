@@ -148,7 +148,8 @@ internal sealed class IdempotencyMiddleware
                 storeKey,
                 fingerprint,
                 executionPolicy,
-                execution => RunHandlerAsync(context, execution, feature, executionPolicy, requestId),
+                (Middleware: this, Context: context, Feature: feature, Policy: executionPolicy, RequestId: requestId),
+                static (execution, s) => s.Middleware.RunHandlerAsync(s.Context, execution, s.Feature, s.Policy, s.RequestId),
                 context.RequestAborted).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested && !feature.IsProtected)
@@ -231,9 +232,10 @@ internal sealed class IdempotencyMiddleware
 
         var response = context.Response;
         response.StatusCode = stored.StatusCode;
-        foreach (var header in stored.Headers)
+        var headers = stored.Headers;
+        for (var i = 0; i < headers.Count; i++)
         {
-            response.Headers.Append(header.Key, header.Value);
+            response.Headers.Append(headers[i].Key, headers[i].Value);
         }
 
         response.Headers[ReplayedHeader] = "true";
@@ -244,7 +246,7 @@ internal sealed class IdempotencyMiddleware
         }
     }
 
-    private async Task<string?> FingerprintAsync(HttpContext context)
+    private async ValueTask<string?> FingerprintAsync(HttpContext context)
     {
         var request = context.Request;
         var max = _options.MaxRequestBodyBytes;
@@ -299,7 +301,7 @@ internal sealed class IdempotencyMiddleware
         return await CompleteFingerprintAsync(context, fingerprint, body).ConfigureAwait(false);
     }
 
-    private async Task<string> CompleteFingerprintAsync(HttpContext context, RequestFingerprint fingerprint, Stream body)
+    private async ValueTask<string> CompleteFingerprintAsync(HttpContext context, RequestFingerprint fingerprint, Stream body)
     {
         var request = context.Request;
         if (_options.CanonicalJsonFingerprint && IsJson(request.ContentType) && fingerprint.BodyLength > 0)

@@ -1,5 +1,6 @@
 using System.Security.Claims;
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features.Authentication;
 
 namespace Idem.AspNetCore;
 
@@ -60,8 +61,9 @@ public sealed class IdempotencyOptions
 
     internal static string DefaultPrincipal(HttpContext context)
     {
-        var user = context.User;
-        if (user.Identity?.IsAuthenticated != true)
+        // Read through the feature: HttpContext.User would create an empty principal on every anonymous request.
+        var user = context.Features.Get<IHttpAuthenticationFeature>()?.User;
+        if (user?.Identity?.IsAuthenticated != true)
         {
             return string.Empty;
         }

@@ -15,6 +15,9 @@ public sealed class IdempotencyExecutor
     private static readonly TimeSpan FirstPollInterval = TimeSpan.FromMilliseconds(50);
     private static readonly TimeSpan MaxPollInterval = TimeSpan.FromSeconds(1);
 
+    [ThreadStatic]
+    private static CancellationTokenSource? t_idleDeadline;
+
     private readonly IIdempotencyStore _store;
     private readonly TimeProvider _timeProvider;
     private readonly IdempotencyMetrics _metrics;
@@ -46,11 +49,34 @@ public sealed class IdempotencyExecutor
     /// Its response is stored when <see cref="IdempotencyPolicy.ShouldStore"/> says so; an exception releases the key.
     /// </param>
     /// <param name="cancellationToken">Cancels claiming and waiting on behalf of this caller.</param>
-    public async ValueTask<IdempotencyOutcome> ExecuteAsync(
+    public ValueTask<IdempotencyOutcome> ExecuteAsync(
         string storeKey,
         string fingerprint,
         IdempotencyPolicy policy,
         Func<IdempotentExecution, ValueTask<StoredResponse>> work,
+        CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(work);
+        return ExecuteAsync(storeKey, fingerprint, policy, work, static (execution, work) => work(execution), cancellationToken);
+    }
+
+    /// <summary>
+    /// Runs <paramref name="work"/> once for <paramref name="storeKey"/>, or returns what another caller's run stored;
+    /// the overload for hot paths, where <paramref name="state"/> replaces a closure allocated per call.
+    /// </summary>
+    /// <typeparam name="TState">What <paramref name="work"/> needs, passed back to it.</typeparam>
+    /// <param name="storeKey">The scoped key (see <see cref="IdempotencyScope.ComputeStoreKey"/>).</param>
+    /// <param name="fingerprint">The request fingerprint (see <see cref="RequestFingerprint"/>).</param>
+    /// <param name="policy">How the operation is protected.</param>
+    /// <param name="state">Passed to <paramref name="work"/>.</param>
+    /// <param name="work">The operation, as in <see cref="ExecuteAsync(string, string, IdempotencyPolicy, Func{IdempotentExecution, ValueTask{StoredResponse}}, CancellationToken)"/>.</param>
+    /// <param name="cancellationToken">Cancels claiming and waiting on behalf of this caller.</param>
+    public async ValueTask<IdempotencyOutcome> ExecuteAsync<TState>(
+        string storeKey,
+        string fingerprint,
+        IdempotencyPolicy policy,
+        TState state,
+        Func<IdempotentExecution, TState, ValueTask<StoredResponse>> work,
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(storeKey);
@@ -71,7 +97,7 @@ public sealed class IdempotencyExecutor
         }
         catch (Exception ex) when (IsStoreFailure(ex, cancellationToken))
         {
-            return await OnStoreUnavailableAsync(ex, storeKey, policy, work, activity).ConfigureAwait(false);
+            return await OnStoreUnavailableAsync(ex, storeKey, policy, state, work, activity).ConfigureAwait(false);
         }
 
         _metrics.ClaimDuration(started);
@@ -89,7 +115,7 @@ public sealed class IdempotencyExecutor
                         Log.TookOver(_logger, storeKey);
                     }
 
-                    return await RunClaimedAsync(storeKey, ownerToken, policy, work, claim.TookOver, activity).ConfigureAwait(false);
+                    return await RunClaimedAsync(storeKey, ownerToken, policy, state, work, claim.TookOver, activity).ConfigureAwait(false);
 
                 case ClaimStatus.Completed when claim.Record!.Fingerprint != fingerprint:
                 case ClaimStatus.InFlight when claim.Record!.Fingerprint != fingerprint:
@@ -184,11 +210,12 @@ public sealed class IdempotencyExecutor
         };
     }
 
-    private async ValueTask<IdempotencyOutcome> RunClaimedAsync(
+    private async ValueTask<IdempotencyOutcome> RunClaimedAsync<TState>(
         string storeKey,
         Guid ownerToken,
         IdempotencyPolicy policy,
-        Func<IdempotentExecution, ValueTask<StoredResponse>> work,
+        TState state,
+        Func<IdempotentExecution, TState, ValueTask<StoredResponse>> work,
         bool tookOver,
         Activity? activity)
     {
@@ -200,7 +227,7 @@ public sealed class IdempotencyExecutor
         StoredResponse response;
         try
         {
-            response = await work(new IdempotentExecution(storeKey, ownerToken, executionCts.Token)).ConfigureAwait(false);
+            response = await work(new IdempotentExecution(storeKey, ownerToken, executionCts.Token), state).ConfigureAwait(false);
         }
         catch (Exception ex)
         {
@@ -381,11 +408,12 @@ public sealed class IdempotencyExecutor
         }
     }
 
-    private async ValueTask<IdempotencyOutcome> OnStoreUnavailableAsync(
+    private async ValueTask<IdempotencyOutcome> OnStoreUnavailableAsync<TState>(
         Exception exception,
         string storeKey,
         IdempotencyPolicy policy,
-        Func<IdempotentExecution, ValueTask<StoredResponse>> work,
+        TState state,
+        Func<IdempotentExecution, TState, ValueTask<StoredResponse>> work,
         Activity? activity)
     {
         if (policy.StoreFailureMode != StoreFailureMode.FailOpen)
@@ -397,7 +425,7 @@ public sealed class IdempotencyExecutor
         Log.StoreFailed(_logger, exception, "claim", storeKey);
         Log.ExecutingUnprotected(_logger, storeKey);
         using var executionCts = new CancellationTokenSource(policy.ExecutionTimeout, _timeProvider);
-        var response = await work(new IdempotentExecution(storeKey, Guid.Empty, executionCts.Token)).ConfigureAwait(false);
+        var response = await work(new IdempotentExecution(storeKey, Guid.Empty, executionCts.Token), state).ConfigureAwait(false);
         return Finish(activity, IdempotencyOutcomes.Unprotected, new IdempotencyOutcome(IdempotencyOutcomeKind.ExecutedUnprotected, response));
     }
 
@@ -427,11 +455,20 @@ public sealed class IdempotencyExecutor
         cancellationToken.ThrowIfCancellationRequested();
 
         // Not disposed on purpose: it never owns a timer, and a timer callback racing with a dispose would throw.
-        var deadline = new CancellationTokenSource();
+        // A source whose call completed synchronously was never cancelled nor exposed to a timer: the thread keeps it
+        // for its next call, so synchronous stores cost no allocation here.
+        var deadline = t_idleDeadline ?? new CancellationTokenSource();
+        t_idleDeadline = null;
         var pending = call(_store, argument, deadline.Token);
         if (pending.IsCompleted)
         {
-            return pending.Result;
+            var result = pending.Result;
+            if (deadline.TryReset())
+            {
+                t_idleDeadline = deadline;
+            }
+
+            return result;
         }
 
         using var timer = _timeProvider.CreateTimer(static state => ((CancellationTokenSource)state!).Cancel(), deadline, policy.StoreTimeout, Timeout.InfiniteTimeSpan);

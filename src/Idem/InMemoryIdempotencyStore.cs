@@ -1,16 +1,26 @@
-using System.Collections.Concurrent;
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 
 namespace Idem;
 
 /// <summary>
 /// A store in process memory, for tests and single-process apps that accept losing records on restart.
-/// Every step is one compare-and-swap on a concurrent map entry: no global lock.
+/// Keys are spread over 64 shards, each with its own short lock that is never held across an await: no global lock.
 /// </summary>
+/// <remarks>
+/// Records are kept for their whole retention, so a busy API holds hundreds of thousands of them. Each shard therefore
+/// keeps its records as plain structs in one table and their bytes (key, fingerprint, response) in a
+/// <see cref="ByteArena"/>: a retained record costs the garbage collector nothing, where one object graph per record
+/// made every collection trace and copy them all. Space is reclaimed as records expire and are purged.
+/// </remarks>
 public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 {
-    private readonly ConcurrentDictionary<string, Entry> _records = new(StringComparer.Ordinal);
+    private const int ShardCount = 64;
+
+    private readonly Shard[] _shards = new Shard[ShardCount];
     private readonly KeyChangeSignals _signals = new();
     private readonly TimeProvider _timeProvider;
+    private int _nextPurgeShard;
 
     /// <summary>Creates a store on the system clock.</summary>
     public InMemoryIdempotencyStore()
@@ -23,161 +33,189 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     {
         ArgumentNullException.ThrowIfNull(timeProvider);
         _timeProvider = timeProvider;
+        for (var i = 0; i < _shards.Length; i++)
+        {
+            _shards[i] = new Shard();
+        }
     }
 
     /// <summary>The number of records held, expired ones included until purged.</summary>
-    public int Count => _records.Count;
+    public int Count
+    {
+        get
+        {
+            var count = 0;
+            foreach (var shard in _shards)
+            {
+                lock (shard.Gate)
+                {
+                    count += shard.Records.Count;
+                }
+            }
+
+            return count;
+        }
+    }
+
+    /// <summary>The bytes the store's arenas hold, free space included; for tests and diagnostics.</summary>
+    internal long ArenaBytes
+    {
+        get
+        {
+            long bytes = 0;
+            foreach (var shard in _shards)
+            {
+                lock (shard.Gate)
+                {
+                    bytes += shard.Arena.ChunkBytes;
+                }
+            }
+
+            return bytes;
+        }
+    }
 
     /// <inheritdoc />
     public ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(request.Key);
+        ArgumentNullException.ThrowIfNull(request.Fingerprint);
         cancellationToken.ThrowIfCancellationRequested();
-        while (true)
+        var now = _timeProvider.GetUtcNow();
+        var leaseExpires = (now + request.Lease).UtcTicks;
+        var expires = (now + request.Retention).UtcTicks;
+        var shard = ShardFor(request.Key);
+        lock (shard.Gate)
         {
-            var now = _timeProvider.GetUtcNow();
-            var claim = new Entry
+            ref var slot = ref CollectionsMarshal.GetValueRefOrAddDefault(shard.ByKey, request.Key, out var exists);
+            if (!exists || slot.ExpiresTicks <= now.UtcTicks)
             {
-                State = IdempotencyRecordState.InFlight,
-                Fingerprint = request.Fingerprint,
-                OwnerToken = request.OwnerToken,
-                LeaseExpiresAt = now + request.Lease,
-                ExpiresAt = now + request.Retention,
-            };
-
-            if (!_records.TryGetValue(request.Key, out var existing))
-            {
-                if (_records.TryAdd(request.Key, claim))
-                {
-                    return ValueTask.FromResult(ClaimResult.NewClaim);
-                }
-
-                continue;
+                shard.Clear(ref slot);
+                shard.Claim(ref slot, request, leaseExpires, expires);
+                return ValueTask.FromResult(ClaimResult.NewClaim);
             }
 
-            if (existing.ExpiresAt <= now)
+            if (slot.State == IdempotencyRecordState.Completed)
             {
-                if (_records.TryUpdate(request.Key, claim, existing))
-                {
-                    return ValueTask.FromResult(ClaimResult.NewClaim);
-                }
-
-                continue;
+                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Completed, shard.ToRecord(request.Key, ref slot)));
             }
 
-            if (existing.State == IdempotencyRecordState.Completed)
+            if (slot.LeaseExpiresTicks <= now.UtcTicks && shard.HasFingerprint(in slot, request.Fingerprint))
             {
-                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Completed, existing.ToRecord(request.Key)));
+                slot.Owner = request.OwnerToken;
+                slot.LeaseExpiresTicks = leaseExpires;
+                slot.ExpiresTicks = expires;
+                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Claimed, shard.ToRecord(request.Key, ref slot), TookOver: true));
             }
 
-            if (existing.LeaseExpiresAt <= now && existing.Fingerprint == request.Fingerprint)
-            {
-                if (_records.TryUpdate(request.Key, claim, existing))
-                {
-                    return ValueTask.FromResult(new ClaimResult(ClaimStatus.Claimed, claim.ToRecord(request.Key), TookOver: true));
-                }
-
-                continue;
-            }
-
-            return ValueTask.FromResult(new ClaimResult(ClaimStatus.InFlight, existing.ToRecord(request.Key)));
+            return ValueTask.FromResult(new ClaimResult(ClaimStatus.InFlight, shard.ToRecord(request.Key, ref slot)));
         }
     }
 
     /// <inheritdoc />
     public ValueTask<bool> CompleteAsync(string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(key);
         ArgumentNullException.ThrowIfNull(response);
         cancellationToken.ThrowIfCancellationRequested();
-        var payload = Entry.Encode(response);
-        while (_records.TryGetValue(key, out var existing) && IsOwnedInFlight(existing, ownerToken))
+        var now = _timeProvider.GetUtcNow();
+        var expires = (now + retention).UtcTicks;
+        var headersLength = ResponseCodec.GetEncodedLength(response.Headers);
+        var shard = ShardFor(key);
+        lock (shard.Gate)
         {
-            var completed = new Entry
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            if (Unsafe.IsNullRef(ref slot) || !IsOwnedInFlight(in slot, ownerToken, now.UtcTicks))
             {
-                State = IdempotencyRecordState.Completed,
-                Fingerprint = existing.Fingerprint,
-                OwnerToken = ownerToken,
-                LeaseExpiresAt = existing.LeaseExpiresAt,
-                ExpiresAt = _timeProvider.GetUtcNow() + retention,
-                StatusCode = response.StatusCode,
-                BodyOmitted = response.BodyOmitted,
-                Payload = payload,
-            };
-
-            if (_records.TryUpdate(key, completed, existing))
-            {
-                _signals.Signal(key);
-                return ValueTask.FromResult(true);
+                return ValueTask.FromResult(false);
             }
+
+            // Headers then body in one run: an exact copy that never aliases the caller's buffers.
+            slot.Payload = shard.Arena.Allocate(headersLength + response.Body.Length, out var destination);
+            ResponseCodec.WriteHeaders(response.Headers, destination);
+            response.Body.Span.CopyTo(destination[headersLength..]);
+            slot.State = IdempotencyRecordState.Completed;
+            slot.StatusCode = response.StatusCode;
+            slot.BodyOmitted = response.BodyOmitted;
+            slot.ExpiresTicks = expires;
         }
 
-        return ValueTask.FromResult(false);
+        _signals.Signal(key);
+        return ValueTask.FromResult(true);
     }
 
     /// <inheritdoc />
     public ValueTask<bool> ReleaseAsync(string key, Guid ownerToken, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(key);
         cancellationToken.ThrowIfCancellationRequested();
-        while (_records.TryGetValue(key, out var existing) && existing.State == IdempotencyRecordState.InFlight && existing.OwnerToken == ownerToken)
+        var shard = ShardFor(key);
+        lock (shard.Gate)
         {
-            if (_records.TryRemove(new KeyValuePair<string, Entry>(key, existing)))
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            if (Unsafe.IsNullRef(ref slot) || slot.State != IdempotencyRecordState.InFlight || slot.Owner != ownerToken)
             {
-                _signals.Signal(key);
-                return ValueTask.FromResult(true);
+                return ValueTask.FromResult(false);
             }
+
+            shard.Remove(key);
         }
 
-        return ValueTask.FromResult(false);
+        _signals.Signal(key);
+        return ValueTask.FromResult(true);
     }
 
     /// <inheritdoc />
     public ValueTask<bool> RenewAsync(string key, Guid ownerToken, TimeSpan lease, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(key);
         cancellationToken.ThrowIfCancellationRequested();
-        while (_records.TryGetValue(key, out var existing) && IsOwnedInFlight(existing, ownerToken))
+        var now = _timeProvider.GetUtcNow();
+        var leaseExpires = (now + lease).UtcTicks;
+        var shard = ShardFor(key);
+        lock (shard.Gate)
         {
-            var renewed = new Entry
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            if (Unsafe.IsNullRef(ref slot) || !IsOwnedInFlight(in slot, ownerToken, now.UtcTicks))
             {
-                State = IdempotencyRecordState.InFlight,
-                Fingerprint = existing.Fingerprint,
-                OwnerToken = ownerToken,
-                LeaseExpiresAt = _timeProvider.GetUtcNow() + lease,
-                ExpiresAt = existing.ExpiresAt,
-            };
-
-            if (_records.TryUpdate(key, renewed, existing))
-            {
-                return ValueTask.FromResult(true);
+                return ValueTask.FromResult(false);
             }
-        }
 
-        return ValueTask.FromResult(false);
+            slot.LeaseExpiresTicks = leaseExpires;
+            return ValueTask.FromResult(true);
+        }
     }
 
     /// <inheritdoc />
     public ValueTask<IdempotencyRecord?> GetAsync(string key, CancellationToken cancellationToken)
     {
+        ArgumentNullException.ThrowIfNull(key);
         cancellationToken.ThrowIfCancellationRequested();
-        return ValueTask.FromResult(
-            _records.TryGetValue(key, out var entry) && entry.ExpiresAt > _timeProvider.GetUtcNow() ? entry.ToRecord(key) : null);
+        var now = _timeProvider.GetUtcNow().UtcTicks;
+        var shard = ShardFor(key);
+        lock (shard.Gate)
+        {
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            return ValueTask.FromResult(
+                Unsafe.IsNullRef(ref slot) || slot.ExpiresTicks <= now ? null : shard.ToRecord(key, ref slot));
+        }
     }
 
     /// <inheritdoc />
     public ValueTask<int> PurgeExpiredAsync(int maxRecords, CancellationToken cancellationToken)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxRecords);
-        var now = _timeProvider.GetUtcNow();
+        var now = _timeProvider.GetUtcNow().UtcTicks;
         var purged = 0;
-        foreach (var entry in _records)
-        {
-            if (purged >= maxRecords || cancellationToken.IsCancellationRequested)
-            {
-                break;
-            }
 
-            // Conditional removal: a record re-claimed since the scan read it is left alone.
-            if (entry.Value.ExpiresAt <= now && _records.TryRemove(entry))
+        // Each call starts one shard further on, so a small budget does not always drain the same shards.
+        var start = (int)((uint)Interlocked.Increment(ref _nextPurgeShard) % ShardCount);
+        for (var i = 0; i < ShardCount && purged < maxRecords && !cancellationToken.IsCancellationRequested; i++)
+        {
+            var shard = _shards[(start + i) % ShardCount];
+            lock (shard.Gate)
             {
-                purged++;
+                purged += shard.PurgeExpired(now, maxRecords - purged);
             }
         }
 
@@ -188,82 +226,173 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken) =>
         _signals.WaitAsync(key, ct => ValueTask.FromResult(HasChanged(key, observedOwner)), timeout, _timeProvider, cancellationToken);
 
+    private static bool IsOwnedInFlight(in Slot slot, Guid ownerToken, long nowTicks) =>
+        slot.State == IdempotencyRecordState.InFlight && slot.Owner == ownerToken && slot.ExpiresTicks > nowTicks;
+
+    private Shard ShardFor(string key) => _shards[string.GetHashCode(key.AsSpan()) & (ShardCount - 1)];
+
     private bool HasChanged(string key, Guid observedOwner)
     {
-        var now = _timeProvider.GetUtcNow();
-        return !_records.TryGetValue(key, out var record)
-            || record.State != IdempotencyRecordState.InFlight
-            || record.OwnerToken != observedOwner
-            || record.LeaseExpiresAt <= now
-            || record.ExpiresAt <= now;
+        var now = _timeProvider.GetUtcNow().UtcTicks;
+        var shard = ShardFor(key);
+        lock (shard.Gate)
+        {
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            return Unsafe.IsNullRef(ref slot)
+                || slot.State != IdempotencyRecordState.InFlight
+                || slot.Owner != observedOwner
+                || slot.LeaseExpiresTicks <= now
+                || slot.ExpiresTicks <= now;
+        }
     }
 
-    private bool IsOwnedInFlight(Entry record, Guid ownerToken) =>
-        record.State == IdempotencyRecordState.InFlight
-        && record.OwnerToken == ownerToken
-        && record.ExpiresAt > _timeProvider.GetUtcNow();
+    /// <summary>Where a key's characters live in its shard's arena, and their hash.</summary>
+    private readonly record struct StoredKey(ArenaSpan Chars, int Hash);
 
-    /// <summary>
-    /// What the map holds per key, kept for the whole retention: one object plus one array (headers and body encoded
-    /// together), an exact copy that never aliases the caller's buffers. Few objects per record keep the garbage
-    /// collector's work small when hundreds of thousands of records are retained.
-    /// </summary>
-    private sealed class Entry
+    /// <summary>A record as the shard table holds it: no references but the replay cache.</summary>
+    private struct Slot
     {
-        private long _leaseExpiresTicks;
-        private long _expiresTicks;
+        public ArenaSpan Fingerprint;
+        public ArenaSpan Payload;
+        public Guid Owner;
+        public long LeaseExpiresTicks;
+        public long ExpiresTicks;
+        public int StatusCode;
+        public IdempotencyRecordState State;
+        public bool BodyOmitted;
 
-        // Decoded on the first replay and kept: records that are replayed pay once, the rest stay compact.
-        private StoredResponse? _decoded;
+        // Built on the first replay and kept: a completed record never changes, so replays after the first allocate nothing.
+        public IdempotencyRecord? Completed;
+    }
 
-        public required IdempotencyRecordState State { get; init; }
-
-        public required string Fingerprint { get; init; }
-
-        public required Guid OwnerToken { get; init; }
-
-        public required DateTimeOffset LeaseExpiresAt
+    private sealed class Shard
+    {
+        public Shard()
         {
-            get => new(_leaseExpiresTicks, TimeSpan.Zero);
-            init => _leaseExpiresTicks = value.UtcTicks;
+            Comparer = new StoredKeyComparer(Arena);
+            Records = new Dictionary<StoredKey, Slot>(Comparer);
+            ByKey = Records.GetAlternateLookup<string>();
         }
 
-        public required DateTimeOffset ExpiresAt
+        public Lock Gate { get; } = new();
+
+        public ByteArena Arena { get; } = new();
+
+        public Dictionary<StoredKey, Slot> Records { get; }
+
+        /// <summary>Lookups by the caller's key string, without materialising a <see cref="StoredKey"/>.</summary>
+        public Dictionary<StoredKey, Slot>.AlternateLookup<string> ByKey { get; }
+
+        private StoredKeyComparer Comparer { get; }
+
+        /// <summary>Frees what a slot held; a new slot (all defaults) holds nothing.</summary>
+        public void Clear(ref Slot slot)
         {
-            get => new(_expiresTicks, TimeSpan.Zero);
-            init => _expiresTicks = value.UtcTicks;
+            Arena.Free(slot.Fingerprint);
+            Arena.Free(slot.Payload);
+            slot = default;
         }
 
-        public int StatusCode { get; init; }
-
-        public bool BodyOmitted { get; init; }
-
-        public byte[]? Payload { get; init; }
-
-        public IdempotencyRecord ToRecord(string key) => new()
+        public void Claim(ref Slot slot, ClaimRequest request, long leaseExpiresTicks, long expiresTicks)
         {
-            Key = key,
-            State = State,
-            Fingerprint = Fingerprint,
-            OwnerToken = OwnerToken,
-            LeaseExpiresAt = LeaseExpiresAt,
-            ExpiresAt = ExpiresAt,
-            Response = State == IdempotencyRecordState.Completed ? _decoded ??= Decode() : null,
-        };
-
-        // The headers in the stored form the SQLite store also uses, then the body, in one array.
-        public static byte[] Encode(StoredResponse response)
-        {
-            var payload = ResponseCodec.EncodeHeaders(response.Headers, response.Body.Length, out var headersLength);
-            response.Body.Span.CopyTo(payload.AsSpan(headersLength));
-            return payload;
+            slot.Fingerprint = Arena.Write(MemoryMarshal.AsBytes(request.Fingerprint.AsSpan()));
+            slot.Owner = request.OwnerToken;
+            slot.LeaseExpiresTicks = leaseExpiresTicks;
+            slot.ExpiresTicks = expiresTicks;
+            slot.State = IdempotencyRecordState.InFlight;
         }
 
-        private StoredResponse Decode()
+        public bool HasFingerprint(in Slot slot, string fingerprint) =>
+            MemoryMarshal.Cast<byte, char>(Arena.Read(slot.Fingerprint)).SequenceEqual(fingerprint);
+
+        public void Remove(string key)
         {
-            var payload = Payload!;
-            var headers = ResponseCodec.DecodeHeaders(payload, out var bodyOffset);
-            return new StoredResponse(StatusCode, headers, payload.AsMemory(bodyOffset)) { BodyOmitted = BodyOmitted };
+            if (ByKey.Remove(key, out var storedKey, out var slot))
+            {
+                Forget(storedKey, ref slot);
+            }
         }
+
+        public int PurgeExpired(long nowTicks, int max)
+        {
+            var purged = 0;
+
+            // Removing while enumerating is allowed for Dictionary; the enumerator sees each remaining entry once.
+            foreach (var (storedKey, slot) in Records)
+            {
+                if (purged == max)
+                {
+                    break;
+                }
+
+                if (slot.ExpiresTicks <= nowTicks)
+                {
+                    Records.Remove(storedKey);
+                    var removed = slot;
+                    Forget(storedKey, ref removed);
+                    purged++;
+                }
+            }
+
+            return purged;
+        }
+
+        public IdempotencyRecord ToRecord(string key, ref Slot slot)
+        {
+            if (slot.State == IdempotencyRecordState.Completed && slot.Completed is { } completed)
+            {
+                return completed;
+            }
+
+            var record = new IdempotencyRecord
+            {
+                Key = key,
+                State = slot.State,
+                Fingerprint = new string(MemoryMarshal.Cast<byte, char>(Arena.Read(slot.Fingerprint))),
+                OwnerToken = slot.Owner,
+                LeaseExpiresAt = new DateTimeOffset(slot.LeaseExpiresTicks, TimeSpan.Zero),
+                ExpiresAt = new DateTimeOffset(slot.ExpiresTicks, TimeSpan.Zero),
+                Response = slot.State == IdempotencyRecordState.Completed ? DecodeResponse(in slot) : null,
+            };
+
+            if (slot.State == IdempotencyRecordState.Completed)
+            {
+                slot.Completed = record;
+            }
+
+            return record;
+        }
+
+        private StoredResponse DecodeResponse(in Slot slot)
+        {
+            // The body is read in place: arena runs are never overwritten, and a dropped chunk lives on while referenced.
+            var payload = Arena.ReadMemory(slot.Payload);
+            var headers = ResponseCodec.DecodeHeaders(payload.Span, out var bodyOffset);
+            return new StoredResponse(slot.StatusCode, headers, payload[bodyOffset..]) { BodyOmitted = slot.BodyOmitted };
+        }
+
+        private void Forget(StoredKey storedKey, ref Slot slot)
+        {
+            Arena.Free(storedKey.Chars);
+            Clear(ref slot);
+        }
+    }
+
+    /// <summary>Compares stored keys by their characters in the arena, and stored keys with the caller's strings.</summary>
+    private sealed class StoredKeyComparer(ByteArena arena) : IEqualityComparer<StoredKey>, IAlternateEqualityComparer<string, StoredKey>
+    {
+        public bool Equals(StoredKey x, StoredKey y) => x.Hash == y.Hash && Chars(x).SequenceEqual(Chars(y));
+
+        public int GetHashCode(StoredKey obj) => obj.Hash;
+
+        public bool Equals(string alternate, StoredKey other) => Chars(other).SequenceEqual(alternate);
+
+        public int GetHashCode(string alternate) => alternate.GetHashCode(StringComparison.Ordinal);
+
+        // Called by the table only when it adds a key, under the shard's lock: the key's characters move into the arena.
+        public StoredKey Create(string alternate) =>
+            new(arena.Write(MemoryMarshal.AsBytes(alternate.AsSpan())), alternate.GetHashCode(StringComparison.Ordinal));
+
+        private ReadOnlySpan<char> Chars(StoredKey key) => MemoryMarshal.Cast<byte, char>(arena.Read(key.Chars));
     }
 }

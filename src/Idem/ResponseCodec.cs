@@ -18,25 +18,39 @@ internal static class ResponseCodec
     /// <summary>Encodes the headers into an array with <paramref name="trailingBytes"/> free bytes after them, from <paramref name="headersLength"/> on.</summary>
     public static byte[] EncodeHeaders(IReadOnlyList<KeyValuePair<string, string>> headers, int trailingBytes, out int headersLength)
     {
+        headersLength = GetEncodedLength(headers);
+        var buffer = new byte[headersLength + trailingBytes];
+        WriteHeaders(headers, buffer);
+        return buffer;
+    }
+
+    /// <summary>How many bytes <see cref="WriteHeaders"/> writes for <paramref name="headers"/>.</summary>
+    public static int GetEncodedLength(IReadOnlyList<KeyValuePair<string, string>> headers)
+    {
+        // Indexed loops: a foreach over the interface would box an enumerator on every stored response.
         var length = 1 + 4;
-        foreach (var (name, value) in headers)
+        for (var i = 0; i < headers.Count; i++)
         {
+            var (name, value) = headers[i];
             length += 8 + (2 * (name.Length + value.Length));
         }
 
-        headersLength = length;
-        var buffer = new byte[length + trailingBytes];
-        buffer[0] = Version;
-        var span = buffer.AsSpan(1);
+        return length;
+    }
+
+    /// <summary>Writes the headers at the start of <paramref name="destination"/>, which holds at least <see cref="GetEncodedLength"/> bytes.</summary>
+    public static void WriteHeaders(IReadOnlyList<KeyValuePair<string, string>> headers, Span<byte> destination)
+    {
+        destination[0] = Version;
+        var span = destination[1..];
         BinaryPrimitives.WriteInt32LittleEndian(span, headers.Count);
         span = span[4..];
-        foreach (var (name, value) in headers)
+        for (var i = 0; i < headers.Count; i++)
         {
+            var (name, value) = headers[i];
             span = Write(span, name);
             span = Write(span, value);
         }
-
-        return buffer;
     }
 
     public static KeyValuePair<string, string>[] DecodeHeaders(ReadOnlySpan<byte> data)

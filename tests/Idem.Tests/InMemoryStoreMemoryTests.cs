@@ -1,0 +1,104 @@
+using Microsoft.Extensions.Time.Testing;
+
+namespace Idem.Tests;
+
+/// <summary>
+/// The in-memory store keeps record bytes in arenas instead of one object graph per record: these pin down that every
+/// size round-trips exactly and that purged records give their memory back.
+/// </summary>
+public sealed class InMemoryStoreMemoryTests
+{
+    [Fact]
+    public void Every_run_reads_back_exactly_whatever_its_size_relative_to_the_chunks()
+    {
+        var arena = new ByteArena();
+        var random = new Random(7);
+        int[] sizes = [0, 1, 7, ByteArena.FirstChunkSize - 1, ByteArena.FirstChunkSize, ByteArena.FirstChunkSize + 1, 3 * ByteArena.FirstChunkSize, (ByteArena.MaxChunkSize / 4) + 1, ByteArena.MaxChunkSize + 3];
+        var written = new List<(ArenaSpan Span, byte[] Bytes)>();
+        foreach (var size in sizes.Concat(Enumerable.Range(0, 2000).Select(_ => random.Next(0, 20_000))))
+        {
+            var bytes = new byte[size];
+            random.NextBytes(bytes);
+            written.Add((arena.Write(bytes), bytes));
+        }
+
+        Assert.All(written, w => Assert.Equal(w.Bytes, arena.Read(w.Span).ToArray()));
+    }
+
+    [Fact]
+    public void Freeing_every_run_drops_every_chunk_and_memory_handed_out_stays_intact()
+    {
+        var arena = new ByteArena();
+        var runs = Enumerable.Range(0, 5000).Select(i => arena.Write(new byte[1000 + (i % 100)])).ToList();
+        var big = arena.Write(Enumerable.Repeat((byte)42, ByteArena.MaxChunkSize).ToArray());
+        var handedOut = arena.ReadMemory(big);
+        Assert.True(arena.ChunkBytes > 5_000_000);
+
+        foreach (var run in runs.Append(big))
+        {
+            arena.Free(run);
+        }
+
+        Assert.Equal(0, arena.ChunkBytes);
+        Assert.All(handedOut.ToArray(), b => Assert.Equal(42, b));
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(5_000)]
+    [InlineData(300_000)]
+    [InlineData(2_000_000)]
+    public async Task A_completed_response_of_any_size_replays_byte_for_byte(int bodyLength)
+    {
+        var store = new InMemoryIdempotencyStore(new FakeTimeProvider());
+        var body = new byte[bodyLength];
+        new Random(bodyLength).NextBytes(body);
+        var owner = Guid.NewGuid();
+        var retention = TimeSpan.FromHours(1);
+        await store.TryClaimAsync(new ClaimRequest("key", "fingerprint", owner, TimeSpan.FromSeconds(30), retention), default);
+        KeyValuePair<string, string>[] headers = [new("Content-Type", "application/octet-stream"), new("Location", "/things/é")];
+
+        Assert.True(await store.CompleteAsync("key", owner, new StoredResponse(201, headers, body), retention, default));
+        body.AsSpan().Clear(); // the store must have copied, not aliased, the caller's buffer
+        var record = await store.GetAsync("key", default);
+
+        Assert.Equal(201, record!.Response!.StatusCode);
+        Assert.Equal(headers, record.Response.Headers);
+        var expected = new byte[bodyLength];
+        new Random(bodyLength).NextBytes(expected);
+        Assert.Equal(expected, record.Response.Body.ToArray());
+        Assert.Equal("fingerprint", record.Fingerprint);
+    }
+
+    [Fact]
+    public async Task Purging_expired_records_returns_their_memory_and_a_replay_in_hand_keeps_its_body()
+    {
+        var clock = new FakeTimeProvider();
+        var store = new InMemoryIdempotencyStore(clock);
+        var retention = TimeSpan.FromMinutes(1);
+        for (var i = 0; i < 20_000; i++)
+        {
+            var owner = Guid.NewGuid();
+            var key = $"key-{i}";
+            await store.TryClaimAsync(new ClaimRequest(key, "fp", owner, TimeSpan.FromSeconds(30), retention), default);
+            await store.CompleteAsync(key, owner, new StoredResponse(200, null, Enumerable.Repeat((byte)(i % 251), 500).ToArray()), retention, default);
+        }
+
+        var inHand = (await store.GetAsync("key-7", default))!.Response!;
+        var held = store.ArenaBytes;
+        clock.Advance(retention + TimeSpan.FromSeconds(1));
+        var purged = 0;
+        int batch;
+        while ((batch = await store.PurgeExpiredAsync(1000, default)) > 0)
+        {
+            purged += batch;
+        }
+
+        Assert.Equal(20_000, purged);
+        Assert.Equal(0, store.Count);
+        Assert.True(held > 10_000_000, $"{held} bytes held before the purge");
+        Assert.Equal(0, store.ArenaBytes);
+        Assert.All(inHand.Body.ToArray(), b => Assert.Equal(7, b));
+    }
+}
