@@ -42,6 +42,8 @@ public sealed class UpstreamFailureTests
         var retry = await gateway.Client.SendAsync(Http.Post("/orders", key));
 
         Assert.Equal(HttpStatusCode.BadGateway, reset.StatusCode);
+        Assert.Equal("application/problem+json", reset.Content.Headers.ContentType?.MediaType);
+        Assert.Contains("a retry with the same key runs the request again", await reset.Content.ReadAsStringAsync());
         Assert.False(Http.Replayed(reset));
         Assert.Equal(HttpStatusCode.Created, retry.StatusCode);
         Assert.False(Http.Replayed(retry));
