@@ -67,11 +67,25 @@ internal sealed class GatewayForwardingMiddleware(RequestDelegate next, GatewayD
             context.Features.Set(original);
         }
 
-        if (context.Response.StatusCode < 500
-            && context.Features.Get<IForwarderErrorFeature>() is { Error: not ForwarderError.None } error
-            && context.Features.Get<IIdempotencyFeature>() is { IsProtected: true })
+        if (context.Features.Get<IForwarderErrorFeature>() is not { Error: not ForwarderError.None } error)
+        {
+            return;
+        }
+
+        var isProtected = context.Features.Get<IIdempotencyFeature>() is { IsProtected: true };
+        if (context.Response.StatusCode < 500 && isProtected)
         {
             throw new GatewayForwardingException($"Forwarding failed after the upstream's status {context.Response.StatusCode} was copied ({error.Error}); the response is incomplete and will not be stored.", error.Exception);
+        }
+
+        if (context.Response.StatusCode >= 500 && !context.Response.HasStarted)
+        {
+            // YARP answers its own 502/503/504 with an empty body; say what happened, like Idem's other answers. The
+            // status is not stored, so the key is released either way.
+            var detail = $"The gateway got no response from the upstream ({error.Error})." + (isProtected
+                ? " Nothing was stored for this idempotency key: a retry with the same key runs the request again."
+                : string.Empty);
+            await IdempotencyProblems.WriteAsync(context, context.Response.StatusCode, "Upstream request failed", detail).ConfigureAwait(false);
         }
     }
 

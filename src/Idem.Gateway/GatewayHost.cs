@@ -54,7 +54,14 @@ public static partial class GatewayHost
         builder.Configuration.AddCommandLine(args, SwitchMappings);
 
         var gateway = new GatewayOptions();
-        builder.Configuration.GetSection(GatewayOptions.SectionName).Bind(gateway);
+        var section = builder.Configuration.GetSection(GatewayOptions.SectionName);
+        if (section[nameof(GatewayOptions.Store)] is { Length: > 0 } store && !Enum.TryParse<GatewayStoreKind>(store, ignoreCase: true, out _))
+        {
+            // The binder's own error would name an internal .NET type; say which values exist instead.
+            throw new InvalidOperationException($"Unknown Idem:Store '{store}'; use one of {string.Join(", ", Enum.GetNames<GatewayStoreKind>())}.");
+        }
+
+        section.Bind(gateway);
         gateway.Validate();
         builder.Services.AddSingleton(gateway);
 

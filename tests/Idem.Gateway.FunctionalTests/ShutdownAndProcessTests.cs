@@ -63,72 +63,27 @@ public sealed class ShutdownAndProcessTests
     public async Task The_gateway_runs_as_a_real_process_with_one_flag_and_stops_cleanly_on_SIGTERM_after_finishing_in_flight_work()
     {
         await using var upstream = await CountingUpstream.StartAsync();
-        var port = GatewayFeatureTests.FreePort();
-        var dll = Path.Combine(AppContext.BaseDirectory, "Idem.Gateway.dll");
-        var info = new ProcessStartInfo("dotnet")
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-            WorkingDirectory = Directory.CreateTempSubdirectory("idem-gateway-").FullName,
-        };
-        foreach (var arg in new[] { dll, "--upstream", upstream.Address.ToString().TrimEnd('/'), "--urls", $"http://127.0.0.1:{port}", "--Idem:Store", "InMemory" })
-        {
-            info.ArgumentList.Add(arg);
-        }
+        await using var gateway = await GatewayProcess.StartAsync(GatewayProcess.GatewayDll, ["--upstream", upstream.Address.ToString().TrimEnd('/'), "--Idem:Store", "InMemory"]);
+        var client = gateway.Client;
 
-        using var process = new Process { StartInfo = info };
-        var logs = new System.Collections.Concurrent.ConcurrentQueue<string>();
-        process.OutputDataReceived += (_, e) => { if (e.Data is not null) { logs.Enqueue(e.Data); } };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is not null) { logs.Enqueue(e.Data); } };
-        process.Start();
-        process.BeginOutputReadLine();
-        process.BeginErrorReadLine();
-        try
-        {
-            using var client = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}") };
-            await WaitUntilAsync(async () =>
-            {
-                try
-                {
-                    return (await client.GetAsync("/healthz")).IsSuccessStatusCode;
-                }
-                catch (HttpRequestException)
-                {
-                    return false;
-                }
-            }, TimeSpan.FromSeconds(30));
+        var key = Http.NewKey();
+        var first = await client.SendAsync(Http.Post("/orders", key));
+        var second = await client.SendAsync(Http.Post("/orders", key));
+        var inFlight = client.SendAsync(Http.Post("/slow?delayMs=1500", Http.NewKey()));
+        await WaitUntilAsync(() => upstream.Started("slow") == 1);
+        await gateway.TerminateAsync();
 
-            var key = Http.NewKey();
-            var first = await client.SendAsync(Http.Post("/orders", key));
-            var second = await client.SendAsync(Http.Post("/orders", key));
-            var inFlight = client.SendAsync(Http.Post("/slow?delayMs=1500", Http.NewKey()));
-            await WaitUntilAsync(() => upstream.Started("slow") == 1);
-            using (var kill = Process.Start("kill", ["-TERM", process.Id.ToString()]))
-            {
-                await kill.WaitForExitAsync();
-            }
+        var slow = await inFlight;
+        var exitCode = await gateway.WaitForExitAsync(TimeSpan.FromSeconds(30));
 
-            var slow = await inFlight;
-            await process.WaitForExitAsync().WaitAsync(TimeSpan.FromSeconds(30));
-
-            Assert.Equal(HttpStatusCode.Created, first.StatusCode);
-            Assert.True(Http.Replayed(second));
-            Assert.Equal(1, upstream.Started("orders"));
-            Assert.Equal(HttpStatusCode.Created, slow.StatusCode);
-            Assert.Equal(1, upstream.Completed("slow"));
-            Assert.Equal(0, process.ExitCode);
-            var json = logs.Where(l => l.StartsWith('{')).Select(l => JsonDocument.Parse(l).RootElement).ToList();
-            Assert.Contains(json, l => l.GetProperty("Category").GetString()!.StartsWith("Idem.Gateway", StringComparison.Ordinal) && l.GetProperty("EventId").GetInt32() == 5001);
-        }
-        finally
-        {
-            if (!process.HasExited)
-            {
-                process.Kill(entireProcessTree: true);
-            }
-        }
+        Assert.Equal(HttpStatusCode.Created, first.StatusCode);
+        Assert.True(Http.Replayed(second));
+        Assert.Equal(1, upstream.Started("orders"));
+        Assert.Equal(HttpStatusCode.Created, slow.StatusCode);
+        Assert.Equal(1, upstream.Completed("slow"));
+        Assert.Equal(0, exitCode);
+        var json = gateway.Output.Where(l => l.StartsWith('{')).Select(l => JsonDocument.Parse(l).RootElement).ToList();
+        Assert.Contains(json, l => l.GetProperty("Category").GetString()!.StartsWith("Idem.Gateway", StringComparison.Ordinal) && l.GetProperty("EventId").GetInt32() == 5001);
     }
 
     [Fact]
