@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Diagnostics;
 using System.Globalization;
+using System.IO.Pipelines;
 using System.Runtime.CompilerServices;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.Features;
@@ -195,7 +196,7 @@ internal sealed class IdempotencyMiddleware
         var originalBody = context.Features.GetRequiredFeature<IHttpResponseBodyFeature>();
         var originalLifetime = context.Features.GetRequiredFeature<IHttpRequestLifetimeFeature>();
         using var capture = new ResponseCaptureStream(originalBody.Stream, policy.MaxStoredBodyBytes);
-        var captureBody = new StreamResponseBodyFeature(capture, originalBody);
+        var captureBody = new ResponseCaptureFeature(originalBody, capture);
         context.Features.Set<IHttpResponseBodyFeature>(captureBody);
         context.Features.Set<IHttpRequestLifetimeFeature>(new DetachedRequestLifetimeFeature(originalLifetime, execution.CancellationToken));
         try
@@ -209,7 +210,7 @@ internal sealed class IdempotencyMiddleware
             context.Features.Set(originalLifetime);
         }
 
-        if (capture.ClientGone)
+        if (captureBody.ClientGone)
         {
             Log.ClientGone(_logger, requestId);
         }
@@ -272,6 +273,7 @@ internal sealed class IdempotencyMiddleware
             fingerprint.AppendBody(bytes);
             body = new MemoryStream(bytes, writable: false);
             request.Body = body;
+            context.Features.Set<IRequestBodyPipeFeature>(new BufferedRequestBodyPipeFeature(request, body, bytes, context.Features.Get<IRequestBodyPipeFeature>()));
             return await CompleteFingerprintAsync(context, fingerprint, body).ConfigureAwait(false);
         }
 
@@ -379,5 +381,19 @@ internal sealed class IdempotencyMiddleware
                 ImplicitPolicy = endpoint.ImplicitKeyWindow is { } window ? policy with { Retention = window } : null,
             };
         }
+    }
+
+    /// <summary>
+    /// The request body as a pipe over the bytes already read for the fingerprint: without it the server would wrap the
+    /// replacement stream in a stream pipe reader (three objects and a copy) for handlers that read the pipe.
+    /// </summary>
+    private sealed class BufferedRequestBodyPipeFeature(HttpRequest request, Stream body, byte[] bytes, IRequestBodyPipeFeature? original) : IRequestBodyPipeFeature
+    {
+        private PipeReader? _reader;
+
+        // A body replaced again later (by other middleware) is read through the server's own feature, as usual.
+        public PipeReader Reader => ReferenceEquals(request.Body, body) || original is null
+            ? _reader ??= PipeReader.Create(new ReadOnlySequence<byte>(bytes))
+            : original.Reader;
     }
 }

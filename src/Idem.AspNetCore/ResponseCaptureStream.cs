@@ -110,7 +110,8 @@ internal sealed class ResponseCaptureStream(Stream inner, int limit) : Stream
 
     public override void SetLength(long value) => throw new NotSupportedException();
 
-    private void Capture(ReadOnlySpan<byte> bytes)
+    /// <summary>Keeps a copy of bytes that went to the client another way (the response PipeWriter).</summary>
+    internal void Capture(ReadOnlySpan<byte> bytes)
     {
         BytesWritten += bytes.Length;
         if (_buffer is null)

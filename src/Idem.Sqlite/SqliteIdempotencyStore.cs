@@ -48,6 +48,7 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
     private readonly SharedSignals.Lease _signals;
     private readonly SqliteStatements _sql;
     private readonly ConcurrentBag<SqliteReadSession> _readers = [];
+    private readonly RecentKeys _knownKeys = new();
     private readonly Channel<ISqliteWriteOperation> _writes;
     private readonly Task _writer;
     private int _idleReaders;
@@ -89,6 +90,15 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         ArgumentNullException.ThrowIfNull(request.Fingerprint);
         cancellationToken.ThrowIfCancellationRequested();
         await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
+
+        // A key this process has never met is almost always new: straight to the writer, which decides atomically
+        // and returns the blocking row when there is one. Skipping the read saves a read transaction on every first
+        // request; a retry (a key now known) reads first.
+        if (!_knownKeys.Contains(request.Key))
+        {
+            _knownKeys.Add(request.Key);
+            return await WriteAsync(new SqliteClaimOperation(request), cancellationToken).ConfigureAwait(false);
+        }
 
         // Read first, without the write lock: a live row that this claim could not take over is the answer (a replay
         // or a conflict) as of a consistent snapshot. Only an absent, expired or abandoned row needs the writer, which

@@ -270,6 +270,57 @@ public sealed class ProtocolTests
     }
 
     [Fact]
+    public async Task A_large_body_written_to_the_pipe_after_the_client_left_is_stored_whole_for_the_retry()
+    {
+        const int Chunks = 48;
+        const int ChunkSize = 16 * 1024; // 768 KB: well past any socket buffer, under the 1 MB storage limit
+        var counter = new Counter();
+        var finished = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var entered = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        var release = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        await using var app = await TestApp.StartAsync(app =>
+        {
+            app.MapPost("/export", async (HttpContext context) =>
+            {
+                counter.Increment();
+                context.Response.ContentType = "application/octet-stream";
+                await context.Response.BodyWriter.FlushAsync(); // sends the headers: the client has them, then leaves
+                entered.TrySetResult();
+                await release.Task;
+                for (var i = 0; i < Chunks; i++)
+                {
+                    var span = context.Response.BodyWriter.GetSpan(ChunkSize)[..ChunkSize];
+                    span.Fill((byte)i);
+                    context.Response.BodyWriter.Advance(ChunkSize);
+                    await context.Response.BodyWriter.FlushAsync();
+                }
+
+                finished.TrySetResult();
+            }).RequireIdempotency();
+        });
+        var key = Guid.NewGuid().ToString();
+
+        using (var impatient = app.CreateClient())
+        using (var giveUp = new CancellationTokenSource())
+        {
+            var pending = impatient.SendAsync(Post("/export", key), HttpCompletionOption.ResponseHeadersRead, giveUp.Token);
+            await entered.Task.WaitAsync(TimeSpan.FromSeconds(30));
+            using var first = await pending;
+            impatient.Dispose(); // closes the connection with the body unread
+        }
+
+        release.SetResult();
+        await finished.Task.WaitAsync(TimeSpan.FromSeconds(30));
+        using var retry = await app.Client.SendAsync(Post("/export", key));
+        var body = await retry.Content.ReadAsByteArrayAsync();
+
+        Assert.True(retry.Headers.Contains("Idempotent-Replayed"));
+        Assert.Equal(Chunks * ChunkSize, body.Length);
+        Assert.All(Enumerable.Range(0, Chunks), i => Assert.True(body.AsSpan(i * ChunkSize, ChunkSize).IndexOfAnyExcept((byte)i) < 0, $"chunk {i} differs"));
+        Assert.Equal(1, counter.Value);
+    }
+
+    [Fact]
     public async Task The_same_key_from_two_principals_executes_twice_without_leaking()
     {
         var counter = new Counter();
