@@ -4,7 +4,7 @@
 # See benchmarks/README.md. Writes benchmarks/results.md and prints it.
 #
 # Environment (all optional):
-#   DURATION=10s WARMUP=5s THREADS=2 CONNECTIONS=32   wrk settings per case
+#   DURATION=10s WARMUP=10s THREADS=2 CONNECTIONS=32   wrk settings per case
 #   TIERING=fast|default                              fast (default) sets DOTNET_TC_CallCountingDelayMs=0, see README
 #   PIN=1 SERVER_CPUS=0 WRK_CPUS=1                    taskset pinning (PIN=0 turns it off)
 #   CASES="bare memory-new ..."                       run only these cases (bare is always measured, interleaved)
@@ -18,7 +18,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 
 DURATION="${DURATION:-10s}"
-WARMUP="${WARMUP:-5s}"
+WARMUP="${WARMUP:-10s}"
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-32}"
 PIN="${PIN:-1}"

@@ -84,10 +84,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         var now = _timeProvider.GetUtcNow();
         var leaseExpires = (now + request.Lease).UtcTicks;
         var expires = (now + request.Retention).UtcTicks;
-        var shard = ShardFor(request.Key);
+        var shard = ShardFor(request.Key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrAddDefault(shard.ByKey, request.Key, out var exists);
+            ref var slot = ref CollectionsMarshal.GetValueRefOrAddDefault(shard.ByKey, hashed, out var exists);
             if (!exists || slot.ExpiresTicks <= now.UtcTicks)
             {
                 shard.Clear(ref slot);
@@ -121,10 +121,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         var now = _timeProvider.GetUtcNow();
         var expires = (now + retention).UtcTicks;
         var headersLength = ResponseCodec.GetEncodedLength(response.Headers);
-        var shard = ShardFor(key);
+        var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
             if (Unsafe.IsNullRef(ref slot) || !IsOwnedInFlight(in slot, ownerToken, now.UtcTicks))
             {
                 return ValueTask.FromResult(false);
@@ -149,16 +149,16 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     {
         ArgumentNullException.ThrowIfNull(key);
         cancellationToken.ThrowIfCancellationRequested();
-        var shard = ShardFor(key);
+        var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
             if (Unsafe.IsNullRef(ref slot) || slot.State != IdempotencyRecordState.InFlight || slot.Owner != ownerToken)
             {
                 return ValueTask.FromResult(false);
             }
 
-            shard.Remove(key);
+            shard.Remove(hashed);
         }
 
         _signals.Signal(key);
@@ -172,10 +172,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         cancellationToken.ThrowIfCancellationRequested();
         var now = _timeProvider.GetUtcNow();
         var leaseExpires = (now + lease).UtcTicks;
-        var shard = ShardFor(key);
+        var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
             if (Unsafe.IsNullRef(ref slot) || !IsOwnedInFlight(in slot, ownerToken, now.UtcTicks))
             {
                 return ValueTask.FromResult(false);
@@ -192,10 +192,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         ArgumentNullException.ThrowIfNull(key);
         cancellationToken.ThrowIfCancellationRequested();
         var now = _timeProvider.GetUtcNow().UtcTicks;
-        var shard = ShardFor(key);
+        var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
             return ValueTask.FromResult(
                 Unsafe.IsNullRef(ref slot) || slot.ExpiresTicks <= now ? null : shard.ToRecord(key, ref slot));
         }
@@ -229,15 +229,20 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     private static bool IsOwnedInFlight(in Slot slot, Guid ownerToken, long nowTicks) =>
         slot.State == IdempotencyRecordState.InFlight && slot.Owner == ownerToken && slot.ExpiresTicks > nowTicks;
 
-    private Shard ShardFor(string key) => _shards[string.GetHashCode(key.AsSpan()) & (ShardCount - 1)];
+    // The key is hashed once per operation: the hash picks the shard and is handed to the shard's table with the key.
+    private Shard ShardFor(string key, out HashedKey hashed)
+    {
+        hashed = new HashedKey(key, key.GetHashCode(StringComparison.Ordinal));
+        return _shards[hashed.Hash & (ShardCount - 1)];
+    }
 
     private bool HasChanged(string key, Guid observedOwner)
     {
         var now = _timeProvider.GetUtcNow().UtcTicks;
-        var shard = ShardFor(key);
+        var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, key);
+            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
             return Unsafe.IsNullRef(ref slot)
                 || slot.State != IdempotencyRecordState.InFlight
                 || slot.Owner != observedOwner
@@ -271,7 +276,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         {
             Comparer = new StoredKeyComparer(Arena);
             Records = new Dictionary<StoredKey, Slot>(Comparer);
-            ByKey = Records.GetAlternateLookup<string>();
+            ByKey = Records.GetAlternateLookup<HashedKey>();
         }
 
         public Lock Gate { get; } = new();
@@ -281,7 +286,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         public Dictionary<StoredKey, Slot> Records { get; }
 
         /// <summary>Lookups by the caller's key string, without materialising a <see cref="StoredKey"/>.</summary>
-        public Dictionary<StoredKey, Slot>.AlternateLookup<string> ByKey { get; }
+        public Dictionary<StoredKey, Slot>.AlternateLookup<HashedKey> ByKey { get; }
 
         private StoredKeyComparer Comparer { get; }
 
@@ -305,7 +310,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         public bool HasFingerprint(in Slot slot, string fingerprint) =>
             MemoryMarshal.Cast<byte, char>(Arena.Read(slot.Fingerprint)).SequenceEqual(fingerprint);
 
-        public void Remove(string key)
+        public void Remove(HashedKey key)
         {
             if (ByKey.Remove(key, out var storedKey, out var slot))
             {
@@ -378,21 +383,23 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         }
     }
 
-    /// <summary>Compares stored keys by their characters in the arena, and stored keys with the caller's strings.</summary>
-    private sealed class StoredKeyComparer(ByteArena arena) : IEqualityComparer<StoredKey>, IAlternateEqualityComparer<string, StoredKey>
+    /// <summary>Compares stored keys by their characters in the arena, and stored keys with the caller's keys.</summary>
+    private sealed class StoredKeyComparer(ByteArena arena) : IEqualityComparer<StoredKey>, IAlternateEqualityComparer<HashedKey, StoredKey>
     {
         public bool Equals(StoredKey x, StoredKey y) => x.Hash == y.Hash && Chars(x).SequenceEqual(Chars(y));
 
         public int GetHashCode(StoredKey obj) => obj.Hash;
 
-        public bool Equals(string alternate, StoredKey other) => Chars(other).SequenceEqual(alternate);
+        public bool Equals(HashedKey alternate, StoredKey other) => Chars(other).SequenceEqual(alternate.Key);
 
-        public int GetHashCode(string alternate) => alternate.GetHashCode(StringComparison.Ordinal);
+        public int GetHashCode(HashedKey alternate) => alternate.Hash;
 
         // Called by the table only when it adds a key, under the shard's lock: the key's characters move into the arena.
-        public StoredKey Create(string alternate) =>
-            new(arena.Write(MemoryMarshal.AsBytes(alternate.AsSpan())), alternate.GetHashCode(StringComparison.Ordinal));
+        public StoredKey Create(HashedKey alternate) => new(arena.Write(MemoryMarshal.AsBytes(alternate.Key.AsSpan())), alternate.Hash);
 
         private ReadOnlySpan<char> Chars(StoredKey key) => MemoryMarshal.Cast<byte, char>(arena.Read(key.Chars));
     }
+
+    /// <summary>A caller's key with its hash, computed once per operation.</summary>
+    private readonly record struct HashedKey(string Key, int Hash);
 }
