@@ -88,7 +88,7 @@ public sealed class IdempotencyExecutor
         activity?.SetTag("idem.key", storeKey);
 
         var started = Stopwatch.GetTimestamp();
-        var ownerToken = Guid.NewGuid();
+        var ownerToken = OwnerTokens.Next();
         var claimRequest = new ClaimRequest(storeKey, fingerprint, ownerToken, policy.Lease, policy.Retention);
         ClaimResult claim;
         try
