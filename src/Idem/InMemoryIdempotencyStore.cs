@@ -40,40 +40,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     }
 
     /// <summary>The number of records held, expired ones included until purged.</summary>
-    public int Count
-    {
-        get
-        {
-            var count = 0;
-            foreach (var shard in _shards)
-            {
-                lock (shard.Gate)
-                {
-                    count += shard.Records.Count;
-                }
-            }
-
-            return count;
-        }
-    }
+    public int Count => (int)SumOverShards(static shard => shard.Records.Count);
 
     /// <summary>The bytes the store's arenas hold, free space included; for tests and diagnostics.</summary>
-    internal long ArenaBytes
-    {
-        get
-        {
-            long bytes = 0;
-            foreach (var shard in _shards)
-            {
-                lock (shard.Gate)
-                {
-                    bytes += shard.Arena.ChunkBytes;
-                }
-            }
-
-            return bytes;
-        }
-    }
+    internal long ArenaBytes => SumOverShards(static shard => shard.Arena.ChunkBytes);
 
     /// <inheritdoc />
     public ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken)
@@ -225,6 +195,20 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     /// <inheritdoc />
     public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken) =>
         _signals.WaitAsync(key, ct => ValueTask.FromResult(HasChanged(key, observedOwner)), timeout, _timeProvider, cancellationToken);
+
+    private long SumOverShards(Func<Shard, long> measure)
+    {
+        long total = 0;
+        foreach (var shard in _shards)
+        {
+            lock (shard.Gate)
+            {
+                total += measure(shard);
+            }
+        }
+
+        return total;
+    }
 
     private static bool IsOwnedInFlight(in Slot slot, Guid ownerToken, long nowTicks) =>
         slot.State == IdempotencyRecordState.InFlight && slot.Owner == ownerToken && slot.ExpiresTicks > nowTicks;

@@ -101,11 +101,7 @@ public sealed class CliTests
         var first = await gateway.Client.SendAsync(Http.Post("/orders", key));
         var second = await gateway.Client.SendAsync(Http.Post("/orders", key));
 
-        Assert.Equal(HttpStatusCode.Created, first.StatusCode);
-        Assert.False(Http.Replayed(first));
-        Assert.Equal(HttpStatusCode.Created, second.StatusCode);
-        Assert.True(Http.Replayed(second));
-        Assert.Equal(await first.Content.ReadAsByteArrayAsync(), await second.Content.ReadAsByteArrayAsync());
+        await Http.AssertReplayOfAsync(first, second);
         Assert.Equal(1, upstream.Started("orders"));
     }
 

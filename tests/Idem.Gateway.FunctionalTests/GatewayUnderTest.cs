@@ -1,3 +1,4 @@
+using System.Net;
 using Idem.AspNetCore;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -99,4 +100,14 @@ internal static class Http
 
     public static bool Replayed(HttpResponseMessage response) =>
         response.Headers.TryGetValues("Idempotent-Replayed", out var values) && values.Contains("true");
+
+    /// <summary>The first response was an execution (201), the second its replay, byte for byte.</summary>
+    public static async Task AssertReplayOfAsync(HttpResponseMessage executed, HttpResponseMessage replayed)
+    {
+        Assert.Equal(HttpStatusCode.Created, executed.StatusCode);
+        Assert.False(Replayed(executed));
+        Assert.Equal(HttpStatusCode.Created, replayed.StatusCode);
+        Assert.True(Replayed(replayed));
+        Assert.Equal(await executed.Content.ReadAsByteArrayAsync(), await replayed.Content.ReadAsByteArrayAsync());
+    }
 }
