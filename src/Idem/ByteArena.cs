@@ -152,3 +152,39 @@ internal sealed class ByteArena
         _freeChunkIndexes.Push(index);
     }
 }
+
+/// <summary>A string kept in a <see cref="ByteArena"/>: one byte per character when it is ASCII (hex digests, UUIDs), UTF-16 otherwise.</summary>
+internal readonly record struct ArenaText(ArenaSpan Span, bool IsAscii)
+{
+    public static ArenaText Write(ByteArena arena, string text)
+    {
+        if (System.Text.Ascii.IsValid(text))
+        {
+            var span = arena.Allocate(text.Length, out var destination);
+            System.Text.Ascii.FromUtf16(text, destination, out _);
+            return new ArenaText(span, IsAscii: true);
+        }
+
+        return new ArenaText(arena.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(text.AsSpan())), IsAscii: false);
+    }
+
+    public bool Equals(ByteArena arena, ReadOnlySpan<char> text)
+    {
+        var bytes = arena.Read(Span);
+        return IsAscii
+            ? bytes.Length == text.Length && System.Text.Ascii.Equals(bytes, text)
+            : System.Runtime.InteropServices.MemoryMarshal.Cast<byte, char>(bytes).SequenceEqual(text);
+    }
+
+    // One string is stored one way only (ASCII exactly when it is ASCII), so runs of different kinds never match.
+    public bool Equals(ByteArena arena, ArenaText other) =>
+        IsAscii == other.IsAscii && arena.Read(Span).SequenceEqual(arena.Read(other.Span));
+
+    public string ToString(ByteArena arena)
+    {
+        var bytes = arena.Read(Span);
+        return IsAscii
+            ? System.Text.Encoding.ASCII.GetString(bytes)
+            : new string(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, char>(bytes));
+    }
+}

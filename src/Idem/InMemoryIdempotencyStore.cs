@@ -235,13 +235,13 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         }
     }
 
-    /// <summary>Where a key's characters live in its shard's arena, and their hash.</summary>
-    private readonly record struct StoredKey(ArenaSpan Chars, int Hash);
+    /// <summary>Where a key lives in its shard's arena, and its hash.</summary>
+    private readonly record struct StoredKey(ArenaText Text, int Hash);
 
     /// <summary>A record as the shard table holds it: no references but the replay cache.</summary>
     private struct Slot
     {
-        public ArenaSpan Fingerprint;
+        public ArenaText Fingerprint;
         public ArenaSpan Payload;
         public Guid Owner;
         public long LeaseExpiresTicks;
@@ -277,22 +277,21 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         /// <summary>Frees what a slot held; a new slot (all defaults) holds nothing.</summary>
         public void Clear(ref Slot slot)
         {
-            Arena.Free(slot.Fingerprint);
+            Arena.Free(slot.Fingerprint.Span);
             Arena.Free(slot.Payload);
             slot = default;
         }
 
         public void Claim(ref Slot slot, ClaimRequest request, long leaseExpiresTicks, long expiresTicks)
         {
-            slot.Fingerprint = Arena.Write(MemoryMarshal.AsBytes(request.Fingerprint.AsSpan()));
+            slot.Fingerprint = ArenaText.Write(Arena, request.Fingerprint);
             slot.Owner = request.OwnerToken;
             slot.LeaseExpiresTicks = leaseExpiresTicks;
             slot.ExpiresTicks = expiresTicks;
             slot.State = IdempotencyRecordState.InFlight;
         }
 
-        public bool HasFingerprint(in Slot slot, string fingerprint) =>
-            MemoryMarshal.Cast<byte, char>(Arena.Read(slot.Fingerprint)).SequenceEqual(fingerprint);
+        public bool HasFingerprint(in Slot slot, string fingerprint) => slot.Fingerprint.Equals(Arena, fingerprint);
 
         public void Remove(HashedKey key)
         {
@@ -337,7 +336,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             {
                 Key = key,
                 State = slot.State,
-                Fingerprint = new string(MemoryMarshal.Cast<byte, char>(Arena.Read(slot.Fingerprint))),
+                Fingerprint = slot.Fingerprint.ToString(Arena),
                 OwnerToken = slot.Owner,
                 LeaseExpiresAt = new DateTimeOffset(slot.LeaseExpiresTicks, TimeSpan.Zero),
                 ExpiresAt = new DateTimeOffset(slot.ExpiresTicks, TimeSpan.Zero),
@@ -362,7 +361,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 
         private void Forget(StoredKey storedKey, ref Slot slot)
         {
-            Arena.Free(storedKey.Chars);
+            Arena.Free(storedKey.Text.Span);
             Clear(ref slot);
         }
     }
@@ -370,18 +369,16 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     /// <summary>Compares stored keys by their characters in the arena, and stored keys with the caller's keys.</summary>
     private sealed class StoredKeyComparer(ByteArena arena) : IEqualityComparer<StoredKey>, IAlternateEqualityComparer<HashedKey, StoredKey>
     {
-        public bool Equals(StoredKey x, StoredKey y) => x.Hash == y.Hash && Chars(x).SequenceEqual(Chars(y));
+        public bool Equals(StoredKey x, StoredKey y) => x.Hash == y.Hash && x.Text.Equals(arena, y.Text);
 
         public int GetHashCode(StoredKey obj) => obj.Hash;
 
-        public bool Equals(HashedKey alternate, StoredKey other) => Chars(other).SequenceEqual(alternate.Key);
+        public bool Equals(HashedKey alternate, StoredKey other) => other.Text.Equals(arena, alternate.Key);
 
         public int GetHashCode(HashedKey alternate) => alternate.Hash;
 
         // Called by the table only when it adds a key, under the shard's lock: the key's characters move into the arena.
-        public StoredKey Create(HashedKey alternate) => new(arena.Write(MemoryMarshal.AsBytes(alternate.Key.AsSpan())), alternate.Hash);
-
-        private ReadOnlySpan<char> Chars(StoredKey key) => MemoryMarshal.Cast<byte, char>(arena.Read(key.Chars));
+        public StoredKey Create(HashedKey alternate) => new(ArenaText.Write(arena, alternate.Key), alternate.Hash);
     }
 
     /// <summary>A caller's key with its hash, computed once per operation.</summary>

@@ -71,6 +71,30 @@ public sealed class InMemoryStoreMemoryTests
         Assert.Equal("fingerprint", record.Fingerprint);
     }
 
+    [Theory]
+    [InlineData("order-42", "ab12")] // ASCII: one byte per character in the arena
+    [InlineData("commande-é", "empreinte-ü")] // otherwise UTF-16
+    [InlineData("注文", "指紋")]
+    public async Task Keys_and_fingerprints_read_back_exactly_and_differ_from_their_neighbours(string key, string fingerprint)
+    {
+        var store = new InMemoryIdempotencyStore(new FakeTimeProvider());
+        var owner = Guid.NewGuid();
+        var lease = TimeSpan.FromSeconds(30);
+        var retention = TimeSpan.FromHours(1);
+
+        Assert.Equal(ClaimStatus.Claimed, (await store.TryClaimAsync(new ClaimRequest(key, fingerprint, owner, lease, retention), default)).Status);
+        Assert.Equal(ClaimStatus.Claimed, (await store.TryClaimAsync(new ClaimRequest(key + "x", fingerprint, Guid.NewGuid(), lease, retention), default)).Status);
+        Assert.Equal(ClaimStatus.Claimed, (await store.TryClaimAsync(new ClaimRequest(key[..^1], fingerprint, Guid.NewGuid(), lease, retention), default)).Status);
+        var again = await store.TryClaimAsync(new ClaimRequest(key, fingerprint + "!", Guid.NewGuid(), lease, retention), default);
+
+        Assert.Equal(ClaimStatus.InFlight, again.Status);
+        Assert.Equal(fingerprint, again.Record!.Fingerprint);
+        Assert.Equal(key, (await store.GetAsync(key, default))!.Key);
+        Assert.True(await store.ReleaseAsync(key, owner, default));
+        Assert.Null(await store.GetAsync(key, default));
+        Assert.Equal(2, store.Count);
+    }
+
     [Fact]
     public async Task Purging_expired_records_returns_their_memory_and_a_replay_in_hand_keeps_its_body()
     {
