@@ -10,16 +10,18 @@ internal sealed class RecentKeys
     private const int SlotBits = 16;
     private readonly uint[] _slots = new uint[1 << SlotBits];
 
-    public bool Contains(string key)
+    /// <summary>Remembers <paramref name="key"/>; returns whether it was remembered already.</summary>
+    public bool Remember(string key)
     {
         var hash = Hash(key);
-        return Volatile.Read(ref _slots[hash >> (32 - SlotBits)]) == hash;
-    }
+        ref var slot = ref _slots[hash >> (32 - SlotBits)];
+        if (Volatile.Read(ref slot) == hash)
+        {
+            return true;
+        }
 
-    public void Add(string key)
-    {
-        var hash = Hash(key);
-        Volatile.Write(ref _slots[hash >> (32 - SlotBits)], hash);
+        Volatile.Write(ref slot, hash);
+        return false;
     }
 
     // The slot comes from the high bits; the low bit is forced so that a hash is never 0, the empty slot.

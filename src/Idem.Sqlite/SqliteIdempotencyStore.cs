@@ -94,9 +94,8 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         // A key this process has never met is almost always new: straight to the writer, which decides atomically
         // and returns the blocking row when there is one. Skipping the read saves a read transaction on every first
         // request; a retry (a key now known) reads first.
-        if (!_knownKeys.Contains(request.Key))
+        if (!_knownKeys.Remember(request.Key))
         {
-            _knownKeys.Add(request.Key);
             return await WriteAsync(new SqliteClaimOperation(request), cancellationToken).ConfigureAwait(false);
         }
 

@@ -1,3 +1,6 @@
+using System.Runtime.InteropServices;
+using System.Text;
+
 namespace Idem;
 
 /// <summary>Where a run of bytes lives in a <see cref="ByteArena"/>. The default value is the empty run.</summary>
@@ -158,22 +161,22 @@ internal readonly record struct ArenaText(ArenaSpan Span, bool IsAscii)
 {
     public static ArenaText Write(ByteArena arena, string text)
     {
-        if (System.Text.Ascii.IsValid(text))
+        if (Ascii.IsValid(text))
         {
             var span = arena.Allocate(text.Length, out var destination);
-            System.Text.Ascii.FromUtf16(text, destination, out _);
+            Ascii.FromUtf16(text, destination, out _);
             return new ArenaText(span, IsAscii: true);
         }
 
-        return new ArenaText(arena.Write(System.Runtime.InteropServices.MemoryMarshal.AsBytes(text.AsSpan())), IsAscii: false);
+        return new ArenaText(arena.Write(MemoryMarshal.AsBytes(text.AsSpan())), IsAscii: false);
     }
 
     public bool Equals(ByteArena arena, ReadOnlySpan<char> text)
     {
         var bytes = arena.Read(Span);
         return IsAscii
-            ? bytes.Length == text.Length && System.Text.Ascii.Equals(bytes, text)
-            : System.Runtime.InteropServices.MemoryMarshal.Cast<byte, char>(bytes).SequenceEqual(text);
+            ? bytes.Length == text.Length && Ascii.Equals(bytes, text)
+            : MemoryMarshal.Cast<byte, char>(bytes).SequenceEqual(text);
     }
 
     // One string is stored one way only (ASCII exactly when it is ASCII), so runs of different kinds never match.
@@ -184,7 +187,7 @@ internal readonly record struct ArenaText(ArenaSpan Span, bool IsAscii)
     {
         var bytes = arena.Read(Span);
         return IsAscii
-            ? System.Text.Encoding.ASCII.GetString(bytes)
-            : new string(System.Runtime.InteropServices.MemoryMarshal.Cast<byte, char>(bytes));
+            ? Encoding.ASCII.GetString(bytes)
+            : new string(MemoryMarshal.Cast<byte, char>(bytes));
     }
 }

@@ -258,8 +258,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     {
         public Shard()
         {
-            Comparer = new StoredKeyComparer(Arena);
-            Records = new Dictionary<StoredKey, Slot>(Comparer);
+            Records = new Dictionary<StoredKey, Slot>(new StoredKeyComparer(Arena));
             ByKey = Records.GetAlternateLookup<HashedKey>();
         }
 
@@ -272,13 +271,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         /// <summary>Lookups by the caller's key string, without materialising a <see cref="StoredKey"/>.</summary>
         public Dictionary<StoredKey, Slot>.AlternateLookup<HashedKey> ByKey { get; }
 
-        private StoredKeyComparer Comparer { get; }
-
-        /// <summary>Frees what a slot held; a new slot (all defaults) holds nothing.</summary>
+        /// <summary>Frees what a slot held and empties it for reuse; a new slot (all defaults) holds nothing.</summary>
         public void Clear(ref Slot slot)
         {
-            Arena.Free(slot.Fingerprint.Span);
-            Arena.Free(slot.Payload);
+            FreeBytes(in slot);
             slot = default;
         }
 
@@ -297,7 +293,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         {
             if (ByKey.Remove(key, out var storedKey, out var slot))
             {
-                Forget(storedKey, ref slot);
+                Forget(storedKey, in slot);
             }
         }
 
@@ -316,8 +312,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
                 if (slot.ExpiresTicks <= nowTicks)
                 {
                     Records.Remove(storedKey);
-                    var removed = slot;
-                    Forget(storedKey, ref removed);
+                    Forget(storedKey, in slot);
                     purged++;
                 }
             }
@@ -359,10 +354,17 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             return new StoredResponse(slot.StatusCode, headers, payload[bodyOffset..]) { BodyOmitted = slot.BodyOmitted };
         }
 
-        private void Forget(StoredKey storedKey, ref Slot slot)
+        // For a record already removed from the table: its bytes, key included, go back to the arena.
+        private void Forget(StoredKey storedKey, in Slot slot)
         {
             Arena.Free(storedKey.Text.Span);
-            Clear(ref slot);
+            FreeBytes(in slot);
+        }
+
+        private void FreeBytes(in Slot slot)
+        {
+            Arena.Free(slot.Fingerprint.Span);
+            Arena.Free(slot.Payload);
         }
     }
 
