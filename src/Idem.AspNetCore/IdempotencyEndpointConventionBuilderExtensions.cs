@@ -12,6 +12,7 @@ public static class IdempotencyEndpointConventionBuilderExtensions
         where TBuilder : IEndpointConventionBuilder => builder.RequireIdempotency(static _ => { });
 
     /// <summary>Protects the endpoint (or every endpoint of the group) with settings of its own.</summary>
+    /// <exception cref="ArgumentException">A setting is out of range (for example a zero retention or an empty method list).</exception>
     public static TBuilder RequireIdempotency<TBuilder>(this TBuilder builder, Action<IdempotencyEndpointOptions> configure)
         where TBuilder : IEndpointConventionBuilder
     {
@@ -19,6 +20,16 @@ public static class IdempotencyEndpointConventionBuilderExtensions
         ArgumentNullException.ThrowIfNull(configure);
         var options = new IdempotencyEndpointOptions();
         configure(options);
+        try
+        {
+            options.Validate(Idem.IdempotencyPolicy.Default);
+        }
+        catch (ArgumentException ex)
+        {
+            // Thrown where the endpoint is declared; the same check runs again at startup over the app's defaults.
+            throw new ArgumentException($"Invalid idempotency settings: {ex.Message}", nameof(configure), ex);
+        }
+
         var metadata = new IdempotencyEndpointMetadata(options);
         builder.Add(endpoint =>
         {

@@ -87,6 +87,7 @@ public sealed class IdempotencyOptions
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(MaxRequestBodyBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(RequestBufferThreshold);
         ArgumentOutOfRangeException.ThrowIfLessThan(PurgeInterval, TimeSpan.Zero);
+        IdempotencyEndpointOptions.ThrowIfNotMethodNames(Methods, nameof(Methods));
         foreach (var header in ReplayedHeaders)
         {
             if (ResponseHeaderAllowList.IsForbidden(header))
@@ -100,6 +101,10 @@ public sealed class IdempotencyOptions
 /// <summary>Per-endpoint settings; anything left <see langword="null"/> comes from <see cref="IdempotencyOptions"/>.</summary>
 public sealed class IdempotencyEndpointOptions
 {
+    // RFC 9110 token characters, which is what a method name is made of.
+    private static readonly System.Buffers.SearchValues<char> HttpTokenCharacters =
+        System.Buffers.SearchValues.Create("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
+
     /// <summary>Whether a request without a key is refused with 400.</summary>
     public bool? RequireKey { get; set; }
 
@@ -136,6 +141,40 @@ public sealed class IdempotencyEndpointOptions
     /// deliberate repeat after the window executes again. <see langword="null"/> (the default) lets keyless requests pass.
     /// </summary>
     public TimeSpan? ImplicitKeyWindow { get; set; }
+
+    /// <summary>
+    /// Throws <see cref="ArgumentException"/> when a value set here is out of range, whatever the application's
+    /// defaults: each setting is checked on its own, so an endpoint valid over <see cref="IdempotencyPolicy.Default"/> is
+    /// valid over any valid defaults.
+    /// </summary>
+    internal void Validate(IdempotencyPolicy defaults)
+    {
+        ToPolicy(defaults);
+        if (Methods is null)
+        {
+            return;
+        }
+
+        if (Methods.Count == 0)
+        {
+#pragma warning disable CA2208 // The setting's name is what tells the user which value to fix.
+            throw new ArgumentException("Methods is empty, so nothing would be protected; leave it unset for POST and PATCH, or list the methods.", nameof(Methods));
+        }
+
+#pragma warning restore CA2208
+        ThrowIfNotMethodNames(Methods, nameof(Methods));
+    }
+
+    internal static void ThrowIfNotMethodNames(IEnumerable<string> methods, string settingName)
+    {
+        foreach (var method in methods)
+        {
+            if (string.IsNullOrEmpty(method) || method.AsSpan().ContainsAnyExcept(HttpTokenCharacters))
+            {
+                throw new ArgumentException($"{settingName} contains '{method}', which is not an HTTP method name.", settingName);
+            }
+        }
+    }
 
     /// <summary>Lays these settings over <paramref name="defaults"/> and validates the result; throws on a value out of range.</summary>
     internal IdempotencyPolicy ToPolicy(IdempotencyPolicy defaults)

@@ -38,6 +38,7 @@ public static class IdempotencyServiceCollectionExtensions
             sp.GetRequiredService<TimeProvider>(),
             sp.GetRequiredService<ILogger<IdempotencyExecutor>>()));
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, IdempotencyPurgeService>());
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<Microsoft.AspNetCore.Hosting.IStartupFilter, IdempotencyEndpointValidation>());
         if (!services.Any(static d => d.ServiceType == typeof(OpenApiMarker)))
         {
             services.AddSingleton<OpenApiMarker>();
