@@ -20,6 +20,15 @@ internal sealed class IdempotencyFeature : IIdempotencyFeature
     public bool IsProtected { get; set; }
 
     public Guid OwnerToken { get; set; }
+
+    /// <summary>The response captured under the claim; its pooled buffer lives until the store has completed.</summary>
+    public ResponseCaptureStream? Capture { get; set; }
+
+    public void ReleaseCapture()
+    {
+        Capture?.Dispose();
+        Capture = null;
+    }
 }
 
 internal static class MiddlewareGuard

@@ -157,6 +157,12 @@ internal sealed class IdempotencyMiddleware
         {
             return; // The client gave up while waiting for another owner.
         }
+        finally
+        {
+            // The store has copied the response by now (the executor awaits the completion), so the captured bytes,
+            // which the stored response pointed at, go back to the pool.
+            feature.ReleaseCapture();
+        }
 
         Log.Outcome(_logger, requestId, outcome.Kind, storeKey);
         switch (outcome.Kind)
@@ -195,7 +201,8 @@ internal sealed class IdempotencyMiddleware
 
         var originalBody = context.Features.GetRequiredFeature<IHttpResponseBodyFeature>();
         var originalLifetime = context.Features.GetRequiredFeature<IHttpRequestLifetimeFeature>();
-        using var capture = new ResponseCaptureStream(originalBody.Stream, policy.MaxStoredBodyBytes);
+        var capture = new ResponseCaptureStream(originalBody.Stream, policy.MaxStoredBodyBytes);
+        feature.Capture = capture;
         var captureBody = new ResponseCaptureFeature(originalBody, capture);
         context.Features.Set<IHttpResponseBodyFeature>(captureBody);
         context.Features.Set<IHttpRequestLifetimeFeature>(new DetachedRequestLifetimeFeature(originalLifetime, execution.CancellationToken));
@@ -219,7 +226,7 @@ internal sealed class IdempotencyMiddleware
         var headers = _allowList.Capture(response.Headers);
         return capture.Overflowed
             ? new StoredResponse(response.StatusCode, headers, ReadOnlyMemory<byte>.Empty) { BodyOmitted = true }
-            : new StoredResponse(response.StatusCode, headers, capture.Captured.ToArray()); // the capture's pooled buffer is returned now
+            : new StoredResponse(response.StatusCode, headers, capture.Captured); // no copy: the body is held once, until the store has its own
     }
 
     private async Task ReplayAsync(HttpContext context, StoredResponse stored)
