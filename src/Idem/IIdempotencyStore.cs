@@ -21,7 +21,11 @@ public interface IIdempotencyStore
     /// Stores the response and marks the record completed, only while <paramref name="ownerToken"/> still owns it.
     /// </summary>
     /// <returns><see langword="false"/> when the owner lost the claim (fenced); nothing is written then.</returns>
-    /// <remarks>The response's memory belongs to the caller: copy what is kept.</remarks>
+    /// <remarks>
+    /// The response's memory belongs to the caller and may be a pooled buffer that is reused as soon as the returned
+    /// task completes: copy what is kept, and never read it later (for example from a write left in a queue after a
+    /// timeout or from a background cache update).
+    /// </remarks>
     ValueTask<bool> CompleteAsync(string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken);
 
     /// <summary>Deletes the in-flight record owned by <paramref name="ownerToken"/>, so the next request runs again.</summary>
