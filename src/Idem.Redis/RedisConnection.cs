@@ -38,6 +38,10 @@ internal sealed class RedisConnection : IAsyncDisposable, IDisposable
         _configuration.AsyncTimeout = milliseconds;
         _configuration.SyncTimeout = milliseconds;
         _configuration.ConnectTimeout = Math.Min(_configuration.ConnectTimeout, milliseconds);
+
+        // Connect in the background right away, so the first request does not pay for the handshake; a failure here
+        // is retried by the first call.
+        _connecting = ConnectAsync();
     }
 
     /// <summary>The operation timeout every call is bounded by.</summary>

@@ -82,6 +82,9 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
     /// <summary>How many cache calls failed or timed out (each logged; the request went on against the durable store).</summary>
     public long CacheFailures => Interlocked.Read(ref _cacheFailures);
 
+    /// <summary>The last cache failure; for diagnostics and tests.</summary>
+    internal Exception? LastCacheFailure { get; private set; }
+
     /// <inheritdoc />
     public async ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken)
     {
@@ -242,6 +245,7 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
 #pragma warning restore CA1031
         {
             Interlocked.Increment(ref _cacheFailures);
+            LastCacheFailure = ex;
             var backoffTicks = (long)(_options.CacheBackoff.TotalSeconds * _timeProvider.TimestampFrequency);
             Interlocked.Exchange(ref _skipCacheUntil, _timeProvider.GetTimestamp() + backoffTicks);
             Log.ResponseCacheFailed(_logger, ex, operation, _options.CacheBackoff);
