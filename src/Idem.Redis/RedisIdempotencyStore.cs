@@ -92,6 +92,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
     private readonly RedisConnection _connection;
     private readonly string _prefix;
     private readonly RedisChannel _channel;
+    private readonly RedisValue _channelName;
     private readonly ILogger _logger;
     private readonly KeyChangeSignals _signals = new();
     private readonly object _subscribeGate = new();
@@ -117,6 +118,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
         _connection = new RedisConnection(copy, timeProvider);
         _prefix = copy.KeyPrefix;
         _channel = RedisChannel.Literal(copy.KeyPrefix + "changed");
+        _channelName = copy.KeyPrefix + "changed";
         _logger = loggerFactory?.CreateLogger<RedisIdempotencyStore>() ?? NullLogger<RedisIdempotencyStore>.Instance;
         _onMessage = (_, message) =>
         {
@@ -142,7 +144,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
             owner = (RedisValue)RedisRecords.Owner(request.OwnerToken),
             lease = (RedisValue)RedisRecords.Milliseconds(request.Lease),
             retention = (RedisValue)RedisRecords.Milliseconds(request.Retention),
-            channel = (RedisValue)_channel.ToString(),
+            channel = _channelName,
             storeKey = (RedisValue)request.Key,
         };
         var result = await _connection.RunAsync(static (db, p) => db.ScriptEvaluateAsync(ClaimScript, p), parameters, cancellationToken).ConfigureAwait(false);
@@ -188,7 +190,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
             headers = (RedisValue)ResponseCodec.EncodeHeaders(response.Headers),
             body = (RedisValue)response.Body.ToArray(),
             omitted = (RedisValue)(response.BodyOmitted ? 1 : 0),
-            channel = (RedisValue)_channel.ToString(),
+            channel = _channelName,
             storeKey = (RedisValue)key,
         };
         var result = await _connection.RunAsync(static (db, p) => db.ScriptEvaluateAsync(CompleteScript, p), parameters, cancellationToken).ConfigureAwait(false);
@@ -210,7 +212,7 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
         {
             key = RedisKeyFor(key),
             owner = (RedisValue)RedisRecords.Owner(ownerToken),
-            channel = (RedisValue)_channel.ToString(),
+            channel = _channelName,
             storeKey = (RedisValue)key,
         };
         var result = await _connection.RunAsync(static (db, p) => db.ScriptEvaluateAsync(ReleaseScript, p), parameters, cancellationToken).ConfigureAwait(false);

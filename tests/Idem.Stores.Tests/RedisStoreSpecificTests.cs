@@ -105,6 +105,38 @@ public sealed class RedisStoreSpecificTests(RedisServer server) : IAsyncLifetime
         }
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task A_waiter_on_one_node_is_woken_through_pub_sub_when_another_node_finishes(bool complete)
+    {
+        var waiterNode = Track(new RedisIdempotencyStore(Options()));
+        var ownerNode = Track(new RedisIdempotencyStore(Options()));
+        var key = Guid.NewGuid().ToString("N");
+        var owner = Guid.NewGuid();
+        Assert.Equal(ClaimStatus.Claimed, (await ownerNode.TryClaimAsync(new ClaimRequest(key, "fp", owner, TimeSpan.FromMinutes(5), Day), CancellationToken.None)).Status);
+
+        var wait = waiterNode.WaitForChangeAsync(key, owner, TimeSpan.FromSeconds(60), CancellationToken.None).AsTask();
+
+        // Only once the waiter has subscribed and re-read (and flagged) the record is the change made, so nothing but
+        // the published message can end the wait in time.
+        var db = (await Multiplexer()).GetDatabase();
+        var flagged = Stopwatch.StartNew();
+        while (!await db.HashExistsAsync(waiterNode.RedisKeyFor(key), "w"))
+        {
+            Assert.True(flagged.Elapsed < TimeSpan.FromSeconds(10), "The waiter never flagged the record.");
+            await Task.Delay(10);
+        }
+
+        Assert.False(wait.IsCompleted);
+        Assert.True(complete
+            ? await ownerNode.CompleteAsync(key, owner, new StoredResponse(200, null, new byte[] { 1 }), Day, CancellationToken.None)
+            : await ownerNode.ReleaseAsync(key, owner, CancellationToken.None));
+
+        Assert.Same(wait, await Task.WhenAny(wait, Task.Delay(TimeSpan.FromSeconds(10))));
+        await wait;
+    }
+
     [Fact]
     public async Task An_outage_makes_every_call_fail_fast_with_an_exception_never_a_claim()
     {
@@ -154,6 +186,40 @@ public sealed class RedisStoreSpecificTests(RedisServer server) : IAsyncLifetime
         Assert.DoesNotContain(nameof(ClaimStatus.Claimed), outcomes);
         Assert.DoesNotContain(nameof(ClaimStatus.InFlight), outcomes);
         Assert.True(storm.Elapsed < TimeSpan.FromSeconds(10), $"The storm took {storm.Elapsed} to fail.");
+    }
+
+    [Fact]
+    public async Task A_server_that_stops_answering_is_cut_off_at_the_operation_timeout()
+    {
+        await using var privateServer = await RedisServer.StartPrivateAsync();
+
+        // The application's multiplexer would wait 30 s; the store's own deadline must end each call first.
+        var options = StackExchange.Redis.ConfigurationOptions.Parse(privateServer.Endpoint);
+        options.AsyncTimeout = 30_000;
+        options.SyncTimeout = 30_000;
+        var multiplexer = await ConnectionMultiplexer.ConnectAsync(options);
+        _disposables.Add(multiplexer);
+        var store = Track(new RedisIdempotencyStore(new RedisIdempotencyStoreOptions
+        {
+            ConnectionMultiplexer = multiplexer,
+            KeyPrefix = _prefix,
+            OperationTimeout = TimeSpan.FromMilliseconds(500),
+        }));
+        var key = Guid.NewGuid().ToString("N");
+        Assert.Equal(ClaimStatus.Claimed, (await store.TryClaimAsync(new ClaimRequest(key, "fp", Guid.NewGuid(), TimeSpan.FromSeconds(30), Day), CancellationToken.None)).Status);
+
+        await privateServer.SetFrozenAsync(true);
+        try
+        {
+            var clock = Stopwatch.StartNew();
+            await Assert.ThrowsAsync<TimeoutException>(async () =>
+                await store.TryClaimAsync(new ClaimRequest(key, "fp", Guid.NewGuid(), TimeSpan.FromSeconds(30), Day), CancellationToken.None));
+            Assert.True(clock.Elapsed < TimeSpan.FromSeconds(5), $"took {clock.Elapsed}");
+        }
+        finally
+        {
+            await privateServer.SetFrozenAsync(false);
+        }
     }
 
     [Fact]

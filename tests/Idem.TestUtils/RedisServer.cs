@@ -99,6 +99,25 @@ public sealed class RedisServer : IAsyncLifetime
         }
     }
 
+    /// <summary>
+    /// Freezes (<c>SIGSTOP</c>) or thaws (<c>SIGCONT</c>) a self-started server by its process id: connections stay
+    /// open but nothing answers, the outage that only a deadline ends.
+    /// </summary>
+    public async Task SetFrozenAsync(bool frozen)
+    {
+        if (IsExternal || _process is null)
+        {
+            throw new NotSupportedException($"The server from {EnvironmentVariable} is not paused by the tests.");
+        }
+
+        using var kill = Process.Start("kill", [frozen ? "-STOP" : "-CONT", _process.Id.ToString()]);
+        await kill.WaitForExitAsync();
+        if (kill.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"kill {(frozen ? "-STOP" : "-CONT")} {_process.Id} exited with {kill.ExitCode}.");
+        }
+    }
+
     /// <inheritdoc />
     public async Task DisposeAsync()
     {
@@ -106,6 +125,7 @@ public sealed class RedisServer : IAsyncLifetime
         {
             if (!_process.HasExited)
             {
+                // SIGKILL ends a frozen process too.
                 _process.Kill();
                 await _process.WaitForExitAsync();
             }
