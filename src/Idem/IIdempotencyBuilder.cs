@@ -102,6 +102,7 @@ public static class IdempotencyBuilderExtensions
                 options,
                 sp.GetService<TimeProvider>(),
                 sp.GetService<Microsoft.Extensions.Logging.ILoggerFactory>(),
+                sp.GetService<IdempotencyMetrics>(),
                 ownsDurable,
                 ownsCache: true);
         });

@@ -27,6 +27,7 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
     private readonly TieredIdempotencyStoreOptions _options;
     private readonly TimeProvider _timeProvider;
     private readonly ILogger _logger;
+    private readonly IdempotencyMetrics? _metrics;
     private readonly bool _ownsDurable;
     private readonly bool _ownsCache;
     private readonly ConcurrentDictionary<(string Key, Guid Owner), string> _claims = new();
@@ -41,13 +42,15 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
     /// <param name="options">The cache's deadline and back-off; the defaults when <see langword="null"/>.</param>
     /// <param name="timeProvider">The clock for deadlines and back-off; the system clock when <see langword="null"/>.</param>
     /// <param name="loggerFactory">Where cache failures are logged; none when <see langword="null"/>.</param>
+    /// <param name="metrics">Where cache hits and failures are counted (<c>idem.cache.hits</c>, <c>idem.cache.errors</c>); none when <see langword="null"/>.</param>
     public TieredIdempotencyStore(
         IIdempotencyStore durable,
         IIdempotencyResponseCache cache,
         TieredIdempotencyStoreOptions? options = null,
         TimeProvider? timeProvider = null,
-        ILoggerFactory? loggerFactory = null)
-        : this(durable, cache, options, timeProvider, loggerFactory, ownsDurable: false, ownsCache: false)
+        ILoggerFactory? loggerFactory = null,
+        IdempotencyMetrics? metrics = null)
+        : this(durable, cache, options, timeProvider, loggerFactory, metrics, ownsDurable: false, ownsCache: false)
     {
     }
 
@@ -57,6 +60,7 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
         TieredIdempotencyStoreOptions? options,
         TimeProvider? timeProvider,
         ILoggerFactory? loggerFactory,
+        IdempotencyMetrics? metrics,
         bool ownsDurable,
         bool ownsCache)
     {
@@ -69,6 +73,7 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
         _options = copy;
         _timeProvider = timeProvider ?? TimeProvider.System;
         _logger = loggerFactory?.CreateLogger<TieredIdempotencyStore>() ?? NullLogger<TieredIdempotencyStore>.Instance;
+        _metrics = metrics;
         _ownsDurable = ownsDurable;
         _ownsCache = ownsCache;
     }
@@ -96,6 +101,7 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
         if (cached is { State: IdempotencyRecordState.Completed, Response: not null })
         {
             Interlocked.Increment(ref _cacheHits);
+            _metrics?.CacheHit();
             return new ClaimResult(ClaimStatus.Completed, cached);
         }
 
@@ -246,6 +252,7 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
         {
             Interlocked.Increment(ref _cacheFailures);
             LastCacheFailure = ex;
+            _metrics?.CacheError(operation);
             var backoffTicks = (long)(_options.CacheBackoff.TotalSeconds * _timeProvider.TimestampFrequency);
             Interlocked.Exchange(ref _skipCacheUntil, _timeProvider.GetTimestamp() + backoffTicks);
             Log.ResponseCacheFailed(_logger, ex, operation, _options.CacheBackoff);
