@@ -54,4 +54,37 @@ public sealed class RedisGatewayTests(RedisServer redis, PostgreSqlServer postgr
         Assert.Equal(1, upstream.Started("orders"));
         Assert.Equal(HttpStatusCode.OK, (await one.Client.GetAsync("/healthz")).StatusCode);
     }
+
+    [Fact]
+    public async Task A_tiered_gateway_whose_Redis_is_dead_still_executes_a_same_key_storm_once()
+    {
+        // Incident 5 end to end: Redis goes away; the gateway gets slower, never duplicates and never fails a request.
+        await using var upstream = await CountingUpstream.StartAsync();
+        await using var privateRedis = await RedisServer.StartPrivateAsync();
+        var connectionString = await postgres.CreateDatabaseAsync();
+        string[] args =
+        [
+            "--Idem:Store", "Tiered", "--Idem:PostgreSql:ConnectionString", connectionString,
+            "--Idem:Redis:Configuration", privateRedis.Endpoint, "--Idem:Redis:OperationTimeout", "00:00:01",
+        ];
+        await using var gateway = await GatewayUnderTest.StartAsync(upstream.Address, args);
+        var before = Http.NewKey();
+        var original = await gateway.Client.SendAsync(Http.Post("/orders", before));
+        Assert.Equal(HttpStatusCode.Created, original.StatusCode);
+
+        await privateRedis.KillAsync();
+
+        var key = Http.NewKey();
+        var responses = await Task.WhenAll(Enumerable.Range(0, 200).Select(_ => gateway.Client.SendAsync(Http.Post("/orders?delayMs=300", key))));
+        var bodies = await Task.WhenAll(responses.Select(r => r.Content.ReadAsStringAsync()));
+
+        Assert.All(responses, r => Assert.Equal(HttpStatusCode.Created, r.StatusCode));
+        Assert.Single(bodies.Distinct());
+        Assert.Single(responses, r => !Http.Replayed(r));
+        Assert.Equal(2, upstream.Started("orders"));
+
+        // Completed before the outage: replayed from PostgreSQL now.
+        await Http.AssertReplayOfAsync(original, await gateway.Client.SendAsync(Http.Post("/orders", before)));
+        Assert.Equal(2, upstream.Started("orders"));
+    }
 }
