@@ -43,6 +43,24 @@ public sealed class TieredStoreUnitTests : IDisposable
         Assert.Equal(1, tiered.CacheFailures);
     }
 
+    [Fact]
+    public async Task While_the_durable_store_is_down_cached_replays_are_served_and_new_keys_fail()
+    {
+        var durable = new CountingStore(new InMemoryIdempotencyStore(_h.Time));
+        var tiered = new TieredIdempotencyStore(durable, new DictionaryCache(), timeProvider: _h.Time);
+        var owner = Guid.NewGuid();
+        Assert.Equal(ClaimStatus.Claimed, (await tiered.TryClaimAsync(new ClaimRequest("k", "fp", owner, TimeSpan.FromSeconds(10), Day), default)).Status);
+        Assert.True(await tiered.CompleteAsync("k", owner, Tests.Response(201, "done"), Day, default));
+
+        durable.FailWith = new InvalidOperationException("PostgreSQL is down");
+
+        var replay = await tiered.TryClaimAsync(new ClaimRequest("k", "other-fp", Guid.NewGuid(), TimeSpan.FromSeconds(10), Day), default);
+        Assert.Equal(ClaimStatus.Completed, replay.Status);
+        Assert.Equal("fp", replay.Record!.Fingerprint); // the caller sees the mismatch, as with the durable store
+        await Assert.ThrowsAsync<InvalidOperationException>(async () =>
+            await tiered.TryClaimAsync(new ClaimRequest("new", "fp", Guid.NewGuid(), TimeSpan.FromSeconds(10), Day), default));
+    }
+
     private sealed class DictionaryCache : IIdempotencyResponseCache
     {
         private readonly Dictionary<string, IdempotencyRecord> _records = [];
