@@ -16,10 +16,10 @@ internal enum GatewayStoreKind
     /// <summary>Process memory: tests and throwaway setups; records are lost on restart.</summary>
     InMemory,
 
-    /// <summary>Redis: accepted by name, refused at startup until the Redis store ships.</summary>
+    /// <summary>Redis (<c>Idem:Redis:Configuration</c>): many gateway nodes, fastest; as durable as the Redis server is configured to be.</summary>
     Redis,
 
-    /// <summary>Redis in front of PostgreSQL: accepted by name, refused at startup until the Redis store ships.</summary>
+    /// <summary>Redis in front of PostgreSQL (<c>Idem:PostgreSql:*</c> and <c>Idem:Redis:*</c>): claims in PostgreSQL, replays read through Redis.</summary>
     Tiered,
 }
 
@@ -36,6 +36,8 @@ internal sealed class GatewayOptions
     public SqliteSection Sqlite { get; set; } = new();
 
     public PostgreSqlSection PostgreSql { get; set; } = new();
+
+    public RedisSection Redis { get; set; } = new();
 
     public PrincipalSection Principal { get; set; } = new();
 
@@ -73,6 +75,18 @@ internal sealed class GatewayOptions
 
         /// <summary>Whether the gateway creates (and upgrades) its table on first use; turn off where its user may not run DDL.</summary>
         public bool CreateSchema { get; set; } = true;
+    }
+
+    public sealed class RedisSection
+    {
+        /// <summary>A StackExchange.Redis configuration string, e.g. <c>redis:6379,password=…</c>.</summary>
+        public string? Configuration { get; set; }
+
+        /// <summary>The key prefix; <c>idem:</c> for the Redis store, <c>idem-cache:</c> for the tiered store's cache when empty.</summary>
+        public string? KeyPrefix { get; set; }
+
+        /// <summary>The deadline of each Redis call (default 2 s).</summary>
+        public TimeSpan? OperationTimeout { get; set; }
     }
 
     public sealed class PrincipalSection

@@ -1,3 +1,4 @@
+using Idem.Redis;
 using Microsoft.Extensions.DependencyInjection;
 
 namespace Idem.Gateway;
@@ -29,12 +30,36 @@ internal static class GatewayStores
                 UsePostgreSql(builder, options.PostgreSql.ConnectionString, options.PostgreSql.CreateSchema);
                 break;
             case GatewayStoreKind.Redis:
+                builder.UseRedisStore(RequireRedis(options), o => ConfigureRedis(o, options.Redis, RedisIdempotencyStoreOptions.DefaultKeyPrefix));
+                break;
             case GatewayStoreKind.Tiered:
-                throw new InvalidOperationException(
-                    $"Idem:Store={options.Store} is not available in this version of Idem Gateway: there is no Redis store yet. " +
-                    "Use Sqlite (one gateway node) or PostgreSql (several nodes). The gateway does not fall back to another store silently.");
+                // Claims in PostgreSQL (the authority), completed responses read through Redis: a Redis outage costs
+                // speed, never a duplicate.
+                if (string.IsNullOrWhiteSpace(options.PostgreSql.ConnectionString))
+                {
+                    throw new InvalidOperationException("Idem:Store is Tiered but Idem:PostgreSql:ConnectionString is empty; the tiered store keeps its claims in PostgreSQL (e.g. Idem__PostgreSql__ConnectionString=\"Host=db;Username=idem;Password=…;Database=idem\").");
+                }
+
+                var redis = RequireRedis(options);
+                UsePostgreSql(builder, options.PostgreSql.ConnectionString, options.PostgreSql.CreateSchema);
+                builder.WithRedisResponseCache(redis, o => ConfigureRedis(o, options.Redis, RedisIdempotencyStoreOptions.DefaultCacheKeyPrefix));
+                break;
             default:
                 throw new InvalidOperationException($"Unknown Idem:Store '{options.Store}'.");
+        }
+    }
+
+    private static string RequireRedis(GatewayOptions options) =>
+        string.IsNullOrWhiteSpace(options.Redis.Configuration)
+            ? throw new InvalidOperationException($"Idem:Store is {options.Store} but Idem:Redis:Configuration is empty (a StackExchange.Redis configuration string, e.g. Idem__Redis__Configuration=\"redis:6379,password=…\").")
+            : options.Redis.Configuration;
+
+    private static void ConfigureRedis(RedisIdempotencyStoreOptions redis, GatewayOptions.RedisSection section, string defaultPrefix)
+    {
+        redis.KeyPrefix = string.IsNullOrEmpty(section.KeyPrefix) ? defaultPrefix : section.KeyPrefix;
+        if (section.OperationTimeout is { } timeout)
+        {
+            redis.OperationTimeout = timeout;
         }
     }
 

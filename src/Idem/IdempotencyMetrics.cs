@@ -4,8 +4,9 @@ using System.Diagnostics.Metrics;
 namespace Idem;
 
 /// <summary>
-/// The <c>Idem</c> meter: <c>idem.requests</c> counted by outcome, <c>idem.store.errors</c> by operation, and
-/// the durations of claims and replays. Keys never become tags.
+/// The <c>Idem</c> meter: <c>idem.requests</c> counted by outcome, <c>idem.store.errors</c> by operation, the
+/// durations of claims and replays, and for the tiered store <c>idem.cache.hits</c> and <c>idem.cache.errors</c> by
+/// operation. Keys never become tags.
 /// </summary>
 public sealed class IdempotencyMetrics
 {
@@ -19,6 +20,8 @@ public sealed class IdempotencyMetrics
     private readonly Counter<long> _storeErrors;
     private readonly Histogram<double> _claimDuration;
     private readonly Histogram<double> _replayDuration;
+    private readonly Counter<long> _cacheHits;
+    private readonly Counter<long> _cacheErrors;
 
     /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>.</summary>
     public IdempotencyMetrics(IMeterFactory meterFactory)
@@ -41,6 +44,14 @@ public sealed class IdempotencyMetrics
             "idem.replay.duration",
             unit: "s",
             description: "Time from the start of a replayed request to its stored response being found.");
+        _cacheHits = meter.CreateCounter<long>(
+            "idem.cache.hits",
+            unit: "{hit}",
+            description: "Claims the tiered store answered from its response cache alone.");
+        _cacheErrors = meter.CreateCounter<long>(
+            "idem.cache.errors",
+            unit: "{error}",
+            description: "Response-cache calls of the tiered store that failed or missed their deadline, by operation (get, set); each was served by the durable store.");
     }
 
     /// <summary>Counts one request with the given outcome.</summary>
@@ -57,6 +68,22 @@ public sealed class IdempotencyMetrics
         if (_storeErrors.Enabled)
         {
             _storeErrors.Add(1, new KeyValuePair<string, object?>("idem.operation", operation));
+        }
+    }
+
+    internal void CacheHit()
+    {
+        if (_cacheHits.Enabled)
+        {
+            _cacheHits.Add(1);
+        }
+    }
+
+    internal void CacheError(string operation)
+    {
+        if (_cacheErrors.Enabled)
+        {
+            _cacheErrors.Add(1, new KeyValuePair<string, object?>("idem.operation", operation));
         }
     }
 

@@ -43,4 +43,7 @@ internal static partial class Log
 
     [LoggerMessage(2002, LogLevel.Warning, "The idempotency store is unavailable; running {StoreKey} UNPROTECTED because the policy fails open.", EventName = "ExecutingUnprotected")]
     public static partial void ExecutingUnprotected(ILogger logger, string storeKey);
+
+    [LoggerMessage(2011, LogLevel.Warning, "The idempotency response cache failed during {Operation}; using the durable store alone for {Backoff}.", EventName = "ResponseCacheFailed")]
+    public static partial void ResponseCacheFailed(ILogger logger, Exception exception, string operation, TimeSpan backoff);
 }

@@ -118,12 +118,13 @@ public sealed class GatewayFeatureTests
     }
 
     [Theory]
-    [InlineData("Redis")]
-    [InlineData("Tiered")]
-    public void Redis_and_tiered_stores_are_refused_at_startup_instead_of_falling_back(string store)
+    [InlineData("Redis", new string[0], "Idem:Redis:Configuration is empty")]
+    [InlineData("Tiered", new[] { "--Idem:Redis:Configuration", "127.0.0.1:1" }, "Idem:PostgreSql:ConnectionString is empty")]
+    [InlineData("Tiered", new[] { "--Idem:PostgreSql:ConnectionString", "Host=127.0.0.1;Port=1" }, "Idem:Redis:Configuration is empty")]
+    public void Redis_and_tiered_stores_without_their_settings_are_refused_at_startup_instead_of_falling_back(string store, string[] settings, string message)
     {
-        var ex = Assert.Throws<InvalidOperationException>(() => GatewayHost.Build(["--upstream", "http://127.0.0.1:1", "--Idem:Store", store]));
-        Assert.Contains("not available in this version", ex.Message);
+        var ex = Assert.Throws<InvalidOperationException>(() => GatewayHost.Build(["--upstream", "http://127.0.0.1:1", "--Idem:Store", store, .. settings]));
+        Assert.Contains(message, ex.Message);
     }
 
     [Fact]
