@@ -14,5 +14,9 @@ public interface IIdempotencyResponseCache
     /// Keeps <paramref name="completed"/> (a record in the <see cref="IdempotencyRecordState.Completed"/> state) until its
     /// <see cref="IdempotencyRecord.ExpiresAt"/>; an entry already past it is not kept.
     /// </summary>
+    /// <remarks>
+    /// The response's body may be a pooled buffer the caller reuses once the call returns or is given up on at the
+    /// cache deadline: copy it before the first <see langword="await"/>.
+    /// </remarks>
     ValueTask SetAsync(IdempotencyRecord completed, CancellationToken cancellationToken);
 }
