@@ -12,6 +12,8 @@
 #                                                     (no thread-pool spinning before a worker sleeps), see README
 #   IDEM_BENCH_POSTGRES="Host=...;Database=..."       PostgreSQL to use; when unset, a temporary local one is started
 #                                                     (PostgreSQL 15 binaries, as test.sh does); IDEM_BENCH_POSTGRES=off skips it
+#   IDEM_BENCH_REDIS=host:port                        Redis to use (redis and tiered cases); when unset, a temporary local
+#                                                     one is started; IDEM_BENCH_REDIS=off skips those cases
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -28,6 +30,7 @@ CASES="${CASES:-}"
 TIERING="${TIERING:-fast}"
 TP_SPIN="${TP_SPIN:-default}"
 POSTGRES="${IDEM_BENCH_POSTGRES:-}"
+REDIS="${IDEM_BENCH_REDIS:-}"
 
 project="$here/Idem.Benchmarks.Server/Idem.Benchmarks.Server.csproj"
 out_dir="$here/Idem.Benchmarks.Server/bin/Release/net10.0"
@@ -46,6 +49,7 @@ cleanup() {
     wait "$server_pid" 2>/dev/null || true
   fi
   idem_stop_postgres || true
+  idem_stop_redis || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -56,6 +60,12 @@ if [[ -z "$POSTGRES" ]]; then
   local_postgres=1 # started just before its cases, below
 elif [[ "$POSTGRES" == "off" ]]; then
   POSTGRES=""
+fi
+local_redis=0
+if [[ -z "$REDIS" ]]; then
+  local_redis=1
+elif [[ "$REDIS" == "off" ]]; then
+  REDIS=""
 fi
 
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install -y wrk" >&2; exit 1; }
@@ -138,7 +148,7 @@ run_case() {
   # both cores through the scheduler. Pinning the server to one core would leave PostgreSQL fighting wrk for the other
   # and measure that split, not the store (README, "Pinning").
   local srv_pre=("${server_prefix[@]}") wrk_pre=("${wrk_prefix[@]}")
-  if [[ "$store" == postgres ]]; then
+  if [[ "$store" == postgres || "$store" == redis || "$store" == tiered ]]; then
     srv_pre=()
     wrk_pre=()
   fi
@@ -148,6 +158,7 @@ run_case() {
   log="$work/$name.log"
   local args=(--store "$store" --port "$port")
   [[ -n "$connection" ]] && args+=(--connection "$connection")
+  [[ "$store" == tiered ]] && args+=(--redis "$REDIS")
   # exec through taskset keeps one PID: the one we stop.
   env "${server_env[@]}" "${srv_pre[@]}" dotnet "$dll" "${args[@]}" >"$log" 2>&1 &
   server_pid=$!
@@ -266,6 +277,30 @@ else
   done
 fi
 if [[ $local_postgres == 1 ]]; then idem_stop_postgres || true; fi
+# Redis, and the tiered store (claims in PostgreSQL, replays read through Redis), started the same way as PostgreSQL.
+if [[ $local_redis == 1 ]] && { wanted redis-new || wanted redis-replay || wanted tiered-new || wanted tiered-replay; }; then
+  idem_start_redis "$work" && REDIS="$IDEM_REDIS_ENDPOINT"
+fi
+if [[ -n "$REDIS" ]]; then
+  run_case redis-new redis new "$REDIS"
+  run_case redis-replay redis replay "$REDIS"
+  if [[ $local_postgres == 1 ]] && { wanted tiered-new || wanted tiered-replay; }; then
+    mkdir -p "$work/tiered" && chmod 755 "$work" # its own data directory; the postgres user must reach it
+    if idem_start_postgres "$work/tiered"; then POSTGRES="$IDEM_PG_CONNECTION;Maximum Pool Size=$((2 * $(nproc)))"; else POSTGRES=""; fi
+  fi
+  if [[ -n "$POSTGRES" ]]; then
+    run_case tiered-new tiered new "$POSTGRES"
+    run_case tiered-replay tiered replay "$POSTGRES"
+  else
+    for c in tiered-new tiered-replay; do wanted "$c" && { echo "== $c =="; skip "$c" "no PostgreSQL"; }; done
+  fi
+  if [[ $local_postgres == 1 ]]; then idem_stop_postgres || true; fi
+else
+  for c in redis-new redis-replay tiered-new tiered-replay; do
+    wanted "$c" && { echo "== $c =="; skip "$c" "no Redis (IDEM_BENCH_REDIS=off or it failed to start)"; }
+  done
+fi
+if [[ $local_redis == 1 ]]; then idem_stop_redis || true; fi
 run_case bare-3 none new
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,6 +1,9 @@
 // The benchmark target: POST /orders, bare or protected by Idem with the store chosen on the command line.
 //
-//   dotnet Idem.Benchmarks.Server.dll --store none|memory|sqlite|postgres [--connection <path or connection string>] [--port 5080]
+//   dotnet Idem.Benchmarks.Server.dll --store none|memory|sqlite|postgres|redis|tiered [--connection <path or connection string>]
+//                                     [--redis host:port] [--port 5080]
+//
+// redis takes its endpoint in --connection; tiered takes PostgreSQL's connection string in --connection and Redis's in --redis.
 //
 // "none" is the baseline: the same handler with no Idem services, middleware or endpoint metadata at all.
 // GET /stats reports the store and how many times the handler ran, so run.sh can check that replays did not execute.
@@ -40,8 +43,29 @@ if (store != "none")
             idem.UsePostgreSqlStore(connection, o => o.CreateSchemaAutomatically = true);
             break;
 
+        case "redis":
+            if (string.IsNullOrEmpty(connection))
+            {
+                Console.Error.WriteLine("--store redis needs --connection host:port.");
+                return 2;
+            }
+
+            idem.UseRedisStore(connection);
+            break;
+
+        case "tiered":
+            var redis = builder.Configuration["redis"];
+            if (string.IsNullOrEmpty(connection) || string.IsNullOrEmpty(redis))
+            {
+                Console.Error.WriteLine("--store tiered needs --connection <PostgreSQL connection string> and --redis host:port.");
+                return 2;
+            }
+
+            idem.UsePostgreSqlStore(connection, o => o.CreateSchemaAutomatically = true).WithRedisResponseCache(redis);
+            break;
+
         default:
-            Console.Error.WriteLine($"Unknown --store '{store}': use none, memory, sqlite or postgres.");
+            Console.Error.WriteLine($"Unknown --store '{store}': use none, memory, sqlite, postgres, redis or tiered.");
             return 2;
     }
 }
