@@ -65,8 +65,11 @@ internal sealed class IdempotencyMiddleware
 
     private async Task InvokeProtectedAsync(HttpContext context, EndpointPolicy policy, IdempotencyFeature feature)
     {
-        var requestId = AcceptCorrelationId(context);
-        using var scope = _logger.BeginScope(new KeyValuePair<string, object?>[] { new("RequestId", requestId) });
+        // A host in front (Idem Gateway) may have accepted the id and opened the request's log scope already.
+        var outer = context.Features.Get<CorrelationFeature>();
+        var requestId = outer?.RequestId ?? AcceptCorrelationId(context);
+        using var scope = outer is null ? _logger.BeginScope(new CorrelationScope(requestId)) : null;
+        context.Response.Headers[_options.CorrelationIdHeader] = requestId;
 
         var headerValues = context.Request.Headers[_options.HeaderName];
         string? key = null;
@@ -353,7 +356,6 @@ internal sealed class IdempotencyMiddleware
         var incoming = context.Request.Headers[header];
         var requestId = incoming.Count == 1 && IsValidCorrelationId(incoming[0]) ? incoming[0]! : (Activity.Current?.TraceId.ToHexString() ?? context.TraceIdentifier);
         context.Features.Set(new CorrelationFeature(requestId));
-        context.Response.Headers[header] = requestId;
         return requestId;
     }
 

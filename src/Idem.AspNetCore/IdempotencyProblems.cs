@@ -56,3 +56,25 @@ internal sealed class CorrelationFeature(string requestId)
 {
     public string RequestId { get; } = requestId;
 }
+
+/// <summary>
+/// The log scope of one request: <c>RequestId</c> as a structured property (JSON console, OpenTelemetry) and
+/// <c>RequestId:…</c> as text (simple console).
+/// </summary>
+internal sealed class CorrelationScope(string requestId) : IReadOnlyList<KeyValuePair<string, object?>>
+{
+    public int Count => 1;
+
+    public KeyValuePair<string, object?> this[int index] => index == 0
+        ? new KeyValuePair<string, object?>("RequestId", requestId)
+        : throw new ArgumentOutOfRangeException(nameof(index));
+
+    public IEnumerator<KeyValuePair<string, object?>> GetEnumerator()
+    {
+        yield return this[0];
+    }
+
+    System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+
+    public override string ToString() => "RequestId:" + requestId;
+}

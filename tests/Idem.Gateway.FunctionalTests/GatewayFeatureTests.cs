@@ -186,6 +186,9 @@ public sealed class GatewayFeatureTests
         var given = await gateway.Client.SendAsync(withId);
         var generated = await gateway.Client.SendAsync(Http.Post("/orders", Http.NewKey()));
         var unprotected = await gateway.Client.GetAsync("/orders");
+        var traced = Http.Post("/orders", Http.NewKey());
+        traced.Headers.Add("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        var fromTrace = await gateway.Client.SendAsync(traced);
 
         Assert.Equal("client-abc-123", (await given.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("requestId").GetString());
         Assert.Equal("client-abc-123", Assert.Single(given.Headers.GetValues("X-Request-Id")));
@@ -194,6 +197,11 @@ public sealed class GatewayFeatureTests
         Assert.Equal(generatedId, (await generated.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("requestId").GetString());
         Assert.Single(unprotected.Headers.GetValues("X-Request-Id"));
         Assert.Contains(upstream.RequestIds, id => id == "client-abc-123");
+        Assert.Contains(upstream.RequestIds, id => id == generatedId);
+
+        // Without an id of its own, a traced request is known by its trace id, so logs and traces line up.
+        Assert.Equal("4bf92f3577b34da6a3ce929d0e0e4736", Assert.Single(fromTrace.Headers.GetValues("X-Request-Id")));
+        Assert.Contains(upstream.RequestIds, id => id == "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     [Fact]
