@@ -97,50 +97,36 @@ internal sealed class RedisConnection : IAsyncDisposable, IDisposable
 
     public async ValueTask DisposeAsync()
     {
+        if (TakeForClose() is { } connecting)
+        {
+            await CloseAsync(connecting, synchronously: false).ConfigureAwait(false);
+        }
+    }
+
+    // Marks the connection disposed once; returns what an owned connection has to close (null when borrowed or done).
+    private Task<IConnectionMultiplexer>? TakeForClose()
+    {
         if (_borrowed is not null)
         {
-            return;
+            return null;
         }
 
-        Task<IConnectionMultiplexer>? connecting;
         lock (_connectGate)
         {
             if (_disposed)
             {
-                return;
+                return null;
             }
 
             _disposed = true;
-            connecting = _connecting;
-        }
-
-        if (connecting is not null)
-        {
-            await CloseAsync(connecting, synchronously: false).ConfigureAwait(false);
+            return _connecting;
         }
     }
 
     /// <summary>Closes an owned multiplexer that is connected; one still connecting is closed when it finishes.</summary>
     public void Dispose()
     {
-        if (_borrowed is not null)
-        {
-            return;
-        }
-
-        Task<IConnectionMultiplexer>? connecting;
-        lock (_connectGate)
-        {
-            if (_disposed)
-            {
-                return;
-            }
-
-            _disposed = true;
-            connecting = _connecting;
-        }
-
-        if (connecting is not null)
+        if (TakeForClose() is { } connecting)
         {
             // Runs synchronously when the multiplexer is connected already (the usual case).
             _ = CloseAsync(connecting, synchronously: true);
