@@ -352,15 +352,12 @@ internal sealed class IdempotencyMiddleware
 
     private string AcceptCorrelationId(HttpContext context)
     {
-        var header = _options.CorrelationIdHeader;
-        var incoming = context.Request.Headers[header];
-        var requestId = incoming.Count == 1 && IsValidCorrelationId(incoming[0]) ? incoming[0]! : (Activity.Current?.TraceId.ToHexString() ?? context.TraceIdentifier);
+        var requestId = CorrelationFeature.TryGetClientId(context.Request.Headers[_options.CorrelationIdHeader], out var clientId)
+            ? clientId
+            : Activity.Current?.TraceId.ToHexString() ?? context.TraceIdentifier;
         context.Features.Set(new CorrelationFeature(requestId));
         return requestId;
     }
-
-    private static bool IsValidCorrelationId(string? value) =>
-        !string.IsNullOrEmpty(value) && value.Length <= 128 && !value.AsSpan().ContainsAnyExceptInRange('\x21', '\x7E');
 
     private Task RejectAsync(HttpContext context, string requestId, int status, string title, string detail)
     {

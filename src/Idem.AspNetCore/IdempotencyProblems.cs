@@ -55,6 +55,19 @@ internal static class IdempotencyProblems
 internal sealed class CorrelationFeature(string requestId)
 {
     public string RequestId { get; } = requestId;
+
+    /// <summary>The client's own id, when it sent exactly one of 1 to 128 visible ASCII characters.</summary>
+    public static bool TryGetClientId(Microsoft.Extensions.Primitives.StringValues values, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out string? id)
+    {
+        id = values.Count == 1 ? values[0] : null;
+        if (string.IsNullOrEmpty(id) || id.Length > 128 || id.AsSpan().ContainsAnyExceptInRange('\x21', '\x7E'))
+        {
+            id = null;
+            return false;
+        }
+
+        return true;
+    }
 }
 
 /// <summary>

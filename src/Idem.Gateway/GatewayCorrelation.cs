@@ -15,13 +15,7 @@ internal static class GatewayCorrelation
     public static string Accept(HttpContext context, string header)
     {
         var headers = context.Request.Headers;
-        var incoming = headers[header];
-        string id;
-        if (incoming.Count == 1 && IsValid(incoming[0]))
-        {
-            id = incoming[0]!;
-        }
-        else
+        if (!CorrelationFeature.TryGetClientId(headers[header], out var id))
         {
             id = Activity.Current is { } activity ? activity.TraceId.ToHexString()
                 : ActivityContext.TryParse(headers.TraceParent, traceState: null, out var parent) ? parent.TraceId.ToHexString()
@@ -32,7 +26,4 @@ internal static class GatewayCorrelation
         context.Features.Set(new CorrelationFeature(id));
         return id;
     }
-
-    private static bool IsValid(string? value) =>
-        !string.IsNullOrEmpty(value) && value.Length <= 128 && !value.AsSpan().ContainsAnyExceptInRange('\x21', '\x7E');
 }

@@ -30,7 +30,7 @@ internal static class GatewayStores
                 UsePostgreSql(builder, options.PostgreSql.ConnectionString, options.PostgreSql.CreateSchema);
                 break;
             case GatewayStoreKind.Redis:
-                builder.UseRedisStore(RequireRedis(options), o => ConfigureRedis(o, options.Redis, RedisIdempotencyStoreOptions.DefaultKeyPrefix));
+                builder.UseRedisStore(RequireRedis(options), o => ConfigureRedis(o, options.Redis));
                 break;
             case GatewayStoreKind.Tiered:
                 // Claims in PostgreSQL (the authority), completed responses read through Redis: a Redis outage costs
@@ -42,7 +42,7 @@ internal static class GatewayStores
 
                 var redis = RequireRedis(options);
                 UsePostgreSql(builder, options.PostgreSql.ConnectionString, options.PostgreSql.CreateSchema);
-                builder.WithRedisResponseCache(redis, o => ConfigureRedis(o, options.Redis, RedisIdempotencyStoreOptions.DefaultCacheKeyPrefix));
+                builder.WithRedisResponseCache(redis, o => ConfigureRedis(o, options.Redis));
                 break;
             default:
                 throw new InvalidOperationException($"Unknown Idem:Store '{options.Store}'.");
@@ -54,9 +54,14 @@ internal static class GatewayStores
             ? throw new InvalidOperationException($"Idem:Store is {options.Store} but Idem:Redis:Configuration is empty (a StackExchange.Redis configuration string, e.g. Idem__Redis__Configuration=\"redis:6379,password=…\").")
             : options.Redis.Configuration;
 
-    private static void ConfigureRedis(RedisIdempotencyStoreOptions redis, GatewayOptions.RedisSection section, string defaultPrefix)
+    // The builder has already set the store's or the cache's own default key prefix.
+    private static void ConfigureRedis(RedisIdempotencyStoreOptions redis, GatewayOptions.RedisSection section)
     {
-        redis.KeyPrefix = string.IsNullOrEmpty(section.KeyPrefix) ? defaultPrefix : section.KeyPrefix;
+        if (!string.IsNullOrEmpty(section.KeyPrefix))
+        {
+            redis.KeyPrefix = section.KeyPrefix;
+        }
+
         if (section.OperationTimeout is { } timeout)
         {
             redis.OperationTimeout = timeout;
