@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Runtime.InteropServices;
 using System.Text;
 
@@ -156,38 +157,116 @@ internal sealed class ByteArena
     }
 }
 
-/// <summary>A string kept in a <see cref="ByteArena"/>: one byte per character when it is ASCII (hex digests, UUIDs), UTF-16 otherwise.</summary>
-internal readonly record struct ArenaText(ArenaSpan Span, bool IsAscii)
+/// <summary>How an <see cref="ArenaText"/> holds its characters.</summary>
+internal enum ArenaTextForm : byte
 {
+    /// <summary>One byte per character (UUIDs, most client keys).</summary>
+    Ascii,
+
+    /// <summary>The characters as UTF-16: anything that is not ASCII.</summary>
+    Utf16,
+
+    /// <summary>Lowercase hexadecimal decoded to its bytes: half the size of ASCII for the store's SHA-256 keys and fingerprints.</summary>
+    LowerHex,
+}
+
+/// <summary>
+/// A string kept in a <see cref="ByteArena"/> in the smallest of its forms. A string has exactly one form, so texts of
+/// different forms never match and equal texts have equal bytes.
+/// </summary>
+internal readonly record struct ArenaText(ArenaSpan Span, ArenaTextForm Form)
+{
+    // Longer hexadecimal text is kept as ASCII, so comparisons can expand a stored run on the stack.
+    private const int MaxLowerHexChars = 256;
+
+    private static readonly SearchValues<char> LowerHexDigits = SearchValues.Create("0123456789abcdef");
+
     public static ArenaText Write(ByteArena arena, string text)
     {
+        if (IsLowerHex(text))
+        {
+            var span = arena.Allocate(text.Length / 2, out var destination);
+            Convert.FromHexString(text, destination, out _, out _);
+            return new ArenaText(span, ArenaTextForm.LowerHex);
+        }
+
         if (Ascii.IsValid(text))
         {
             var span = arena.Allocate(text.Length, out var destination);
             Ascii.FromUtf16(text, destination, out _);
-            return new ArenaText(span, IsAscii: true);
+            return new ArenaText(span, ArenaTextForm.Ascii);
         }
 
-        return new ArenaText(arena.Write(MemoryMarshal.AsBytes(text.AsSpan())), IsAscii: false);
+        return new ArenaText(arena.Write(MemoryMarshal.AsBytes(text.AsSpan())), ArenaTextForm.Utf16);
     }
 
     public bool Equals(ByteArena arena, ReadOnlySpan<char> text)
     {
         var bytes = arena.Read(Span);
-        return IsAscii
-            ? bytes.Length == text.Length && Ascii.Equals(bytes, text)
-            : MemoryMarshal.Cast<byte, char>(bytes).SequenceEqual(text);
+        switch (Form)
+        {
+            case ArenaTextForm.Ascii:
+                return bytes.Length == text.Length && Ascii.Equals(bytes, text);
+            case ArenaTextForm.Utf16:
+                return MemoryMarshal.Cast<byte, char>(bytes).SequenceEqual(text);
+            default:
+                if (text.Length != 2 * bytes.Length)
+                {
+                    return false;
+                }
+
+                // Re-encoding the stored bytes matches exactly the one string they came from (lowercase digits only).
+                Span<char> hex = stackalloc char[MaxLowerHexChars];
+                Convert.TryToHexStringLower(bytes, hex, out var written);
+                return hex[..written].SequenceEqual(text);
+        }
     }
 
-    // One string is stored one way only (ASCII exactly when it is ASCII), so runs of different kinds never match.
     public bool Equals(ByteArena arena, ArenaText other) =>
-        IsAscii == other.IsAscii && arena.Read(Span).SequenceEqual(arena.Read(other.Span));
+        Form == other.Form && arena.Read(Span).SequenceEqual(arena.Read(other.Span));
 
     public string ToString(ByteArena arena)
     {
         var bytes = arena.Read(Span);
-        return IsAscii
-            ? Encoding.ASCII.GetString(bytes)
-            : new string(MemoryMarshal.Cast<byte, char>(bytes));
+        return Form switch
+        {
+            ArenaTextForm.Ascii => Encoding.ASCII.GetString(bytes),
+            ArenaTextForm.Utf16 => new string(MemoryMarshal.Cast<byte, char>(bytes)),
+            _ => Convert.ToHexStringLower(bytes),
+        };
     }
+
+    /// <summary>The ordinal hash code of the string, as <see cref="string.GetHashCode()"/> gives it.</summary>
+    public int GetOrdinalHashCode(ByteArena arena)
+    {
+        var bytes = arena.Read(Span);
+        if (Form == ArenaTextForm.Utf16)
+        {
+            return string.GetHashCode(MemoryMarshal.Cast<byte, char>(bytes));
+        }
+
+        var length = Form == ArenaTextForm.Ascii ? bytes.Length : 2 * bytes.Length;
+        var rented = ArrayPool<char>.Shared.Rent(length);
+        try
+        {
+            var chars = rented.AsSpan(0, length);
+            if (Form == ArenaTextForm.Ascii)
+            {
+                Ascii.ToUtf16(bytes, chars, out _);
+            }
+            else
+            {
+                Convert.TryToHexStringLower(bytes, chars, out _);
+            }
+
+            return string.GetHashCode(chars);
+        }
+        finally
+        {
+            ArrayPool<char>.Shared.Return(rented);
+        }
+    }
+
+    private static bool IsLowerHex(string text) =>
+        text.Length is > 0 and <= MaxLowerHexChars && text.Length % 2 == 0 && !text.AsSpan().ContainsAnyExcept(LowerHexDigits);
 }

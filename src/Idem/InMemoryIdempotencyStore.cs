@@ -65,9 +65,9 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
                 return ValueTask.FromResult(ClaimResult.NewClaim);
             }
 
-            if (slot.State == IdempotencyRecordState.Completed)
+            if (slot.State == SlotState.Completed)
             {
-                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Completed, shard.ToRecord(request.Key, ref slot)));
+                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Completed, shard.ToRecord(hashed, in slot)));
             }
 
             if (slot.LeaseExpiresTicks <= now.UtcTicks && shard.HasFingerprint(in slot, request.Fingerprint))
@@ -75,10 +75,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
                 slot.Owner = request.OwnerToken;
                 slot.LeaseExpiresTicks = leaseExpires;
                 slot.ExpiresTicks = expires;
-                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Claimed, shard.ToRecord(request.Key, ref slot), TookOver: true));
+                return ValueTask.FromResult(new ClaimResult(ClaimStatus.Claimed, shard.ToRecord(hashed, in slot), TookOver: true));
             }
 
-            return ValueTask.FromResult(new ClaimResult(ClaimStatus.InFlight, shard.ToRecord(request.Key, ref slot)));
+            return ValueTask.FromResult(new ClaimResult(ClaimStatus.InFlight, shard.ToRecord(hashed, in slot)));
         }
     }
 
@@ -90,7 +90,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         cancellationToken.ThrowIfCancellationRequested();
         var now = _timeProvider.GetUtcNow();
         var expires = (now + retention).UtcTicks;
-        var headersLength = ResponseCodec.GetEncodedLength(response.Headers);
+        var headersLength = ResponseCodec.GetCompactLength(response.Headers, out var asciiHeaders);
         var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
@@ -102,9 +102,9 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 
             // Headers then body in one run: an exact copy that never aliases the caller's buffers.
             slot.Payload = shard.Arena.Allocate(headersLength + response.Body.Length, out var destination);
-            ResponseCodec.WriteHeaders(response.Headers, destination);
+            ResponseCodec.WriteCompact(response.Headers, asciiHeaders, destination);
             response.Body.Span.CopyTo(destination[headersLength..]);
-            slot.State = IdempotencyRecordState.Completed;
+            slot.State = SlotState.Completed;
             slot.StatusCode = response.StatusCode;
             slot.BodyOmitted = response.BodyOmitted;
             slot.ExpiresTicks = expires;
@@ -123,7 +123,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         lock (shard.Gate)
         {
             ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
-            if (Unsafe.IsNullRef(ref slot) || slot.State != IdempotencyRecordState.InFlight || slot.Owner != ownerToken)
+            if (Unsafe.IsNullRef(ref slot) || slot.State != SlotState.InFlight || slot.Owner != ownerToken)
             {
                 return ValueTask.FromResult(false);
             }
@@ -167,7 +167,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         {
             ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
             return ValueTask.FromResult(
-                Unsafe.IsNullRef(ref slot) || slot.ExpiresTicks <= now ? null : shard.ToRecord(key, ref slot));
+                Unsafe.IsNullRef(ref slot) || slot.ExpiresTicks <= now ? null : shard.ToRecord(hashed, in slot));
         }
     }
 
@@ -211,7 +211,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     }
 
     private static bool IsOwnedInFlight(in Slot slot, Guid ownerToken, long nowTicks) =>
-        slot.State == IdempotencyRecordState.InFlight && slot.Owner == ownerToken && slot.ExpiresTicks > nowTicks;
+        slot.State == SlotState.InFlight && slot.Owner == ownerToken && slot.ExpiresTicks > nowTicks;
 
     // The key is hashed once per operation: the hash picks the shard and is handed to the shard's table with the key.
     private Shard ShardFor(string key, out HashedKey hashed)
@@ -228,30 +228,39 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         {
             ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
             return Unsafe.IsNullRef(ref slot)
-                || slot.State != IdempotencyRecordState.InFlight
+                || slot.State != SlotState.InFlight
                 || slot.Owner != observedOwner
                 || slot.LeaseExpiresTicks <= now
                 || slot.ExpiresTicks <= now;
         }
     }
 
-    /// <summary>Where a key lives in its shard's arena, and its hash.</summary>
-    private readonly record struct StoredKey(ArenaText Text, int Hash);
+    /// <summary>Where a key lives in its shard's arena. Its hash is the table's own (the entry keeps it).</summary>
+    private readonly record struct StoredKey(ArenaText Text);
 
-    /// <summary>A record as the shard table holds it: no references but the replay cache.</summary>
+    /// <summary>
+    /// A record as the shard table holds it: no references, so the table is one array the collector never scans,
+    /// and 68 bytes, since a busy store holds hundreds of thousands of them for their whole retention.
+    /// </summary>
+    [StructLayout(LayoutKind.Sequential, Pack = 4)]
     private struct Slot
     {
-        public ArenaText Fingerprint;
-        public ArenaSpan Payload;
-        public Guid Owner;
         public long LeaseExpiresTicks;
         public long ExpiresTicks;
+        public Guid Owner;
+        public ArenaText Fingerprint;
+        public ArenaSpan Payload;
         public int StatusCode;
-        public IdempotencyRecordState State;
+        public SlotState State;
         public bool BodyOmitted;
+    }
 
-        // Built on the first replay and kept: a completed record never changes, so replays after the first allocate nothing.
-        public IdempotencyRecord? Completed;
+    /// <summary><see cref="IdempotencyRecordState"/> in one byte; a default slot is <see cref="Free"/>.</summary>
+    private enum SlotState : byte
+    {
+        Free = 0,
+        InFlight = (byte)IdempotencyRecordState.InFlight,
+        Completed = (byte)IdempotencyRecordState.Completed,
     }
 
     private sealed class Shard
@@ -261,6 +270,12 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             Records = new Dictionary<StoredKey, Slot>(new StoredKeyComparer(Arena));
             ByKey = Records.GetAlternateLookup<HashedKey>();
         }
+
+        // Replays of a hot key (a client's retry loop, a double-click) reuse the record built for the first one, so they
+        // allocate nothing. A few recent ones per shard are enough for that, and bound what the cache holds on to.
+        private const int RecentReplayCount = 8;
+
+        private readonly IdempotencyRecord?[] _recentReplays = new IdempotencyRecord?[RecentReplayCount];
 
         public Lock Gate { get; } = new();
 
@@ -274,7 +289,12 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         /// <summary>Frees what a slot held and empties it for reuse; a new slot (all defaults) holds nothing.</summary>
         public void Clear(ref Slot slot)
         {
-            FreeBytes(in slot);
+            if (slot.State != SlotState.Free)
+            {
+                FreeBytes(in slot);
+                ForgetRecentReplays();
+            }
+
             slot = default;
         }
 
@@ -284,7 +304,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             slot.Owner = request.OwnerToken;
             slot.LeaseExpiresTicks = leaseExpiresTicks;
             slot.ExpiresTicks = expiresTicks;
-            slot.State = IdempotencyRecordState.InFlight;
+            slot.State = SlotState.InFlight;
         }
 
         public bool HasFingerprint(in Slot slot, string fingerprint) => slot.Fingerprint.Equals(Arena, fingerprint);
@@ -294,6 +314,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             if (ByKey.Remove(key, out var storedKey, out var slot))
             {
                 Forget(storedKey, in slot);
+                ForgetRecentReplays();
             }
         }
 
@@ -317,30 +338,37 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
                 }
             }
 
+            if (purged > 0)
+            {
+                ForgetRecentReplays();
+            }
+
             return purged;
         }
 
-        public IdempotencyRecord ToRecord(string key, ref Slot slot)
+        public IdempotencyRecord ToRecord(HashedKey key, in Slot slot)
         {
-            if (slot.State == IdempotencyRecordState.Completed && slot.Completed is { } completed)
+            // The owner token is unique to a claim, so a cached record with the same key and owner is this record.
+            ref var recent = ref _recentReplays[(uint)key.Hash / ShardCount % RecentReplayCount];
+            if (slot.State == SlotState.Completed && recent is { } cached && cached.OwnerToken == slot.Owner && cached.Key == key.Key)
             {
-                return completed;
+                return cached;
             }
 
             var record = new IdempotencyRecord
             {
-                Key = key,
-                State = slot.State,
+                Key = key.Key,
+                State = (IdempotencyRecordState)slot.State,
                 Fingerprint = slot.Fingerprint.ToString(Arena),
                 OwnerToken = slot.Owner,
                 LeaseExpiresAt = new DateTimeOffset(slot.LeaseExpiresTicks, TimeSpan.Zero),
                 ExpiresAt = new DateTimeOffset(slot.ExpiresTicks, TimeSpan.Zero),
-                Response = slot.State == IdempotencyRecordState.Completed ? DecodeResponse(in slot) : null,
+                Response = slot.State == SlotState.Completed ? DecodeResponse(in slot) : null,
             };
 
-            if (slot.State == IdempotencyRecordState.Completed)
+            if (slot.State == SlotState.Completed)
             {
-                slot.Completed = record;
+                recent = record;
             }
 
             return record;
@@ -361,6 +389,9 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             FreeBytes(in slot);
         }
 
+        // Records the cache holds may point into chunks their removal lets go; dropping them all is cheap and rare.
+        private void ForgetRecentReplays() => Array.Clear(_recentReplays);
+
         private void FreeBytes(in Slot slot)
         {
             Arena.Free(slot.Fingerprint.Span);
@@ -371,16 +402,17 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     /// <summary>Compares stored keys by their characters in the arena, and stored keys with the caller's keys.</summary>
     private sealed class StoredKeyComparer(ByteArena arena) : IEqualityComparer<StoredKey>, IAlternateEqualityComparer<HashedKey, StoredKey>
     {
-        public bool Equals(StoredKey x, StoredKey y) => x.Hash == y.Hash && x.Text.Equals(arena, y.Text);
+        public bool Equals(StoredKey x, StoredKey y) => x.Text.Equals(arena, y.Text);
 
-        public int GetHashCode(StoredKey obj) => obj.Hash;
+        // Only purging looks a stored key up again (by removing it); claims and completions come with the caller's key.
+        public int GetHashCode(StoredKey obj) => obj.Text.GetOrdinalHashCode(arena);
 
         public bool Equals(HashedKey alternate, StoredKey other) => other.Text.Equals(arena, alternate.Key);
 
         public int GetHashCode(HashedKey alternate) => alternate.Hash;
 
         // Called by the table only when it adds a key, under the shard's lock: the key's characters move into the arena.
-        public StoredKey Create(HashedKey alternate) => new(ArenaText.Write(arena, alternate.Key), alternate.Hash);
+        public StoredKey Create(HashedKey alternate) => new(ArenaText.Write(arena, alternate.Key));
     }
 
     /// <summary>A caller's key with its hash, computed once per operation.</summary>

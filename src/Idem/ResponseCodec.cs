@@ -1,17 +1,26 @@
 using System.Buffers.Binary;
 using System.Runtime.InteropServices;
+using System.Text;
 
 namespace Idem;
 
 /// <summary>
-/// The stored form of response headers: version byte 1, then a little-endian int32 count, then per header the name and
-/// the value, each as an int32 length in UTF-16 code units followed by those code units (little-endian). UTF-16 keeps
-/// any .NET string exactly, order and repeated names included. Shared by the stores that keep responses as bytes:
-/// SQLite stores the headers alone; the in-memory store appends the body after them in the same array.
+/// The stored forms of response headers, order and repeated names included. Both start with a version byte.
+/// <list type="bullet">
+/// <item>Version 1, the persisted form (SQLite, Redis): a little-endian int32 count, then per header the name and the
+/// value, each as an int32 length in UTF-16 code units followed by those code units (little-endian). UTF-16 keeps any
+/// .NET string exactly. Stores that other processes read keep writing it, so that nodes of an older release, during a
+/// rolling upgrade, read what newer nodes write.</item>
+/// <item>Version 2, the compact form for the in-memory store (no other reader): a 7-bit encoded count, then per
+/// header the name and the value, each as a 7-bit encoded length followed by that many ASCII bytes. Written only when
+/// every name and value is ASCII (what Kestrel sends by default); otherwise the store falls back to version 1. It holds
+/// a typical Location header in under half the bytes, and a retained record's size is what a busy store pays for.</item>
+/// </list>
 /// </summary>
 internal static class ResponseCodec
 {
     private const byte Version = 1;
+    private const byte CompactVersion = 2;
 
     public static byte[] EncodeHeaders(IReadOnlyList<KeyValuePair<string, string>> headers) => EncodeHeaders(headers, 0, out _);
 
@@ -53,6 +62,48 @@ internal static class ResponseCodec
         }
     }
 
+    /// <summary>
+    /// How many bytes <see cref="WriteCompact"/> writes for <paramref name="headers"/>; <paramref name="ascii"/> says
+    /// whether that is the compact form (every name and value is ASCII) or version 1.
+    /// </summary>
+    public static int GetCompactLength(IReadOnlyList<KeyValuePair<string, string>> headers, out bool ascii)
+    {
+        var length = 1 + SevenBitLength((uint)headers.Count);
+        for (var i = 0; i < headers.Count; i++)
+        {
+            var (name, value) = headers[i];
+            if (!Ascii.IsValid(name) || !Ascii.IsValid(value))
+            {
+                ascii = false;
+                return GetEncodedLength(headers);
+            }
+
+            length += SevenBitLength((uint)name.Length) + name.Length + SevenBitLength((uint)value.Length) + value.Length;
+        }
+
+        ascii = true;
+        return length;
+    }
+
+    /// <summary>Writes the headers in the form <see cref="GetCompactLength"/> chose, at the start of <paramref name="destination"/>.</summary>
+    public static void WriteCompact(IReadOnlyList<KeyValuePair<string, string>> headers, bool ascii, Span<byte> destination)
+    {
+        if (!ascii)
+        {
+            WriteHeaders(headers, destination);
+            return;
+        }
+
+        destination[0] = CompactVersion;
+        var written = 1 + WriteSevenBit(destination[1..], (uint)headers.Count);
+        for (var i = 0; i < headers.Count; i++)
+        {
+            var (name, value) = headers[i];
+            written += WriteAscii(destination[written..], name);
+            written += WriteAscii(destination[written..], value);
+        }
+    }
+
     public static KeyValuePair<string, string>[] DecodeHeaders(ReadOnlySpan<byte> data)
     {
         var headers = DecodeHeaders(data, out var consumed);
@@ -68,6 +119,11 @@ internal static class ResponseCodec
     public static KeyValuePair<string, string>[] DecodeHeaders(ReadOnlySpan<byte> data, out int consumed)
     {
         var total = data.Length;
+        if (data.Length >= 2 && data[0] == CompactVersion)
+        {
+            return DecodeCompact(data, out consumed);
+        }
+
         if (data.Length < 5 || data[0] != Version)
         {
             throw new InvalidDataException("The stored response headers are not in a known format.");
@@ -90,6 +146,83 @@ internal static class ResponseCodec
 
         consumed = total - data.Length;
         return headers;
+    }
+
+    private static KeyValuePair<string, string>[] DecodeCompact(ReadOnlySpan<byte> data, out int consumed)
+    {
+        var offset = 1;
+        var count = ReadSevenBit(data, ref offset);
+        if (count > (data.Length - offset) / 2)
+        {
+            throw new InvalidDataException("The stored response headers are corrupt.");
+        }
+
+        var headers = new KeyValuePair<string, string>[count];
+        for (var i = 0; i < headers.Length; i++)
+        {
+            var name = ReadAscii(data, ref offset);
+            var value = ReadAscii(data, ref offset);
+            headers[i] = new(name, value);
+        }
+
+        consumed = offset;
+        return headers;
+    }
+
+    private static int WriteAscii(Span<byte> destination, string text)
+    {
+        var prefix = WriteSevenBit(destination, (uint)text.Length);
+        Ascii.FromUtf16(text, destination[prefix..], out var written);
+        return prefix + written;
+    }
+
+    private static string ReadAscii(ReadOnlySpan<byte> data, ref int offset)
+    {
+        var length = ReadSevenBit(data, ref offset);
+        if (length > data.Length - offset)
+        {
+            throw new InvalidDataException("The stored response headers are corrupt.");
+        }
+
+        var bytes = data.Slice(offset, length);
+        offset += length;
+        return Encoding.ASCII.GetString(bytes);
+    }
+
+    private static int SevenBitLength(uint value) => value < 0x80 ? 1 : value < 0x4000 ? 2 : value < 0x20_0000 ? 3 : value < 0x1000_0000 ? 4 : 5;
+
+    private static int WriteSevenBit(Span<byte> destination, uint value)
+    {
+        var i = 0;
+        while (value >= 0x80)
+        {
+            destination[i++] = (byte)(value | 0x80);
+            value >>= 7;
+        }
+
+        destination[i++] = (byte)value;
+        return i;
+    }
+
+    private static int ReadSevenBit(ReadOnlySpan<byte> data, ref int offset)
+    {
+        uint value = 0;
+        for (var shift = 0; shift < 35; shift += 7)
+        {
+            if (offset >= data.Length)
+            {
+                break;
+            }
+
+            var b = data[offset++];
+            value |= (uint)(b & 0x7F) << shift;
+            if (b < 0x80)
+            {
+                return value <= int.MaxValue ? (int)value : throw new InvalidDataException("The stored response headers are corrupt.");
+            }
+        }
+
+        throw new InvalidDataException("The stored response headers are corrupt.");
     }
 
     private static Span<byte> Write(Span<byte> span, string text)

@@ -125,4 +125,121 @@ public sealed class InMemoryStoreMemoryTests
         Assert.Equal(0, store.ArenaBytes);
         Assert.All(inHand.Body.ToArray(), b => Assert.Equal(7, b));
     }
+
+    [Theory]
+    [InlineData("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")] // a store key: kept as 32 bytes
+    [InlineData("ab")]
+    [InlineData("ABCDEF")] // uppercase: kept as ASCII
+    [InlineData("abc")] // odd length: ASCII
+    [InlineData("0g")]
+    [InlineData("clé")]
+    public void Text_reads_back_exactly_hashes_as_a_string_and_matches_no_other_spelling(string text)
+    {
+        var arena = new ByteArena();
+        var stored = ArenaText.Write(arena, text);
+
+        Assert.Equal(text, stored.ToString(arena));
+        Assert.Equal(text.GetHashCode(StringComparison.Ordinal), stored.GetOrdinalHashCode(arena));
+        Assert.True(stored.Equals(arena, text));
+        Assert.True(stored.Equals(arena, ArenaText.Write(arena, text)));
+        foreach (var other in new[] { text.ToUpperInvariant(), text.ToLowerInvariant(), text + "0", text[..^1], "x" + text[1..] }.Where(o => o != text))
+        {
+            Assert.False(stored.Equals(arena, other), other);
+            Assert.False(stored.Equals(arena, ArenaText.Write(arena, other)), other);
+        }
+    }
+
+    [Fact]
+    public void A_lowercase_hex_key_takes_half_the_bytes_of_its_characters()
+    {
+        var arena = new ByteArena();
+        var key = IdempotencyScope.ComputeStoreKey("alice", "POST /orders", "k-1");
+
+        var stored = ArenaText.Write(arena, key);
+
+        Assert.Equal(ArenaTextForm.LowerHex, stored.Form);
+        Assert.Equal(32, stored.Span.Length);
+    }
+
+    [Fact]
+    public async Task A_record_claimed_again_after_it_expired_replays_its_new_response_not_a_remembered_one()
+    {
+        var clock = new FakeTimeProvider();
+        var store = new InMemoryIdempotencyStore(clock);
+        var key = IdempotencyScope.ComputeStoreKey(string.Empty, "POST /orders", "k");
+        var retention = TimeSpan.FromMinutes(1);
+        var lease = TimeSpan.FromSeconds(30);
+
+        var first = Guid.NewGuid();
+        await store.TryClaimAsync(new ClaimRequest(key, "fp", first, lease, retention), default);
+        await store.CompleteAsync(key, first, new StoredResponse(201, null, "first"u8.ToArray()), retention, default);
+        Assert.Equal("first"u8.ToArray(), (await store.GetAsync(key, default))!.Response!.Body.ToArray()); // remembered for replays
+
+        clock.Advance(retention + TimeSpan.FromSeconds(1));
+        var second = Guid.NewGuid();
+        Assert.Equal(ClaimStatus.Claimed, (await store.TryClaimAsync(new ClaimRequest(key, "fp", second, lease, retention), default)).Status);
+        await store.CompleteAsync(key, second, new StoredResponse(202, null, "second"u8.ToArray()), retention, default);
+
+        var replay = await store.TryClaimAsync(new ClaimRequest(key, "fp", Guid.NewGuid(), lease, retention), default);
+        Assert.Equal(ClaimStatus.Completed, replay.Status);
+        Assert.Equal(202, replay.Record!.Response!.StatusCode);
+        Assert.Equal("second"u8.ToArray(), replay.Record.Response.Body.ToArray());
+    }
+
+    [Fact]
+    public async Task Keys_completed_by_the_same_owner_token_replay_their_own_responses()
+    {
+        // Owner tokens are per claim in the executor, but a caller of the store may reuse one across keys.
+        var store = new InMemoryIdempotencyStore(new FakeTimeProvider());
+        var owner = Guid.NewGuid();
+        var retention = TimeSpan.FromMinutes(1);
+        var keys = Enumerable.Range(0, 2000).Select(i => IdempotencyScope.ComputeStoreKey(string.Empty, "op", $"k{i}")).ToArray();
+        foreach (var key in keys)
+        {
+            await store.TryClaimAsync(new ClaimRequest(key, "fp", owner, TimeSpan.FromSeconds(30), retention), default);
+            await store.CompleteAsync(key, owner, new StoredResponse(200, [new("X-Key", key)], System.Text.Encoding.ASCII.GetBytes(key)), retention, default);
+        }
+
+        for (var round = 0; round < 2; round++)
+        {
+            foreach (var key in keys)
+            {
+                var record = (await store.GetAsync(key, default))!;
+                Assert.Equal(key, record.Key);
+                Assert.Equal(key, record.Response!.Headers.Single().Value);
+                Assert.Equal(key, System.Text.Encoding.ASCII.GetString(record.Response.Body.Span));
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Purging_store_keys_finds_every_expired_record()
+    {
+        var clock = new FakeTimeProvider();
+        var store = new InMemoryIdempotencyStore(clock);
+        var retention = TimeSpan.FromMinutes(1);
+        for (var i = 0; i < 5000; i++)
+        {
+            // Hex keys (kept as bytes), ASCII and UTF-16 keys: purging looks each one up again by its stored form.
+            var key = (i % 3) switch
+            {
+                0 => IdempotencyScope.ComputeStoreKey(string.Empty, "op", $"k{i}"),
+                1 => $"Key-{i}",
+                _ => $"clé-{i}",
+            };
+            await store.TryClaimAsync(new ClaimRequest(key, "fp", Guid.NewGuid(), TimeSpan.FromSeconds(30), retention), default);
+        }
+
+        clock.Advance(retention + TimeSpan.FromSeconds(1));
+        var purged = 0;
+        int batch;
+        while ((batch = await store.PurgeExpiredAsync(700, default)) > 0)
+        {
+            purged += batch;
+        }
+
+        Assert.Equal(5000, purged);
+        Assert.Equal(0, store.Count);
+        Assert.Equal(0, store.ArenaBytes);
+    }
 }
