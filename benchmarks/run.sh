@@ -5,6 +5,8 @@
 #
 # Environment (all optional):
 #   DURATION=10s WARMUP=10s THREADS=2 CONNECTIONS=32   wrk settings per case
+#   BRACKET=5s                                        bare measured right before and right after each pinned case's
+#                                                     timed run, on a bare server kept running (BRACKET=0 turns it off)
 #   TIERING=fast|default                              fast (default) sets DOTNET_TC_CallCountingDelayMs=0, see README
 #   PIN=1 SERVER_CPUS=0 WRK_CPUS=1                    taskset pinning (PIN=0 turns it off)
 #   CASES="bare memory-new ..."                       run only these cases (bare is always measured, interleaved)
@@ -20,6 +22,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here"
 
 DURATION="${DURATION:-10s}"
+BRACKET="${BRACKET:-5s}"
 WARMUP="${WARMUP:-10s}"
 THREADS="${THREADS:-2}"
 CONNECTIONS="${CONNECTIONS:-32}"
@@ -41,13 +44,17 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/idem-bench.XXXXXX")"
 rows="$work/rows.tsv"
 : >"$rows"
 server_pid=""
+bracket_pid=""
+bracket_url=""
 
 . "$here/../eng/servers.sh"
 cleanup() {
-  if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  for pid in "$server_pid" "$bracket_pid"; do
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
   idem_stop_postgres || true
   idem_stop_redis || true
   rm -rf "$work"
@@ -207,11 +214,18 @@ run_case() {
   [[ "$mode" == replay ]] && warm_seed="$seed"
   "${wrk_pre[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s orders.lua "$url" -- "$mode" "$warm_seed" >/dev/null 2>&1 || true
 
+  # Pinned cases only: the unpinned ones share both cores with PostgreSQL or Redis, which bare does not have.
+  local bracket_before="" bracket_after=""
+  local bracketed=0
+  if [[ "$name" != bare* && "$store" != postgres && "$store" != redis && "$store" != tiered ]]; then bracketed=1; fi
+  [[ $bracketed == 1 ]] && bracket_before="$(bracket_rps "$name-before")"
+
   local before after line
   before="$(stats "$port")"
   "${wrk_pre[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s orders.lua "$url" -- "$mode" "$seed" >"$work/$name.wrk" 2>&1
   after="$(stats "$port")"
-  stop_server
+  stop_server # first: nothing of the case (a store's background work) may run while bare is measured after it
+  [[ $bracketed == 1 ]] && bracket_after="$(bracket_rps "$name-after")"
 
   line="$(grep '^BENCH ' "$work/$name.wrk" || true)"
   if [[ -z "$line" ]]; then
@@ -237,8 +251,8 @@ run_case() {
   cpu="$(d cpuMicroseconds)"
   local jit
   jit="$(d jitMethods)"
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mode" "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" \
-    "$exceptions" "$allocated" "$gcs" "$pause" "$workitems" "$cpu" "$jit" >>"$rows"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$mode" "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" \
+    "$exceptions" "$allocated" "$gcs" "$pause" "$workitems" "$cpu" "$jit" "$bracket_before" "$bracket_after" >>"$rows"
   printf '   %s req/s, p50 %s ms, p99 %s ms, %s requests, handler ran %s times, %s errors, %s exceptions, %s bytes allocated, GCs %s\n' \
     "$rps" "$p50" "$p99" "$requests" "$runs" "$errors" "$exceptions" "$allocated" "$gcs"
 }
@@ -251,10 +265,42 @@ stop_server() {
   fi
 }
 
+# A bare server kept running for the whole run, warmed once. Each pinned case's timed run is bracketed by a short bare
+# measurement on it, right before and right after, and the case's ratio is taken against those two: the box's slow
+# periods last minutes, so a baseline measured seconds away tracks them where bare-1..3, minutes apart, do not.
+start_bracket_server() {
+  [[ "$BRACKET" == 0 || "$BRACKET" == 0s ]] && return 0
+  local port
+  port="$(free_port)"
+  env "${server_env[@]}" "${server_prefix[@]}" dotnet "$dll" --store none --port "$port" >"$work/bracket.log" 2>&1 &
+  bracket_pid=$!
+  for _ in $(seq 150); do
+    if curl -sf "http://127.0.0.1:$port/stats" >/dev/null 2>&1; then
+      bracket_url="http://127.0.0.1:$port"
+      "${wrk_prefix[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s orders.lua "$bracket_url" -- new "$run_id-bracket-warm" >/dev/null 2>&1 || true
+      return 0
+    fi
+    kill -0 "$bracket_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "bracketing bare server did not start; ratios use the bare mean only" >&2
+  kill "$bracket_pid" 2>/dev/null || true
+  wait "$bracket_pid" 2>/dev/null || true
+  bracket_pid=""
+}
+
+bracket_rps() { # tag -> req/s of a short bare run on the bracketing server, or nothing
+  [[ -n "$bracket_url" ]] || return 0
+  local line
+  line="$("${wrk_prefix[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$BRACKET" -s orders.lua "$bracket_url" -- new "$run_id-bracket-$1" 2>/dev/null | grep '^BENCH ' || true)"
+  [[ -n "$line" ]] && field "$line" rps
+}
+
 # ---- the run: bare measured before, between and after the Idem cases ------------------------------------------
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
+start_bracket_server
 run_case bare-1 none new
 run_case memory-new memory new
 run_case memory-replay memory replay
@@ -311,7 +357,7 @@ dirty="$(git -C "$here/.." status --porcelain -- src benchmarks ':!benchmarks/re
 
 awk -F'\t' -v started="$started" -v commit="$commit$dirty" -v pin="$pin_note" \
   -v wrkargs="wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP)" \
-  -v tiering="$tiering_note$spin_note" -v cpus="$(nproc)" -v load1="$load_before" -v load2="$load_after" -v dotnet="$(dotnet --version)" '
+  -v tiering="$tiering_note$spin_note" -v bracket="$BRACKET" -v cpus="$(nproc)" -v load1="$load_before" -v load2="$load_after" -v dotnet="$(dotnet --version)" '
 function target(name) {
   if (name == "memory-new") return "ratio:0.75"
   if (name == "memory-replay") return "ratio:0.85"
@@ -323,6 +369,7 @@ function target(name) {
 {
   n++; name[n] = $1; mode[n] = $2; rps[n] = $3; p50[n] = $4; p99[n] = $5; req[n] = $6; runs[n] = $7; err[n] = $8; note[n] = $8
   exc[n] = $9; alloc[n] = $10; gcs[n] = $11; pause[n] = $12; items[n] = $13; cpu[n] = $14; jit[n] = $15
+  bb[n] = $16; ba[n] = $17
   if ($1 ~ /^bare/ && $2 != "skip") {
     bn++; bsum += $3
     if (bmin == "" || $3 < bmin) bmin = $3
@@ -339,18 +386,25 @@ END {
   print ""
   if (bn) printf "Bare baseline: mean **%.0f req/s** over %d interleaved runs (%s); spread (max-min)/mean = %.1f%%.\n", bmean, bn, blist, 100 * (bmax - bmin) / bmean
   print ""
-  print "| case | req/s | p50 ms | p99 ms | ratio to bare | target | pass/fail | handler runs / requests |"
-  print "|---|---:|---:|---:|---:|---|---|---|"
+  print "| case | req/s | p50 ms | p99 ms | bare alongside, req/s | ratio to bare | target | pass/fail | handler runs / requests |"
+  print "|---|---:|---:|---:|---:|---:|---|---|---|"
   allpass = 1
   for (i = 1; i <= n; i++) {
     t = target(name[i]); tdesc = "—"
     if (t ~ /^ratio:/) tdesc = sprintf("≥ %s× bare", substr(t, 7))
     if (t ~ /^rps:/) tdesc = sprintf("≥ %s req/s", substr(t, 5))
     if (mode[i] == "skip") {
-      printf "| %s | — | — | — | — | %s | skipped: %s | — |\n", name[i], tdesc, note[i]
+      printf "| %s | — | — | — | — | — | %s | skipped: %s | — |\n", name[i], tdesc, note[i]
       continue
     }
+    # Bracketed cases are judged against the bare runs just before and after them; the others against the bare mean.
+    alongside = "—"
     ratio = bmean ? rps[i] / bmean : 0
+    if (bb[i] > 0 && ba[i] > 0) {
+      alongside = sprintf("%.0f / %.0f", bb[i], ba[i])
+      ratio = rps[i] / ((bb[i] + ba[i]) / 2)
+      bracket_n++
+    }
     verdict = "—"
     if (t ~ /^ratio:/) verdict = (ratio >= substr(t, 7) + 0) ? "pass" : "FAIL"
     if (t ~ /^rps:/) verdict = (rps[i] >= substr(t, 5) + 0) ? "pass" : "FAIL"
@@ -362,7 +416,13 @@ END {
     if (mode[i] == "new" && (runs[i] < req[i] || runs[i] > req[i] + 4096)) bad = bad " handler runs != requests;"
     if (bad != "") verdict = "FAIL:" bad
     if (verdict ~ /^FAIL/) allpass = 0
-    printf "| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %d / %d |\n", name[i], rps[i], p50[i], p99[i], ratio, tdesc, verdict, runs[i], req[i]
+    printf "| %s | %.0f | %.2f | %.2f | %s | %.2f | %s | %s | %d / %d |\n", name[i], rps[i], p50[i], p99[i], alongside, ratio, tdesc, verdict, runs[i], req[i]
+  }
+  if (bracket_n) {
+    print ""
+    print "*bare alongside*: a bare server kept running for the whole run, measured for " bracket " right before and right after"
+    print "the case'"'"'s timed run (same pinning, same traffic). Cases with it are judged against the mean of those two; the others"
+    print "(bare rows, PostgreSQL, Redis, tiered) against the bare mean above."
   }
   print ""
   print "Server-side diagnostics over the timed run, from GET /stats (process CPU time, GC.GetTotalAllocatedBytes,"
@@ -381,7 +441,7 @@ END {
   print ""
   print "Cases: *bare* = same handler without Idem (new key header sent, ignored); *-new* = a unique Idempotency-Key per"
   print "request (claim + handler + complete); *-replay* = one key seeded before timing, every timed request is a replay."
-  print "Ratios are against the mean bare rate above. p50/p99 come from wrk'"'"'s latency histogram (its done() callback)."
+  print "Ratios are against the bare runs alongside, or else the mean bare rate above. p50/p99 come from wrk'"'"'s latency histogram (its done() callback)."
 }' "$rows" >"$results"
 
 echo
