@@ -141,9 +141,8 @@ internal sealed class IdempotencyMiddleware
             executionPolicy = policy.ImplicitPolicy!;
         }
 
-        var route = (context.GetEndpoint() as RouteEndpoint)?.RoutePattern.RawText ?? context.Request.Path.Value;
-        var operation = string.Concat(context.Request.Method, " ", route);
-        var storeKey = IdempotencyScope.ComputeStoreKey(_options.PrincipalResolver(context) ?? string.Empty, operation, key);
+        var route = (context.GetEndpoint() as RouteEndpoint)?.RoutePattern.RawText ?? context.Request.Path.Value ?? string.Empty;
+        var storeKey = IdempotencyScope.ComputeHttpStoreKey(_options.PrincipalResolver(context) ?? string.Empty, context.Request.Method, route, key);
 
         IdempotencyOutcome outcome;
         try

@@ -19,18 +19,37 @@ public static class IdempotencyScope
     /// <returns>A 64-character lowercase hexadecimal SHA-256 digest.</returns>
     public static string ComputeStoreKey(string principal, string operation, string key)
     {
-        ArgumentNullException.ThrowIfNull(principal);
         ArgumentNullException.ThrowIfNull(operation);
+        return Compute(principal, operation, route: null, key);
+    }
+
+    /// <summary>
+    /// The store key for an HTTP operation, <paramref name="method"/> and <paramref name="route"/> joined by a space
+    /// (<c>POST /orders</c>), without building that string: the same key as
+    /// <see cref="ComputeStoreKey(string, string, string)"/> with the joined operation.
+    /// </summary>
+    internal static string ComputeHttpStoreKey(string principal, string method, string route, string key)
+    {
+        ArgumentNullException.ThrowIfNull(method);
+        ArgumentNullException.ThrowIfNull(route);
+        return Compute(principal, method, route, key);
+    }
+
+    // The operation is `operation`, or `operation + " " + route` when a route is given.
+    private static string Compute(string principal, string operation, string? route, string key)
+    {
+        ArgumentNullException.ThrowIfNull(principal);
         ArgumentNullException.ThrowIfNull(key);
 
         // Length-prefixing each part keeps ("ab","c") and ("a","bc") apart.
-        var maxBytes = 3 * sizeof(int) + Encoding.UTF8.GetMaxByteCount(principal.Length + operation.Length + key.Length);
+        var operationLength = operation.Length + (route is null ? 0 : 1 + route.Length);
+        var maxBytes = 3 * sizeof(int) + Encoding.UTF8.GetMaxByteCount(principal.Length + operationLength + key.Length);
         var rented = ArrayPool<byte>.Shared.Rent(maxBytes);
         try
         {
             var written = 0;
             written += WritePart(rented.AsSpan(written), principal);
-            written += WritePart(rented.AsSpan(written), operation);
+            written += route is null ? WritePart(rented.AsSpan(written), operation) : WriteJoinedPart(rented.AsSpan(written), operation, route);
             written += WritePart(rented.AsSpan(written), key);
             Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
             SHA256.HashData(rented.AsSpan(0, written), hash);
@@ -40,6 +59,16 @@ public static class IdempotencyScope
         {
             ArrayPool<byte>.Shared.Return(rented);
         }
+    }
+
+    private static int WriteJoinedPart(Span<byte> destination, string first, string second)
+    {
+        var content = destination[sizeof(int)..];
+        var length = Encoding.UTF8.GetBytes(first, content);
+        content[length++] = (byte)' ';
+        length += Encoding.UTF8.GetBytes(second, content[length..]);
+        System.Buffers.Binary.BinaryPrimitives.WriteInt32LittleEndian(destination, length);
+        return sizeof(int) + length;
     }
 
     private static int WritePart(Span<byte> destination, string part)

@@ -35,6 +35,28 @@ public sealed class IdempotencyScopeTests
         Assert.NotEqual(IdempotencyScope.ComputeStoreKey(p1, o1, k1), IdempotencyScope.ComputeStoreKey(p2, o2, k2));
     }
 
+    [Theory]
+    [InlineData("POST", "/orders")]
+    [InlineData("PATCH", "/orders/{id}/lines")]
+    [InlineData("POST", "/commandes/é")]
+    [InlineData("POST", "")]
+    public void An_http_operation_hashes_as_its_method_and_route_joined_by_a_space(string method, string route)
+    {
+        // The middleware does not build the joined string; keys already stored must still be found.
+        Assert.Equal(
+            IdempotencyScope.ComputeStoreKey("user-1", $"{method} {route}", "k1"),
+            IdempotencyScope.ComputeHttpStoreKey("user-1", method, route, "k1"));
+    }
+
+    [Fact]
+    public void Store_keys_do_not_change_between_releases()
+    {
+        // Stores hold these keys for their whole retention: a new release computing other keys would re-run requests.
+        Assert.Equal(
+            "e7e3327f5df243b47371952c043d00775811505b8f6b37c3ae1f130e2ad473aa",
+            IdempotencyScope.ComputeStoreKey("user-1", "POST /orders", "k1"));
+    }
+
     [Fact]
     public void Is_64_lowercase_hex_and_never_contains_the_key_or_principal()
     {
