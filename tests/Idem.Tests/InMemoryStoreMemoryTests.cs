@@ -112,12 +112,7 @@ public sealed class InMemoryStoreMemoryTests
         var inHand = (await store.GetAsync("key-7", default))!.Response!;
         var held = store.ArenaBytes;
         clock.Advance(retention + TimeSpan.FromSeconds(1));
-        var purged = 0;
-        int batch;
-        while ((batch = await store.PurgeExpiredAsync(1000, default)) > 0)
-        {
-            purged += batch;
-        }
+        var purged = await PurgeAllAsync(store, batch: 1000);
 
         Assert.Equal(20_000, purged);
         Assert.Equal(0, store.Count);
@@ -231,15 +226,22 @@ public sealed class InMemoryStoreMemoryTests
         }
 
         clock.Advance(retention + TimeSpan.FromSeconds(1));
-        var purged = 0;
-        int batch;
-        while ((batch = await store.PurgeExpiredAsync(700, default)) > 0)
-        {
-            purged += batch;
-        }
+        var purged = await PurgeAllAsync(store, batch: 700);
 
         Assert.Equal(5000, purged);
         Assert.Equal(0, store.Count);
         Assert.Equal(0, store.ArenaBytes);
+    }
+
+    private static async Task<int> PurgeAllAsync(InMemoryIdempotencyStore store, int batch)
+    {
+        var purged = 0;
+        int removed;
+        while ((removed = await store.PurgeExpiredAsync(batch, default)) > 0)
+        {
+            purged += removed;
+        }
+
+        return purged;
     }
 }
