@@ -52,7 +52,7 @@ public static class IdempotencyScope
             written += route is null ? WritePart(rented.AsSpan(written), operation) : WriteJoinedPart(rented.AsSpan(written), operation, route);
             written += WritePart(rented.AsSpan(written), key);
             Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
-            SHA256.HashData(rented.AsSpan(0, written), hash);
+            Sha256.HashData(rented.AsSpan(0, written), hash);
             return Convert.ToHexStringLower(hash);
         }
         finally

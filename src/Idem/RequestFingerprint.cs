@@ -64,7 +64,7 @@ public sealed class RequestFingerprint : IDisposable
         Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
         if (_hash is null)
         {
-            SHA256.HashData(_pending.AsSpan(0, _pendingLength), hash);
+            Sha256.HashData(_pending.AsSpan(0, _pendingLength), hash);
         }
         else
         {
