@@ -160,4 +160,17 @@ public sealed class RequestFingerprintTests
         manual.AppendBody(Body.AsSpan(7));
         Assert.Equal(a, manual.Complete());
     }
+
+    [Fact]
+    public void Fingerprints_do_not_change_between_releases()
+    {
+        // Stored with every record: a release computing other fingerprints would answer retries across an upgrade with 422.
+        using var fingerprint = new RequestFingerprint();
+        fingerprint.AppendPart("method", "POST");
+        fingerprint.AppendPart("path", "/orders");
+        fingerprint.AppendPart("query", null);
+        fingerprint.AppendBody("{\"amount\":42}"u8);
+
+        Assert.Equal("4f654e18f125abaf16c9c635468fb4b35388601abc731c72eda431e09f7075d8", fingerprint.Complete());
+    }
 }
