@@ -19,6 +19,7 @@ public static class IdempotencyScope
     /// <returns>A 64-character lowercase hexadecimal SHA-256 digest.</returns>
     public static string ComputeStoreKey(string principal, string operation, string key)
     {
+        ArgumentNullException.ThrowIfNull(principal);
         ArgumentNullException.ThrowIfNull(operation);
         return Compute(principal, operation, route: null, key);
     }

@@ -215,10 +215,15 @@ internal static class ResponseCodec
             }
 
             var b = data[offset++];
+            if (shift == 28 && b > 0x07)
+            {
+                break; // the fifth group holds the top bits of a non-negative int only; more would be dropped or negative
+            }
+
             value |= (uint)(b & 0x7F) << shift;
             if (b < 0x80)
             {
-                return value <= int.MaxValue ? (int)value : throw new InvalidDataException("The stored response headers are corrupt.");
+                return (int)value;
             }
         }
 

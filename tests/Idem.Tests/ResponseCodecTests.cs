@@ -56,6 +56,7 @@ public sealed class ResponseCodecTests
     [InlineData(new byte[] { 2, 1, 0 })] // no value
     [InlineData(new byte[] { 2, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01 })] // a length longer than five 7-bit groups
     [InlineData(new byte[] { 2, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F })] // a count beyond int
+    [InlineData(new byte[] { 2, 0x80, 0x80, 0x80, 0x80, 0x10 })] // bits beyond 32 that a decoder could drop, reading 0 headers
     [InlineData(new byte[] { 2, 100, 0, 0 })] // more headers than bytes
     [InlineData(new byte[] { 3, 0 })] // unknown version
     public void Corrupt_data_is_refused_not_misread(byte[] data)
