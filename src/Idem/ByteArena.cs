@@ -222,9 +222,6 @@ internal readonly record struct ArenaText(ArenaSpan Span, ArenaTextForm Form)
         }
     }
 
-    public bool Equals(ByteArena arena, ArenaText other) =>
-        Form == other.Form && arena.Read(Span).SequenceEqual(arena.Read(other.Span));
-
     public string ToString(ByteArena arena)
     {
         var bytes = arena.Read(Span);
@@ -234,37 +231,6 @@ internal readonly record struct ArenaText(ArenaSpan Span, ArenaTextForm Form)
             ArenaTextForm.Utf16 => new string(MemoryMarshal.Cast<byte, char>(bytes)),
             _ => Convert.ToHexStringLower(bytes),
         };
-    }
-
-    /// <summary>The ordinal hash code of the string, as <see cref="string.GetHashCode()"/> gives it.</summary>
-    public int GetOrdinalHashCode(ByteArena arena)
-    {
-        var bytes = arena.Read(Span);
-        if (Form == ArenaTextForm.Utf16)
-        {
-            return string.GetHashCode(MemoryMarshal.Cast<byte, char>(bytes));
-        }
-
-        var length = Form == ArenaTextForm.Ascii ? bytes.Length : 2 * bytes.Length;
-        var rented = ArrayPool<char>.Shared.Rent(length);
-        try
-        {
-            var chars = rented.AsSpan(0, length);
-            if (Form == ArenaTextForm.Ascii)
-            {
-                Ascii.ToUtf16(bytes, chars, out _);
-            }
-            else
-            {
-                Convert.TryToHexStringLower(bytes, chars, out _);
-            }
-
-            return string.GetHashCode(chars);
-        }
-        finally
-        {
-            ArrayPool<char>.Shared.Return(rented);
-        }
     }
 
     private static bool IsLowerHex(string text) =>

@@ -57,7 +57,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         var shard = ShardFor(request.Key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrAddDefault(shard.ByKey, hashed, out var exists);
+            ref var slot = ref shard.Records.GetValueRefOrAddDefault(hashed.Key, hashed.Hash, out var exists);
             if (!exists || slot.ExpiresTicks <= now.UtcTicks)
             {
                 shard.Clear(ref slot);
@@ -94,7 +94,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
+            ref var slot = ref shard.Records.GetValueRefOrNullRef(hashed.Key, hashed.Hash);
             if (Unsafe.IsNullRef(ref slot) || !IsOwnedInFlight(in slot, ownerToken, now.UtcTicks))
             {
                 return ValueTask.FromResult(false);
@@ -122,7 +122,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
+            ref var slot = ref shard.Records.GetValueRefOrNullRef(hashed.Key, hashed.Hash);
             if (Unsafe.IsNullRef(ref slot) || slot.State != SlotState.InFlight || slot.Owner != ownerToken)
             {
                 return ValueTask.FromResult(false);
@@ -145,7 +145,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
+            ref var slot = ref shard.Records.GetValueRefOrNullRef(hashed.Key, hashed.Hash);
             if (Unsafe.IsNullRef(ref slot) || !IsOwnedInFlight(in slot, ownerToken, now.UtcTicks))
             {
                 return ValueTask.FromResult(false);
@@ -165,7 +165,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
+            ref var slot = ref shard.Records.GetValueRefOrNullRef(hashed.Key, hashed.Hash);
             return ValueTask.FromResult(
                 Unsafe.IsNullRef(ref slot) || slot.ExpiresTicks <= now ? null : shard.ToRecord(hashed, in slot));
         }
@@ -226,7 +226,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         var shard = ShardFor(key, out var hashed);
         lock (shard.Gate)
         {
-            ref var slot = ref CollectionsMarshal.GetValueRefOrNullRef(shard.ByKey, hashed);
+            ref var slot = ref shard.Records.GetValueRefOrNullRef(hashed.Key, hashed.Hash);
             return Unsafe.IsNullRef(ref slot)
                 || slot.State != SlotState.InFlight
                 || slot.Owner != observedOwner
@@ -234,9 +234,6 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
                 || slot.ExpiresTicks <= now;
         }
     }
-
-    /// <summary>Where a key lives in its shard's arena. Its hash is the table's own (the entry keeps it).</summary>
-    private readonly record struct StoredKey(ArenaText Text);
 
     /// <summary>
     /// A record as the shard table holds it: no references, so the table is one array the collector never scans,
@@ -267,8 +264,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
     {
         public Shard()
         {
-            Records = new Dictionary<StoredKey, Slot>(new StoredKeyComparer(Arena));
-            ByKey = Records.GetAlternateLookup<HashedKey>();
+            Records = new RecordTable<Slot>(Arena);
         }
 
         // Replays of a hot key (a client's retry loop, a double-click) reuse the record built for the first one, so they
@@ -281,10 +277,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 
         public ByteArena Arena { get; } = new();
 
-        public Dictionary<StoredKey, Slot> Records { get; }
-
-        /// <summary>Lookups by the caller's key string, without materialising a <see cref="StoredKey"/>.</summary>
-        public Dictionary<StoredKey, Slot>.AlternateLookup<HashedKey> ByKey { get; }
+        public RecordTable<Slot> Records { get; }
 
         /// <summary>Frees what a slot held and empties it for reuse; a new slot (all defaults) holds nothing.</summary>
         public void Clear(ref Slot slot)
@@ -311,9 +304,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 
         public void Remove(HashedKey key)
         {
-            if (ByKey.Remove(key, out var storedKey, out var slot))
+            // The table frees the key's characters; the record's own bytes are freed here.
+            if (Records.Remove(key.Key, key.Hash, out var slot))
             {
-                Forget(storedKey, in slot);
+                FreeBytes(in slot);
                 ForgetRecentReplays();
             }
         }
@@ -321,19 +315,12 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         public int PurgeExpired(long nowTicks, int max)
         {
             var purged = 0;
-
-            // Removing while enumerating is allowed for Dictionary; the enumerator sees each remaining entry once.
-            foreach (var (storedKey, slot) in Records)
+            for (var index = 0; index < Records.HighWater && purged < max; index++)
             {
-                if (purged == max)
+                if (Records.IsLive(index) && Records.ValueAt(index).ExpiresTicks <= nowTicks)
                 {
-                    break;
-                }
-
-                if (slot.ExpiresTicks <= nowTicks)
-                {
-                    Records.Remove(storedKey);
-                    Forget(storedKey, in slot);
+                    FreeBytes(in Records.ValueAt(index));
+                    Records.RemoveAt(index);
                     purged++;
                 }
             }
@@ -383,12 +370,6 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         }
 
         // For a record already removed from the table: its bytes, key included, go back to the arena.
-        private void Forget(StoredKey storedKey, in Slot slot)
-        {
-            Arena.Free(storedKey.Text.Span);
-            FreeBytes(in slot);
-        }
-
         // Records the cache holds may point into chunks their removal lets go; dropping them all is cheap and rare.
         private void ForgetRecentReplays() => Array.Clear(_recentReplays);
 
@@ -397,22 +378,6 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             Arena.Free(slot.Fingerprint.Span);
             Arena.Free(slot.Payload);
         }
-    }
-
-    /// <summary>Compares stored keys by their characters in the arena, and stored keys with the caller's keys.</summary>
-    private sealed class StoredKeyComparer(ByteArena arena) : IEqualityComparer<StoredKey>, IAlternateEqualityComparer<HashedKey, StoredKey>
-    {
-        public bool Equals(StoredKey x, StoredKey y) => x.Text.Equals(arena, y.Text);
-
-        // Only purging looks a stored key up again (by removing it); claims and completions come with the caller's key.
-        public int GetHashCode(StoredKey obj) => obj.Text.GetOrdinalHashCode(arena);
-
-        public bool Equals(HashedKey alternate, StoredKey other) => other.Text.Equals(arena, alternate.Key);
-
-        public int GetHashCode(HashedKey alternate) => alternate.Hash;
-
-        // Called by the table only when it adds a key, under the shard's lock: the key's characters move into the arena.
-        public StoredKey Create(HashedKey alternate) => new(ArenaText.Write(arena, alternate.Key));
     }
 
     /// <summary>A caller's key with its hash, computed once per operation.</summary>

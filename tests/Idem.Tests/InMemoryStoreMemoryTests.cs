@@ -128,19 +128,16 @@ public sealed class InMemoryStoreMemoryTests
     [InlineData("abc")] // odd length: ASCII
     [InlineData("0g")]
     [InlineData("clé")]
-    public void Text_reads_back_exactly_hashes_as_a_string_and_matches_no_other_spelling(string text)
+    public void Text_reads_back_exactly_and_matches_no_other_spelling(string text)
     {
         var arena = new ByteArena();
         var stored = ArenaText.Write(arena, text);
 
         Assert.Equal(text, stored.ToString(arena));
-        Assert.Equal(text.GetHashCode(StringComparison.Ordinal), stored.GetOrdinalHashCode(arena));
         Assert.True(stored.Equals(arena, text));
-        Assert.True(stored.Equals(arena, ArenaText.Write(arena, text)));
         foreach (var other in new[] { text.ToUpperInvariant(), text.ToLowerInvariant(), text + "0", text[..^1], "x" + text[1..] }.Where(o => o != text))
         {
             Assert.False(stored.Equals(arena, other), other);
-            Assert.False(stored.Equals(arena, ArenaText.Write(arena, other)), other);
         }
     }
 
@@ -215,7 +212,7 @@ public sealed class InMemoryStoreMemoryTests
         var retention = TimeSpan.FromMinutes(1);
         for (var i = 0; i < 5000; i++)
         {
-            // Hex keys (kept as bytes), ASCII and UTF-16 keys: purging looks each one up again by its stored form.
+            // Hex keys (kept as bytes), ASCII and UTF-16 keys, all of them purged and their bytes given back.
             var key = (i % 3) switch
             {
                 0 => IdempotencyScope.ComputeStoreKey(string.Empty, "op", $"k{i}"),
