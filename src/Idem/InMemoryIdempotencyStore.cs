@@ -9,9 +9,10 @@ namespace Idem;
 /// </summary>
 /// <remarks>
 /// Records are kept for their whole retention, so a busy API holds hundreds of thousands of them. Each shard therefore
-/// keeps its records as plain structs in one table and their bytes (key, fingerprint, response) in a
-/// <see cref="ByteArena"/>: a retained record costs the garbage collector nothing, where one object graph per record
-/// made every collection trace and copy them all. Space is reclaimed as records expire and are purged.
+/// keeps its records as plain structs in a <see cref="RecordTable{TValue}"/> and their bytes (key, fingerprint, response)
+/// in a <see cref="ByteArena"/>: a retained record costs the garbage collector nothing, where one object graph per record
+/// made every collection trace and copy them all. The table decides that a key is new without reading any record, so a
+/// new key touches no cold memory however many are retained. Space is reclaimed as records expire and are purged.
 /// </remarks>
 public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 {
