@@ -162,8 +162,9 @@ run_case() {
   # PostgreSQL cases are never pinned: the server, wrk and PostgreSQL's backends (a third CPU-hungry process) share
   # both cores through the scheduler. Pinning the server to one core would leave PostgreSQL fighting wrk for the other
   # and measure that split, not the store (README, "Pinning").
-  local srv_pre=("${server_prefix[@]}") wrk_pre=("${wrk_prefix[@]}")
+  local srv_pre=("${server_prefix[@]}") wrk_pre=("${wrk_prefix[@]}") unpinned=0
   if [[ "$store" == postgres || "$store" == redis || "$store" == tiered ]]; then
+    unpinned=1
     srv_pre=()
     wrk_pre=()
   fi
@@ -179,23 +180,16 @@ run_case() {
   server_pid=$!
 
   local ready=0
-  for _ in $(seq 150); do
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      local rc=0
-      wait "$server_pid" || rc=$?
-      server_pid=""
-      echo "server exited with $rc:" >&2
-      cat "$log" >&2
-      skip "$name" "server failed to start (exit $rc)"
-      return 0
-    fi
-    if curl -sf "http://127.0.0.1:$port/stats" >/dev/null 2>&1; then
-      ready=1
-      break
-    fi
-    sleep 0.1
-  done
-  if [[ "$ready" != 1 ]]; then
+  wait_ready "$server_pid" "$port" || ready=$?
+  if [[ $ready == 1 ]]; then
+    local rc=0
+    wait "$server_pid" || rc=$?
+    server_pid=""
+    echo "server exited with $rc:" >&2
+    cat "$log" >&2
+    skip "$name" "server failed to start (exit $rc)"
+    return 0
+  elif [[ $ready == 2 ]]; then
     skip "$name" "server not ready within 15 s"
     stop_server
     return 0
@@ -225,7 +219,7 @@ run_case() {
   # Pinned cases only: the unpinned ones share both cores with PostgreSQL or Redis, which bare does not have.
   local bracket_before="" bracket_after=""
   local bracketed=0
-  if [[ "$name" != bare* && "$store" != postgres && "$store" != redis && "$store" != tiered ]]; then bracketed=1; fi
+  if [[ "$name" != bare* && $unpinned == 0 ]]; then bracketed=1; fi
   if [[ $bracketed == 1 ]]; then
     # Frozen meanwhile: the case's server, just warmed up, may still be compiling or collecting on the same core.
     kill -STOP "$server_pid" 2>/dev/null || true
@@ -289,6 +283,15 @@ run_case() {
     "$exceptions" "$allocated" "$gcs" "$pause" "$workitems" "$cpu" "$jit" "$bracket_before" "$bracket_after" >>"$rows"
 }
 
+wait_ready() { # pid port -> 0 once /stats answers, 1 if the process exited, 2 after 15 s
+  for _ in $(seq 150); do
+    kill -0 "$1" 2>/dev/null || return 1
+    curl -sf "http://127.0.0.1:$2/stats" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  return 2
+}
+
 stop_server() {
   if [[ -n "$server_pid" ]]; then
     kill "$server_pid" 2>/dev/null || true
@@ -306,15 +309,11 @@ start_bracket_server() {
   port="$(free_port)"
   env "${server_env[@]}" "${server_prefix[@]}" dotnet "$dll" --store none --port "$port" >"$work/bracket.log" 2>&1 &
   bracket_pid=$!
-  for _ in $(seq 150); do
-    if curl -sf "http://127.0.0.1:$port/stats" >/dev/null 2>&1; then
-      bracket_url="http://127.0.0.1:$port"
-      "${wrk_prefix[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s orders.lua "$bracket_url" -- new "$run_id-bracket-warm" >/dev/null 2>&1 || true
-      return 0
-    fi
-    kill -0 "$bracket_pid" 2>/dev/null || break
-    sleep 0.1
-  done
+  if wait_ready "$bracket_pid" "$port"; then
+    bracket_url="http://127.0.0.1:$port"
+    "${wrk_prefix[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" -s orders.lua "$bracket_url" -- new "$run_id-bracket-warm" >/dev/null 2>&1 || true
+    return 0
+  fi
   echo "bracketing bare server did not start; ratios use the bare mean only" >&2
   kill "$bracket_pid" 2>/dev/null || true
   wait "$bracket_pid" 2>/dev/null || true

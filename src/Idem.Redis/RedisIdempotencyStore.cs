@@ -117,8 +117,9 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
         var copy = options.Clone();
         _connection = new RedisConnection(copy, timeProvider);
         _prefix = copy.KeyPrefix;
-        _channel = RedisChannel.Literal(copy.KeyPrefix + "changed");
-        _channelName = copy.KeyPrefix + "changed";
+        var channelName = copy.KeyPrefix + "changed";
+        _channel = RedisChannel.Literal(channelName);
+        _channelName = channelName;
         _logger = loggerFactory?.CreateLogger<RedisIdempotencyStore>() ?? NullLogger<RedisIdempotencyStore>.Instance;
         _onMessage = (_, message) =>
         {

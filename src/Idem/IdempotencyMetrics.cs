@@ -63,13 +63,7 @@ public sealed class IdempotencyMetrics
         }
     }
 
-    internal void StoreError(string operation)
-    {
-        if (_storeErrors.Enabled)
-        {
-            _storeErrors.Add(1, new KeyValuePair<string, object?>("idem.operation", operation));
-        }
-    }
+    internal void StoreError(string operation) => CountOperation(_storeErrors, operation);
 
     internal void CacheHit()
     {
@@ -79,11 +73,13 @@ public sealed class IdempotencyMetrics
         }
     }
 
-    internal void CacheError(string operation)
+    internal void CacheError(string operation) => CountOperation(_cacheErrors, operation);
+
+    private static void CountOperation(Counter<long> counter, string operation)
     {
-        if (_cacheErrors.Enabled)
+        if (counter.Enabled)
         {
-            _cacheErrors.Add(1, new KeyValuePair<string, object?>("idem.operation", operation));
+            counter.Add(1, new KeyValuePair<string, object?>("idem.operation", operation));
         }
     }
 

@@ -318,9 +318,15 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             var purged = 0;
             for (var index = 0; index < Records.HighWater && purged < max; index++)
             {
-                if (Records.IsLive(index) && Records.ValueAt(index).ExpiresTicks <= nowTicks)
+                if (!Records.IsLive(index))
                 {
-                    FreeBytes(in Records.ValueAt(index));
+                    continue;
+                }
+
+                ref var slot = ref Records.ValueAt(index);
+                if (slot.ExpiresTicks <= nowTicks)
+                {
+                    FreeBytes(in slot); // before the removal empties the entry
                     Records.RemoveAt(index);
                     purged++;
                 }
@@ -370,10 +376,10 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             return new StoredResponse(slot.StatusCode, headers, payload[bodyOffset..]) { BodyOmitted = slot.BodyOmitted };
         }
 
-        // For a record already removed from the table: its bytes, key included, go back to the arena.
         // Records the cache holds may point into chunks their removal lets go; dropping them all is cheap and rare.
         private void ForgetRecentReplays() => Array.Clear(_recentReplays);
 
+        // A record's own bytes (fingerprint, response) go back to the arena; the table frees its key.
         private void FreeBytes(in Slot slot)
         {
             Arena.Free(slot.Fingerprint.Span);
