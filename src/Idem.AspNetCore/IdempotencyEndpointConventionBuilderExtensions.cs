@@ -39,11 +39,14 @@ public static class IdempotencyEndpointConventionBuilderExtensions
                 endpoint.Metadata.Add(new ProducesResponseTypeMetadata(status, typeof(Microsoft.AspNetCore.Mvc.ProblemDetails), [IdempotencyProblems.ContentType]));
             }
 
-            endpoint.FilterFactories.Add(static (_, next) => context =>
+            if (endpoint.RequestDelegate is { } inner)
             {
-                MiddlewareGuard.ThrowIfMiddlewareMissing(context.HttpContext);
-                return next(context);
-            });
+                endpoint.RequestDelegate = context =>
+                {
+                    MiddlewareGuard.ThrowIfMiddlewareMissing(context);
+                    return inner(context);
+                };
+            }
         });
         return builder;
     }

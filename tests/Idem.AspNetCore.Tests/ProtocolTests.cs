@@ -504,12 +504,30 @@ public sealed class ProtocolTests
         Assert.Equal(5, counter.Value);
     }
 
-    [Fact]
-    public async Task A_protected_endpoint_without_the_middleware_fails_loudly_instead_of_running_unprotected()
+    [Theory]
+    [InlineData("handler")]
+    [InlineData("request-delegate")]
+    [InlineData("group")]
+    public async Task A_protected_endpoint_without_the_middleware_fails_loudly_instead_of_running_unprotected(string shape)
     {
         var counter = new Counter();
         await using var app = await TestApp.StartAsync(
-            app => app.MapPost("/orders", () => TypedResults.Ok(counter.Increment())).RequireIdempotency(),
+            app =>
+            {
+                switch (shape)
+                {
+                    case "handler":
+                        app.MapPost("/orders", () => TypedResults.Ok(counter.Increment())).RequireIdempotency();
+                        break;
+                    case "request-delegate":
+                        // A RequestDelegate endpoint has no endpoint filters: the guard must not depend on them.
+                        app.MapPost("/orders", (HttpContext context) => context.Response.WriteAsync($"{counter.Increment()}")).RequireIdempotency();
+                        break;
+                    default:
+                        app.MapGroup("/").RequireIdempotency().MapPost("/orders", () => TypedResults.Ok(counter.Increment()));
+                        break;
+                }
+            },
             useMiddleware: false);
 
         using var response = await app.Client.SendAsync(Post("/orders", "k"));
