@@ -3,7 +3,9 @@
 // sockets, kernel or client in the way. The wrk benchmark (run.sh) measures what users see; on a noisy shared box its
 // ratios move by several microseconds between runs, which hides the sub-microsecond changes this one resolves.
 //
-//   dotnet Idem.Benchmarks.InProcess.dll [--rounds 15] [--requests 20000]
+//   dotnet Idem.Benchmarks.InProcess.dll [--rounds 15] [--requests 20000] [--pipelines bare,no-op,memory]
+//
+// --pipelines runs a subset, for a profiler: profile bare alone and no-op alone, and the difference is Idem's.
 //
 // Pipelines, run in alternating rounds after three warm-up rounds, one thread:
 //   bare     no Idem services, middleware or metadata
@@ -18,16 +20,25 @@ using System.Text.Json.Serialization;
 using Idem;
 using Microsoft.AspNetCore.Http.Features;
 
-var rounds = ReadOption(args, "--rounds", 15);
-var requestsPerRound = ReadOption(args, "--requests", 20_000);
+var rounds = int.Parse(ReadOption(args, "--rounds", "15"), CultureInfo.InvariantCulture);
+var requestsPerRound = int.Parse(ReadOption(args, "--requests", "20000"), CultureInfo.InvariantCulture);
 const int WarmupRounds = 3;
 
-var pipelines = new[]
+var stores = new Dictionary<string, Func<IServiceProvider, IIdempotencyStore>?>
 {
-    Pipeline.Build("bare", store: null),
-    Pipeline.Build("no-op", _ => new NoOpStore()),
-    Pipeline.Build("memory", _ => new InMemoryIdempotencyStore()),
+    ["bare"] = null,
+    ["no-op"] = _ => new NoOpStore(),
+    ["memory"] = _ => new InMemoryIdempotencyStore(),
 };
+var selected = ReadOption(args, "--pipelines", string.Join(',', stores.Keys)).Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+var unknown = selected.Where(name => !stores.ContainsKey(name)).ToArray();
+if (unknown.Length > 0)
+{
+    Console.Error.WriteLine($"Unknown pipeline(s) {string.Join(", ", unknown)}: use {string.Join(", ", stores.Keys)}.");
+    return 2;
+}
+
+var pipelines = selected.Select(name => Pipeline.Build(name, stores[name])).ToArray();
 var body = Encoding.UTF8.GetBytes("{\"amount\":42}");
 long keyCounter = 0;
 
@@ -55,14 +66,14 @@ for (var round = 0; round < WarmupRounds + rounds; round++)
     }
 }
 
-var bare = pipelines[0];
+var bare = pipelines.FirstOrDefault(p => p.Name == "bare");
 Console.WriteLine($"{rounds} rounds of {requestsPerRound} requests per pipeline, alternating, after {WarmupRounds} warm-up rounds");
 Console.WriteLine();
 Console.WriteLine("| pipeline | µs/request (median) | overhead over bare (median, min) | bytes/request |");
 Console.WriteLine("|---|---:|---:|---:|");
 foreach (var pipeline in pipelines)
 {
-    var overhead = pipeline == bare ? "–" : $"{Median(pipeline.Microseconds.Zip(bare.Microseconds, (a, b) => a - b)):F2} ({pipeline.Microseconds.Zip(bare.Microseconds, (a, b) => a - b).Min():F2})";
+    var overhead = bare is null || pipeline == bare ? "–" : $"{Median(pipeline.Microseconds.Zip(bare.Microseconds, (a, b) => a - b)):F2} ({pipeline.Microseconds.Zip(bare.Microseconds, (a, b) => a - b).Min():F2})";
     Console.WriteLine($"| {pipeline.Name} | {Median(pipeline.Microseconds):F2} | {overhead} | {pipeline.BytesPerRequest:F0} |");
 }
 
@@ -74,10 +85,10 @@ static double Median(IEnumerable<double> values)
     return sorted[sorted.Length / 2];
 }
 
-static int ReadOption(string[] args, string name, int fallback)
+static string ReadOption(string[] args, string name, string fallback)
 {
     var index = Array.IndexOf(args, name);
-    return index >= 0 && index + 1 < args.Length ? int.Parse(args[index + 1], CultureInfo.InvariantCulture) : fallback;
+    return index >= 0 && index + 1 < args.Length ? args[index + 1] : fallback;
 }
 
 // What Kestrel would hand the pipeline for `POST /orders` with a 13-byte JSON body and a key.
