@@ -39,6 +39,10 @@ public static class IdempotencyEndpointConventionBuilderExtensions
                 endpoint.Metadata.Add(new ProducesResponseTypeMetadata(status, typeof(Microsoft.AspNetCore.Mvc.ProblemDetails), [IdempotencyProblems.ContentType]));
             }
 
+            // The guard wraps the request delegate rather than adding an endpoint filter: a filter makes a minimal API
+            // handler run through the filter pipeline (an invocation context allocated per request), while a
+            // convention sees the delegate of handlers, RequestDelegate endpoints and controllers alike. An endpoint
+            // without a delegate (MVC's link-generation-only endpoints) never runs.
             if (endpoint.RequestDelegate is { } inner)
             {
                 endpoint.RequestDelegate = context =>
