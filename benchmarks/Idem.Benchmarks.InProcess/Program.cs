@@ -107,20 +107,13 @@ static DefaultHttpContext NewRequest(IServiceProvider services, byte[] body, str
     return context;
 }
 
-internal sealed class Pipeline
+internal sealed class Pipeline(string name, RequestDelegate invoke, IServiceProvider services)
 {
-    private Pipeline(string name, RequestDelegate invoke, IServiceProvider services)
-    {
-        Name = name;
-        Invoke = invoke;
-        Services = services;
-    }
+    public string Name { get; } = name;
 
-    public string Name { get; }
+    public RequestDelegate Invoke { get; } = invoke;
 
-    public RequestDelegate Invoke { get; }
-
-    public IServiceProvider Services { get; }
+    public IServiceProvider Services { get; } = services;
 
     public List<double> Microseconds { get; } = [];
 
