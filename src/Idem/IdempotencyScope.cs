@@ -17,12 +17,8 @@ public static class IdempotencyScope
     /// <param name="operation">What the key applies to, for example <c>POST /orders</c> or a worker's job name.</param>
     /// <param name="key">The client's idempotency key.</param>
     /// <returns>A 64-character lowercase hexadecimal SHA-256 digest.</returns>
-    public static string ComputeStoreKey(string principal, string operation, string key)
-    {
-        ArgumentNullException.ThrowIfNull(principal);
-        ArgumentNullException.ThrowIfNull(operation);
-        return Compute(principal, operation, route: null, key);
-    }
+    public static string ComputeStoreKey(string principal, string operation, string key) =>
+        Compute(principal, operation, route: null, key);
 
     /// <summary>
     /// The store key for an HTTP operation, <paramref name="method"/> and <paramref name="route"/> joined by a space
@@ -31,7 +27,6 @@ public static class IdempotencyScope
     /// </summary>
     internal static string ComputeHttpStoreKey(string principal, string method, string route, string key)
     {
-        ArgumentNullException.ThrowIfNull(method);
         ArgumentNullException.ThrowIfNull(route);
         return Compute(principal, method, route, key);
     }
@@ -40,6 +35,7 @@ public static class IdempotencyScope
     private static string Compute(string principal, string operation, string? route, string key)
     {
         ArgumentNullException.ThrowIfNull(principal);
+        ArgumentNullException.ThrowIfNull(operation);
         ArgumentNullException.ThrowIfNull(key);
 
         // Length-prefixing each part keeps ("ab","c") and ("a","bc") apart.
