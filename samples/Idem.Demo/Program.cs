@@ -4,7 +4,7 @@ using System.Collections.Concurrent;
 using Idem.AspNetCore;
 
 var builder = WebApplication.CreateBuilder(args);
-builder.Services.AddIdempotency(); // SQLite in ./idem.db unless another store is chosen
+builder.Services.AddIdempotency().UseSqliteStore(); // SQLite in ./idem.db (package Idem.Sqlite)
 builder.Services.AddOpenApi();
 builder.Services.AddHealthChecks().AddIdempotencyStore();
 
