@@ -31,8 +31,29 @@ public static class Slug
         ArgumentNullException.ThrowIfNull(name);
         options ??= SlugOptions.Default;
         options.Validate();
+        var result = Normalize(name, options.MaxLength);
+        if (result.Length > 0)
+        {
+            return result;
+        }
+
+        if (options.Fallback is { } fallback)
+        {
+            var fallbackSlug = Normalize(fallback, options.MaxLength);
+            return fallbackSlug.Length > 0
+                ? fallbackSlug
+                : throw new ArgumentException("SlugOptions.Fallback must contain letters or digits.", nameof(options));
+        }
+
+        throw new ArgumentException(
+            $"The name '{name}' has no letters or digits to make a slug of; give SlugOptions.Fallback (for example \"item\") to use a fixed slug for such names.",
+            nameof(name));
+    }
+
+    private static string Normalize(string name, int maxLength)
+    {
         var ascii = name.Transliterate();
-        var slug = new StringBuilder(Math.Min(ascii.Length, options.MaxLength));
+        var slug = new StringBuilder(Math.Min(ascii.Length, maxLength));
         var pendingDash = false;
         foreach (var c in ascii)
         {
@@ -52,29 +73,13 @@ public static class Slug
                 pendingDash = true;
             }
 
-            if (slug.Length >= options.MaxLength)
+            if (slug.Length >= maxLength)
             {
                 break;
             }
         }
 
-        var result = Cut(slug.ToString(), options.MaxLength);
-        if (result.Length > 0)
-        {
-            return result;
-        }
-
-        if (options.Fallback is { } fallback)
-        {
-            var fallbackSlug = Cut(fallback, options.MaxLength);
-            return fallbackSlug.Length > 0
-                ? fallbackSlug
-                : throw new ArgumentException("SlugOptions.Fallback must contain letters or digits.", nameof(options));
-        }
-
-        throw new ArgumentException(
-            $"The name '{name}' has no letters or digits to make a slug of; give SlugOptions.Fallback (for example \"item\") to use a fixed slug for such names.",
-            nameof(name));
+        return Cut(slug.ToString(), maxLength);
     }
 
     /// <summary>
