@@ -1,16 +1,15 @@
 // The two services of issue 19, item 3 (Idem.DataLayer.Tests/TwoServicesTests.cs), in one program started twice:
 //   web:    POST /builds/{buildId} creates "the project for build B" with its first version and answers {"projectId"};
-//   worker: a BackgroundService that, once it reads "go" on stdin, creates the same for every build id in a file and
-//           prints "build <buildId> <projectId>" (or "error <buildId> <message>") per build, then "done".
+//   worker: a BackgroundService that creates the same for every build id it reads on stdin (a build event) and prints
+//           "build <buildId> <projectId>" (or "error <buildId> <message>") per build; "end" makes it print "done".
 // Both share one PostgreSQL. The route says how they avoid creating a build's project twice:
 //   executor: IdempotencyExecutor.ExecuteOnceAsync with the key "project-for-build:<buildId>", on the PostgreSQL store;
 //   natural:  create-or-get on projects.build_id, then on project_versions (project_id, number), in one transaction;
 //   naive:    check-then-insert, the code the incident had.
 // Each build first does <work ms> of simulated work (the build's analysis) before it writes.
 //
-// Usage: Idem.DataLayer.ServiceHost web|worker <connection string> <store schema> executor|natural|naive <work ms> [<build id file>]
+// Usage: Idem.DataLayer.ServiceHost web|worker <connection string> <store schema> executor|natural|naive <work ms>
 // Prints "listening <url>" (web) or "ready" (worker) once it can start.
-using System.Collections.Concurrent;
 using System.Globalization;
 using System.Net;
 using Idem;
@@ -19,9 +18,9 @@ using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Npgsql;
 
-if (args.Length < 5 || args[0] is not ("web" or "worker") || args[3] is not ("executor" or "natural" or "naive") || (args[0] == "worker" && args.Length < 6))
+if (args.Length < 5 || args[0] is not ("web" or "worker") || args[3] is not ("executor" or "natural" or "naive"))
 {
-    Console.Error.WriteLine("usage: Idem.DataLayer.ServiceHost web|worker <connection string> <store schema> executor|natural|naive <work ms> [<build id file>]");
+    Console.Error.WriteLine("usage: Idem.DataLayer.ServiceHost web|worker <connection string> <store schema> executor|natural|naive <work ms>");
     return 2;
 }
 
@@ -44,7 +43,7 @@ builder.Services.AddSingleton(_ => NpgsqlDataSource.Create(connectionString));
 builder.Services.AddSingleton(sp => new ProjectsForBuilds(sp.GetRequiredService<NpgsqlDataSource>(), sp.GetRequiredService<IdempotencyExecutor>(), route, workMs));
 if (mode == "worker")
 {
-    builder.Services.AddHostedService(sp => new BuildWorker(sp.GetRequiredService<ProjectsForBuilds>(), File.ReadAllLines(args[5])));
+    builder.Services.AddHostedService(sp => new BuildWorker(sp.GetRequiredService<ProjectsForBuilds>()));
 }
 
 var app = builder.Build();
@@ -131,33 +130,40 @@ internal sealed class ProjectsForBuilds(NpgsqlDataSource dataSource, Idempotency
     }
 }
 
-/// <summary>The worker: after "go" on stdin, creates every build's project, 16 at a time, and reports each.</summary>
-internal sealed class BuildWorker(ProjectsForBuilds projects, string[] buildIds) : BackgroundService
+/// <summary>
+/// The worker: each line on stdin is a build event (a build id), handled at once, up to 32 at a time, and reported as
+/// "build &lt;buildId&gt; &lt;projectId&gt;" or "error &lt;buildId&gt; &lt;message&gt;"; "end" waits for the rest and prints "done".
+/// </summary>
+internal sealed class BuildWorker(ProjectsForBuilds projects) : BackgroundService
 {
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
         await Task.Yield();
-        while (await Console.In.ReadLineAsync(stoppingToken) is { } line && line != "go")
+        using var slots = new SemaphoreSlim(32);
+        var running = new List<Task>();
+        while (await Console.In.ReadLineAsync(stoppingToken) is { } buildId && buildId != "end")
         {
+            await slots.WaitAsync(stoppingToken);
+            running.Add(Task.Run(
+                async () =>
+                {
+                    try
+                    {
+                        Console.Out.WriteLine($"build {buildId} {await projects.CreateAsync(buildId, stoppingToken)}");
+                    }
+                    catch (Exception e) when (e is NpgsqlException or IdempotencyException)
+                    {
+                        Console.Out.WriteLine($"error {buildId} {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
+                    }
+                    finally
+                    {
+                        slots.Release();
+                    }
+                },
+                stoppingToken));
         }
 
-        var lines = new ConcurrentQueue<string>();
-        await Parallel.ForEachAsync(buildIds, new ParallelOptions { MaxDegreeOfParallelism = 16, CancellationToken = stoppingToken }, async (buildId, ct) =>
-        {
-            try
-            {
-                lines.Enqueue($"build {buildId} {await projects.CreateAsync(buildId, ct)}");
-            }
-            catch (Exception e) when (e is NpgsqlException or IdempotencyException)
-            {
-                lines.Enqueue($"error {buildId} {e.GetType().Name}: {e.Message.ReplaceLineEndings(" ")}");
-            }
-        });
-        foreach (var line in lines)
-        {
-            Console.Out.WriteLine(line);
-        }
-
+        await Task.WhenAll(running);
         Console.Out.WriteLine("done");
         Console.Out.Flush();
     }

@@ -17,6 +17,9 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
 {
     protected static readonly CreateOrGetDefinition Chats = new("chats", columns: ["participants_key", "title"], keyColumns: ["participants_key"], returning: ["id"]);
 
+    /// <summary>The work a naive handler does between its check and its insert (the window the incidents raced in).</summary>
+    protected static readonly TimeSpan NaiveWork = TimeSpan.FromMilliseconds(10);
+
     protected ITestOutputHelper Output { get; } = output;
 
     public abstract Task InitializeAsync();
@@ -57,6 +60,7 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
         {
             var key = NaturalKey.FromSet(Shuffled(["carol", "dave"], i));
             var existing = await ScalarAsync(connection, "SELECT id FROM chats WHERE participants_key = @key", key);
+            await Task.Delay(NaiveWork); // what a handler does between its check and its insert
             return existing is long id ? id : (long)(await ScalarAsync(connection, "INSERT INTO chats (participants_key) VALUES (@key) RETURNING id", key))!;
         });
         Output.WriteLine($"naive check-then-insert: {naive.Errors.Count} errors of 150");
@@ -86,6 +90,7 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
             var chat = await db.Chats.FirstOrDefaultAsync(c => c.ParticipantsKey == key);
             if (chat is null)
             {
+                await Task.Delay(NaiveWork);
                 chat = new Chat { ParticipantsKey = key };
                 db.Chats.Add(chat);
                 await db.SaveChangesAsync();
@@ -121,6 +126,8 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
             {
                 slug = "our-club-" + n;
             }
+
+            await Task.Delay(NaiveWork);
 
             await ScalarAsync(connection, "INSERT INTO communities (name, slug) VALUES ('Our Club', @key) RETURNING id", slug);
             return slug;
