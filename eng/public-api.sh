@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Records the public API of shipped packages in their PublicAPI.Unshipped.txt, with the PublicApiAnalyzers' own code
-# fix (RS0016: "Symbol '…' is not part of the declared public API"), so a build that failed on RS0016 builds again.
+# diagnostics (RS0016: "Symbol '…' is not part of the declared public API"), so a build that failed on RS0016 builds again.
 # Review the diff: every added line is a promise to users.
 #
 #   eng/public-api.sh                      every src/*/*.csproj
@@ -59,6 +59,9 @@ for project in "${projects[@]}"; do
     echo "$dir: Unshipped moved into Shipped"
     continue
   fi
-  echo "$dir: recording its public API (dotnet format analyzers --diagnostics RS0016, a minute or two)"
-  dotnet format analyzers "$project" --diagnostics RS0016 --severity warn -v q
+  echo "$dir: recording its public API from the build's RS0016/RS0017 diagnostics"
+  # One build, then the analyzer's own symbol text goes into Unshipped (RS0016 adds, RS0017 drops a stale Unshipped
+  # line). `dotnet format analyzers --diagnostics RS0016` does the same through the code fix, but was seen to exit 0
+  # without recording anything when the workspace failed to load, so the build's output is the source of truth here.
+  dotnet build "$project" -c Release -nologo -v quiet 2>&1 | python3 "$(dirname "$0")/public-api.py" "$dir"
 done
