@@ -9,6 +9,10 @@ builder.Services.AddOpenApi();
 builder.Services.AddHealthChecks().AddIdempotencyStore();
 
 var app = builder.Build();
+// The demo page at / (wwwroot and clients/js, copied beside the binary at build time).
+var page = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(Path.Combine(AppContext.BaseDirectory, "wwwroot"));
+app.UseDefaultFiles(new DefaultFilesOptions { FileProvider = page });
+app.UseStaticFiles(new StaticFileOptions { FileProvider = page });
 app.UseRouting();
 app.UseIdempotency();
 app.MapOpenApi();
