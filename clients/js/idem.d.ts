@@ -124,6 +124,8 @@ export interface FormGuardOptions {
   onStateChange?: (state: FormGuardState) => void;
   /** A name shared by the tabs of one origin: the same fields submitted in two tabs share one request. */
   channel?: string;
+  /** How long a new guard listens for the other tabs' in-flight intents before its first submission is sent. Default: 150. */
+  helloMs?: number;
   /** How long a joining tab waits for the other tab before sending the same key itself. Default: timeoutMs × maxAttempts. */
   joinTimeoutMs?: number;
 }

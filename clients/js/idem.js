@@ -267,9 +267,11 @@ export class FormGuard {
   #pending;
   #channel;
   #peers = new Map(); // intent -> { key, waiters: [] }
+  #sending; // { intent, key } while this tab sends one
+  #ready = Promise.resolve();
   #onSubmit;
 
-  constructor(form, { client, request, onResult, onError, onStateChange, channel, joinTimeoutMs } = {}) {
+  constructor(form, { client, request, onResult, onError, onStateChange, channel, joinTimeoutMs, helloMs = 150 } = {}) {
     if (!form) throw new TypeError('form is required');
     if (!(client instanceof IdemClient)) throw new TypeError('client must be an IdemClient');
     if (typeof request !== 'function') throw new TypeError('request(formData, form) => ({ method, path, body }) is required');
@@ -289,6 +291,8 @@ export class FormGuard {
     if (channel && typeof BroadcastChannel === 'function') {
       this.#channel = new BroadcastChannel(`idem:${channel}`);
       this.#channel.onmessage = (event) => this.#onPeerMessage(event.data);
+      this.#post({ type: 'hello' });
+      this.#ready = new Promise((resolve) => setTimeout(resolve, helloMs));
     }
   }
 
@@ -309,21 +313,12 @@ export class FormGuard {
       this.#notify();
       return this.#pending;
     }
-    const { client, request } = this.#options;
+    const { request } = this.#options;
     const spec = request(new FormData(this.#form, submitter ?? undefined), this.#form);
-    const intent = JSON.stringify([String(spec.method ?? 'POST').toUpperCase(), spec.path, spec.body ?? null]);
-    const peer = this.#peers.get(intent);
-    if (this.#op === undefined || this.#op.done || this.#opIntent !== intent) {
-      this.#op = client.operation(spec.method ?? 'POST', spec.path, spec.body,
-        { ...spec.options, ...(peer ? { idempotencyKey: peer.key } : {}) });
-      this.#opIntent = intent;
-    }
     this.submitted++;
     this.#setBusy(true);
-    const op = this.#op;
-    const run = peer && op.key === peer.key
-      ? this.#join(peer, op, spec.options)
-      : this.#send(op, intent, spec.options);
+    // A tab opened a moment ago first hears which intents the other tabs have in flight.
+    const run = this.#ready.then(() => this.#start(spec));
     this.#pending = run.then(
       (result) => {
         if (result.joined) this.#op = undefined; // the other tab's success ends this intent here too
@@ -333,6 +328,18 @@ export class FormGuard {
     return this.#pending;
   }
 
+  #start(spec) {
+    const intent = JSON.stringify([String(spec.method ?? 'POST').toUpperCase(), spec.path, spec.body ?? null]);
+    const peer = this.#peers.get(intent);
+    if (this.#op === undefined || this.#op.done || this.#opIntent !== intent) {
+      this.#op = this.#options.client.operation(spec.method ?? 'POST', spec.path, spec.body,
+        { ...spec.options, ...(peer ? { idempotencyKey: peer.key } : {}) });
+      this.#opIntent = intent;
+    }
+    const op = this.#op;
+    return peer && op.key === peer.key ? this.#join(peer, op, spec.options) : this.#send(op, intent, spec.options);
+  }
+
   /** Stops listening to the form and to other tabs. */
   destroy() {
     this.#form.removeEventListener('submit', this.#onSubmit);
@@ -340,7 +347,8 @@ export class FormGuard {
   }
 
   async #send(op, intent, options) {
-    this.#post({ type: 'start', intent, key: op.key });
+    this.#sending = { intent, key: op.key };
+    this.#post({ type: 'start', ...this.#sending });
     try {
       const result = await op.send(options);
       this.#post({ type: 'done', intent, key: op.key, result: portable(result) });
@@ -348,6 +356,8 @@ export class FormGuard {
     } catch (error) {
       this.#post({ type: 'failed', intent, key: op.key });
       throw error;
+    } finally {
+      this.#sending = undefined;
     }
   }
 
@@ -364,6 +374,10 @@ export class FormGuard {
   }
 
   #onPeerMessage(message) {
+    if (message?.type === 'hello') {
+      if (this.#sending) this.#post({ type: 'start', ...this.#sending });
+      return;
+    }
     if (!message || typeof message.intent !== 'string') return;
     if (message.type === 'start') {
       this.#peers.set(message.intent, { key: message.key, waiters: [] });
