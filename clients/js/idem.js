@@ -129,62 +129,62 @@ export class IdemClient {
   patch(path, body, options = {}) {
     return this.operation('PATCH', path, body, options).send(options);
   }
+}
 
-  /** @internal Runs the attempts of one operation. */
-  async _run(op, overrides) {
-    const o = { ...this.#options, ...op.settings, ...overrides };
-    const info = () => ({ idempotencyKey: op.key, attempts });
-    const retryable = op.key !== undefined || IDEMPOTENT_METHODS.has(op.method);
-    let attempts = 0;
-    for (;;) {
-      attempts++;
-      op.attempts = attempts;
-      throwIfAborted(o.signal);
-      const attempt = new AbortController();
-      let timedOut = false;
-      const timer = setTimeout(() => { timedOut = true; attempt.abort(); }, o.timeoutMs);
-      const unlink = link(o.signal, attempt);
-      let failure;
-      let retryAfter;
-      try {
-        const response = await o.fetch(op.url, {
-          method: op.method,
-          headers: op.headersFor(),
-          body: op.body,
-          signal: attempt.signal,
-          credentials: o.credentials,
-        });
-        const body = await readBody(response);
-        if (response.ok) {
-          return {
-            status: response.status,
-            data: body,
-            headers: response.headers,
-            replayed: response.headers.get('Idempotent-Replayed') === 'true',
-            requestId: response.headers.get('X-Request-Id') ?? undefined,
-            idempotencyKey: op.key,
-            attempts,
-          };
-        }
-        const error = response.status === 422
-          ? new IdempotencyKeyReusedError(response, body, info())
-          : new HttpError(response, body, info());
-        if (!o.retryOn.includes(response.status)) throw error;
-        failure = error;
-        retryAfter = response.headers.get('Retry-After');
-      } catch (error) {
-        if (error instanceof IdemError && !(failure === error)) throw error;
-        if (o.signal?.aborted) throw o.signal.reason;
-        if (failure === undefined) failure = timedOut ? new TimeoutError(o.timeoutMs, info()) : new NetworkError(error, info());
-      } finally {
-        clearTimeout(timer);
-        unlink();
+// Runs the attempts of one operation: the same key, method, URL and body bytes on every attempt.
+async function run(clientOptions, op, overrides) {
+  const o = { ...clientOptions, ...op.settings, ...overrides };
+  const info = () => ({ idempotencyKey: op.key, attempts });
+  const retryable = op.key !== undefined || IDEMPOTENT_METHODS.has(op.method);
+  let attempts = 0;
+  for (;;) {
+    attempts++;
+    op.attempts = attempts;
+    throwIfAborted(o.signal);
+    const attempt = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => { timedOut = true; attempt.abort(); }, o.timeoutMs);
+    const unlink = link(o.signal, attempt);
+    let failure;
+    let retryAfter;
+    try {
+      const response = await o.fetch(op.url, {
+        method: op.method,
+        headers: op.headersFor(),
+        body: op.body,
+        signal: attempt.signal,
+        credentials: o.credentials,
+      });
+      const body = await readBody(response);
+      if (response.ok) {
+        return {
+          status: response.status,
+          data: body,
+          headers: response.headers,
+          replayed: response.headers.get('Idempotent-Replayed') === 'true',
+          requestId: response.headers.get('X-Request-Id') ?? undefined,
+          idempotencyKey: op.key,
+          attempts,
+        };
       }
-      failure.attempts = attempts;
-      if (attempts >= o.maxAttempts || !retryable) throw failure;
-      o.onRetry?.({ attempt: attempts, error: failure, idempotencyKey: op.key });
-      await sleep(retryDelay(attempts, o, retryAfter), o.signal);
+      const error = response.status === 422
+        ? new IdempotencyKeyReusedError(response, body, info())
+        : new HttpError(response, body, info());
+      if (!o.retryOn.includes(response.status)) throw error;
+      failure = error;
+      retryAfter = response.headers.get('Retry-After');
+    } catch (error) {
+      if (error instanceof IdemError && !(failure === error)) throw error;
+      if (o.signal?.aborted) throw o.signal.reason;
+      if (failure === undefined) failure = timedOut ? new TimeoutError(o.timeoutMs, info()) : new NetworkError(error, info());
+    } finally {
+      clearTimeout(timer);
+      unlink();
     }
+    failure.attempts = attempts;
+    if (attempts >= o.maxAttempts || !retryable) throw failure;
+    o.onRetry?.({ attempt: attempts, error: failure, idempotencyKey: op.key });
+    await sleep(retryDelay(attempts, o, retryAfter), o.signal);
   }
 }
 
@@ -230,7 +230,7 @@ export class IdempotentOperation {
     if (this.#result !== undefined) return Promise.resolve(this.#result);
     if (this.#pending !== undefined) return this.#pending;
     const overrides = pick(options, ['signal', 'timeoutMs', 'maxAttempts', 'onRetry']);
-    this.#pending = this.#client._run(this, overrides).then(
+    this.#pending = run(this.#client.options, this, overrides).then(
       (result) => { this.#result = result; this.#pending = undefined; return result; },
       (error) => { this.#pending = undefined; throw error; });
     return this.#pending;

@@ -24,7 +24,7 @@ public sealed class DemoPageTests(DemoFixture demo)
         await using var _ = context;
         var before = await demo.StatAsync("communities");
         await page.FillAsync($"{Form} input[name=name]", Unique("Double click"));
-        await page.Locator($"{Form} input[name=delayMs]").EvaluateAsync("e => e.value = '1000'");
+        await page.Locator($"{Form} input[name=delayMs]").EvaluateAsync("e => e.value = '1500'");
 
         await page.DblClickAsync(Submit);
 
@@ -162,7 +162,7 @@ public sealed class DemoPageTests(DemoFixture demo)
         var (context, page) = await demo.OpenAsync();
         await using var _ = context;
         var before = await demo.StatAsync("communities");
-        await page.Locator($"{Form} input[name=delayMs]").EvaluateAsync("e => e.value = '800'");
+        await page.Locator($"{Form} input[name=delayMs]").EvaluateAsync("e => e.value = '1500'");
         await page.FocusAsync($"{Form} input[name=name]");
         await page.Keyboard.TypeAsync(Unique("Keyboard"));
         await page.Keyboard.PressAsync("Enter");
