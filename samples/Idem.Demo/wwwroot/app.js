@@ -3,6 +3,8 @@
 import { IdemClient, guardForm, TimeoutError, HttpError } from './js/idem.js';
 
 const counters = { requests: 0, retries: 0, replays: 0 };
+// Rows /stats reports beyond the four the page lists first.
+const STAT_LABELS = { executions: 'Order handler executions', orders: 'Orders', projects: 'Projects' };
 const $ = (selector) => document.querySelector(selector);
 
 // Counts every HTTP attempt this tab makes, retries included.
@@ -153,7 +155,7 @@ async function refreshStats() {
       } else if (typeof value === 'number') {
         const row = document.createElement('tr');
         row.innerHTML = '<th scope="row"></th><td></td>';
-        row.firstChild.textContent = name[0].toUpperCase() + name.slice(1);
+        row.firstChild.textContent = STAT_LABELS[name] ?? name[0].toUpperCase() + name.slice(1);
         row.lastChild.id = `stat-${name}`;
         row.lastChild.textContent = String(value);
         $('#server-stats').append(row);
