@@ -126,6 +126,8 @@ export interface FormGuardOptions {
   channel?: string;
   /** How long a new guard listens for the other tabs' in-flight intents before its first submission is sent. Default: 150. */
   helloMs?: number;
+  /** How long after another tab's success a submission of the same fields gets that tab's result instead of sending. Default: 5000. */
+  joinWindowMs?: number;
   /** How long a joining tab waits for the other tab before sending the same key itself. Default: timeoutMs × maxAttempts. */
   joinTimeoutMs?: number;
 }

@@ -268,15 +268,16 @@ export class FormGuard {
   #channel;
   #peers = new Map(); // intent -> { key, waiters: [] }
   #sending; // { intent, key } while this tab sends one
+  #recent = new Map(); // intent -> { message, at }: successes of this tab (to tell new tabs) and of others
   #ready = Promise.resolve();
   #onSubmit;
 
-  constructor(form, { client, request, onResult, onError, onStateChange, channel, joinTimeoutMs, helloMs = 150 } = {}) {
+  constructor(form, { client, request, onResult, onError, onStateChange, channel, joinTimeoutMs, helloMs = 150, joinWindowMs = 5_000 } = {}) {
     if (!form) throw new TypeError('form is required');
     if (!(client instanceof IdemClient)) throw new TypeError('client must be an IdemClient');
     if (typeof request !== 'function') throw new TypeError('request(formData, form) => ({ method, path, body }) is required');
     this.#form = form;
-    this.#options = { client, request, onResult, onError, onStateChange, joinTimeoutMs: joinTimeoutMs ?? client.options.timeoutMs * client.options.maxAttempts };
+    this.#options = { client, request, onResult, onError, onStateChange, joinWindowMs, joinTimeoutMs: joinTimeoutMs ?? client.options.timeoutMs * client.options.maxAttempts };
     /** Submissions ignored because one was in flight. */
     this.ignored = 0;
     /** Submissions that sent (or joined) an operation. */
@@ -330,6 +331,11 @@ export class FormGuard {
 
   #start(spec) {
     const intent = JSON.stringify([String(spec.method ?? 'POST').toUpperCase(), spec.path, spec.body ?? null]);
+    const done = this.#recentFor(intent, false);
+    if (done) { // another tab finished this very submission a moment ago: its result, no second request
+      this.joined++;
+      return Promise.resolve({ ...done.result, headers: new Headers(), joined: true });
+    }
     const peer = this.#peers.get(intent);
     if (this.#op === undefined || this.#op.done || this.#opIntent !== intent) {
       this.#op = this.#options.client.operation(spec.method ?? 'POST', spec.path, spec.body,
@@ -351,7 +357,9 @@ export class FormGuard {
     this.#post({ type: 'start', ...this.#sending });
     try {
       const result = await op.send(options);
-      this.#post({ type: 'done', intent, key: op.key, result: portable(result) });
+      const message = { type: 'done', intent, key: op.key, result: portable(result) };
+      this.#recent.set(intent, { message, at: Date.now(), own: true });
+      this.#post(message);
       return result;
     } catch (error) {
       this.#post({ type: 'failed', intent, key: op.key });
@@ -374,8 +382,11 @@ export class FormGuard {
   }
 
   #onPeerMessage(message) {
-    if (message?.type === 'hello') {
+    if (message?.type === 'hello') { // a new tab: tell it what is in flight here and what just succeeded
       if (this.#sending) this.#post({ type: 'start', ...this.#sending });
+      for (const [intent, entry] of this.#recent) {
+        if (entry.own && this.#recentFor(intent, true)) this.#post(entry.message);
+      }
       return;
     }
     if (!message || typeof message.intent !== 'string') return;
@@ -383,10 +394,19 @@ export class FormGuard {
       this.#peers.set(message.intent, { key: message.key, waiters: [] });
       return;
     }
+    if (message.type === 'done') this.#recent.set(message.intent, { message, at: Date.now(), own: false });
     const peer = this.#peers.get(message.intent);
     if (!peer || peer.key !== message.key) return;
     this.#peers.delete(message.intent);
     for (const waiter of peer.waiters) waiter(message);
+  }
+
+  // A success of this tab (own) or of another tab for this intent within joinWindowMs.
+  #recentFor(intent, own) {
+    const entry = this.#recent.get(intent);
+    if (!entry) return undefined;
+    if (Date.now() - entry.at > this.#options.joinWindowMs) { this.#recent.delete(intent); return undefined; }
+    return entry.own === own ? entry.message : undefined;
   }
 
   #post(message) {

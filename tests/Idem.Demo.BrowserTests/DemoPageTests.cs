@@ -95,6 +95,27 @@ public sealed class DemoPageTests(DemoFixture demo)
     }
 
     [Fact]
+    public async Task A_tab_opened_just_after_the_first_tabs_success_gets_that_result_without_a_request()
+    {
+        var (context, first) = await demo.OpenAsync();
+        await using var _ = context;
+        var before = await demo.StatAsync("communities");
+        var name = Unique("Just after");
+        await first.FillAsync($"{Form} input[name=name]", name);
+        await first.ClickAsync(Submit);
+        await Expect(first.Locator("#community-result")).ToContainTextAsync("Created", Slow);
+
+        var second = await context.NewPageAsync();
+        await second.GotoAsync("/");
+        await second.FillAsync($"{Form} input[name=name]", name);
+        await second.ClickAsync(Submit);
+
+        await Expect(second.Locator("#community-result")).ToContainTextAsync("joined from another tab", Slow);
+        await Expect(second.Locator("#client-requests")).ToHaveTextAsync("0");
+        await ExpectOneMoreRow(first, "communities", before);
+    }
+
+    [Fact]
     public async Task A_forced_client_timeout_then_the_retry_creates_one_community()
     {
         var (context, page) = await demo.OpenAsync();

@@ -4,7 +4,7 @@ import { IdemClient, guardForm, TimeoutError, HttpError } from './js/idem.js';
 
 const counters = { requests: 0, retries: 0, replays: 0 };
 // Rows /stats reports beyond the four the page lists first.
-const STAT_LABELS = { executions: 'Order handler executions', orders: 'Orders', projects: 'Projects' };
+const STAT_LABELS = { executions: 'Order executions', orders: 'Orders', projects: 'Projects' };
 const $ = (selector) => document.querySelector(selector);
 
 // Counts every HTTP attempt this tab makes, retries included.
@@ -24,6 +24,9 @@ const client = new IdemClient({
     render();
   },
 });
+
+// The first /stats this page read: the panel shows what was created since.
+let baseline;
 
 // Options for the next community submission only (the misbehaving buttons set them).
 let nextOptions;
@@ -93,9 +96,9 @@ $('#misbehave-double').addEventListener('click', () => {
 });
 
 $('#misbehave-tab').addEventListener('click', () => {
-  prepare(1500);
+  prepare(2500);
   communityForm.requestSubmit();
-  const params = new URLSearchParams({ name: $('#community-name').value, delayMs: '1500', autosubmit: '1' });
+  const params = new URLSearchParams({ name: $('#community-name').value, delayMs: '2500', autosubmit: '1' });
   window.open(`/?${params}`, '_blank');
 });
 
@@ -148,18 +151,19 @@ async function refreshStats() {
     const response = await fetch('/stats', { headers: { Accept: 'application/json' } });
     if (!response.ok) return;
     const stats = await response.json();
+    baseline ??= stats;
     for (const [name, value] of Object.entries(stats)) {
-      const cell = document.getElementById(`stat-${name}`);
-      if (cell) {
-        cell.textContent = String(value);
-      } else if (typeof value === 'number') {
+      if (typeof value !== 'number') continue;
+      if (!document.getElementById(`stat-${name}`)) {
         const row = document.createElement('tr');
-        row.innerHTML = '<th scope="row"></th><td></td>';
-        row.firstChild.textContent = STAT_LABELS[name] ?? name[0].toUpperCase() + name.slice(1);
-        row.lastChild.id = `stat-${name}`;
-        row.lastChild.textContent = String(value);
+        row.innerHTML = '<th scope="row"></th><td></td><td></td>';
+        row.children[0].textContent = STAT_LABELS[name] ?? name[0].toUpperCase() + name.slice(1);
+        row.children[1].id = `stat-${name}`;
+        row.children[2].id = `new-${name}`;
         $('#server-stats').append(row);
       }
+      document.getElementById(`stat-${name}`).textContent = String(value);
+      document.getElementById(`new-${name}`).textContent = `+${value - (baseline[name] ?? 0)}`;
     }
   } catch {
     // the next poll tries again
