@@ -1,5 +1,5 @@
 // The client against the real demo server (samples/Idem.Demo on SQLite), through a proxy that loses answers:
-// N logical operations give N orders, counted by the server's /stats.
+// N logical operations give N orders (and N communities), counted by the server's /stats.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
@@ -59,6 +59,22 @@ describe('against the demo server', () => {
       assert.equal(result.attempts, 2);
       assert.equal(result.data.item, `book-${i}`);
       assert.ok(result.requestId, 'X-Request-Id exposed');
+    }
+  });
+
+  test('communities through lost answers: N operations, N communities with their memberships', async () => {
+    const client = new IdemClient({ baseUrl: proxy.url, backoffMs: 20 });
+    const before = await demo.stats();
+    const names = Array.from({ length: N }, (_, i) => `Lost answers ${i} ${crypto.randomUUID().slice(0, 8)}`);
+    const results = await Promise.all(names.map((name) => client.post('/communities', { name })));
+    const after = await demo.stats();
+    assert.equal(after.communities - before.communities, N);
+    assert.equal(after.memberships - before.memberships, N);
+    for (const [i, result] of results.entries()) {
+      assert.equal(result.status, 201);
+      assert.equal(result.replayed, true);
+      assert.equal(result.data.name, names[i]);
+      assert.ok(result.data.slug);
     }
   });
 
