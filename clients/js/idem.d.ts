@@ -124,7 +124,7 @@ export interface FormGuardOptions {
   onStateChange?: (state: FormGuardState) => void;
   /** A name shared by the tabs of one origin: the same fields submitted in two tabs share one request. */
   channel?: string;
-  /** How long a new guard listens for the other tabs' in-flight intents before its first submission is sent. Default: 150. */
+  /** How long a new guard listens for the other tabs' in-flight intents before its first submission is sent. Default: 500. */
   helloMs?: number;
   /** How long after another tab's success a submission of the same fields gets that tab's result instead of sending. Default: 5000. */
   joinWindowMs?: number;

@@ -272,7 +272,7 @@ export class FormGuard {
   #ready = Promise.resolve();
   #onSubmit;
 
-  constructor(form, { client, request, onResult, onError, onStateChange, channel, joinTimeoutMs, helloMs = 150, joinWindowMs = 5_000 } = {}) {
+  constructor(form, { client, request, onResult, onError, onStateChange, channel, joinTimeoutMs, helloMs = 500, joinWindowMs = 5_000 } = {}) {
     if (!form) throw new TypeError('form is required');
     if (!(client instanceof IdemClient)) throw new TypeError('client must be an IdemClient');
     if (typeof request !== 'function') throw new TypeError('request(formData, form) => ({ method, path, body }) is required');
