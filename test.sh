@@ -52,6 +52,14 @@ for path in glob.glob(sys.argv[1] + "/*.trx"):
 print(p, f, s)
 PY
 )
+# clients/js (issue 16): node's own test runner against a faulty server and the demo built above; its TAP summary
+# joins the totals.
+log "testing clients/js"
+node --test --test-reporter=tap clients/js/tests/ >"$WORK/clients-js.tap" 2>&1 \
+  || { status=1; grep -E "^\s*not ok|error:|expected|actual" "$WORK/clients-js.tap" | head -40 >&2; }
+read -r js_passed js_failed js_skipped < <(awk '/^# pass /{p=$3} /^# fail /{f=$3} /^# skipped /{s=$3} END{print p+0, f+0, s+0}' "$WORK/clients-js.tap")
+passed=$(( ${passed:-0} + js_passed )); failed=$(( ${failed:-0} + js_failed )); skipped=$(( ${skipped:-0} + js_skipped ))
+
 if [ "$status" -ne 0 ] && [ "${failed:-0}" -eq 0 ]; then failed=1; fi
 line="${passed:-0} passed, ${failed:-0} failed"
 [ "${skipped:-0}" -gt 0 ] && line="$line, $skipped skipped"

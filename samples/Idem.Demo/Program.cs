@@ -11,6 +11,10 @@ builder.Services.AddHealthChecks().AddIdempotencyStore();
 builder.AddDemoData(); // communities, chats, builds: EF Core on demo.db, or PostgreSQL with ConnectionStrings:Demo
 
 var app = builder.Build();
+// The demo page at / (wwwroot and clients/js, copied beside the binary at build time).
+var page = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(Path.Combine(AppContext.BaseDirectory, "wwwroot"));
+app.UseDefaultFiles(new DefaultFilesOptions { FileProvider = page });
+app.UseStaticFiles(new StaticFileOptions { FileProvider = page });
 app.UseRouting();
 app.UseIdempotency();
 app.MapOpenApi();

@@ -23,6 +23,7 @@ public sealed class ApiTests
         typeof(Idem.Gateway.GatewayHost).Assembly.GetName().Name!,
         "Idem.Cli",
         typeof(Idem.EntityFrameworkCore.DbSetDataLayerExtensions).Assembly.GetName().Name!,
+        typeof(Idem.Http.IdempotencyKeyOptions).Assembly.GetName().Name!,
     ];
 
     public static TheoryData<string> Assemblies => new(AssemblyNames);
