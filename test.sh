@@ -41,6 +41,13 @@ for project in tests/*/*.csproj; do
     >"$WORK/$name.log" 2>&1 || { status=1; grep -E "^\s+Failed |\[FAIL\]|Error Message|Assert\." "$WORK/$name.log" | head -40 >&2; }
 done
 
+# The protocol's spin model (docs/model): each property that holds and each mutant rejected counts as one test.
+log "checking the protocol model"
+model_passed=0 model_failed=0
+if docs/model/check.sh >"$WORK/model.log" 2>&1; then :; else grep -E "^FAIL" "$WORK/model.log" >&2; fi
+read -r model_passed model_failed < <(sed -n 's/^model: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$WORK/model.log")
+[ -z "${model_passed:-}" ] && { model_passed=0; model_failed=1; tail -5 "$WORK/model.log" >&2; }
+
 read -r passed failed skipped < <(python3 - "$RESULTS" <<'PY'
 import glob, sys, xml.etree.ElementTree as ET
 ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
@@ -52,6 +59,7 @@ for path in glob.glob(sys.argv[1] + "/*.trx"):
 print(p, f, s)
 PY
 )
+passed=$(( ${passed:-0} + model_passed )) failed=$(( ${failed:-0} + model_failed ))
 if [ "$status" -ne 0 ] && [ "${failed:-0}" -eq 0 ]; then failed=1; fi
 line="${passed:-0} passed, ${failed:-0} failed"
 [ "${skipped:-0}" -gt 0 ] && line="$line, $skipped skipped"
