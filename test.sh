@@ -10,6 +10,7 @@ WORK=$(mktemp -d /tmp/idem-test.XXXXXX)
 cleanup() {
   idem_stop_postgres
   idem_stop_redis
+  idem_stop_redis_cluster
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -19,6 +20,9 @@ idem_start_postgres "$WORK" || { echo "0 passed, 1 failed"; exit 1; }
 export IDEM_TEST_POSTGRES="$IDEM_PG_CONNECTION" IDEM_TEST_POSTGRES_DATA="$IDEM_PG_DATA" IDEM_TEST_POSTGRES_OPTIONS="$IDEM_PG_OPTIONS"
 idem_start_redis "$WORK"
 export IDEM_TEST_REDIS="$IDEM_REDIS_ENDPOINT"
+# A Redis Cluster (3 masters + 3 replicas) for the cluster conformance suite and gateway storms; failover tests start
+# their own, since they kill a master.
+idem_start_redis_cluster "$WORK" && export IDEM_TEST_REDIS_CLUSTER="$IDEM_REDIS_CLUSTER"
 
 log() { idem_log "$@"; }
 
