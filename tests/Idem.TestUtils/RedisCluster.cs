@@ -19,6 +19,7 @@ public sealed class RedisCluster : IAsyncLifetime
 
     private readonly bool _private;
     private readonly List<Node> _nodes = [];
+    private readonly List<int> _killed = [];
     private string? _root;
 
     /// <summary>A cluster for the whole run: the one in <see cref="EnvironmentVariable"/> when set, otherwise self-started.</summary>
@@ -157,6 +158,8 @@ public sealed class RedisCluster : IAsyncLifetime
             node.Process.Kill();
             await node.Process.WaitForExitAsync();
         }
+
+        _killed.Add(port);
     }
 
     /// <summary>The port of the replica of the master on <paramref name="masterPort"/>.</summary>
@@ -190,7 +193,10 @@ public sealed class RedisCluster : IAsyncLifetime
         }
     }
 
-    /// <summary>Waits until every slot is served again (a replica took over a killed master).</summary>
+    /// <summary>
+    /// Waits until every live node has marked each killed node as failed (not merely suspected) and serves all slots
+    /// again: a replica took over each killed master.
+    /// </summary>
     public Task WaitForFailoverAsync(TimeSpan timeout) => WaitUntilAsync(
         async () =>
         {
@@ -199,6 +205,16 @@ public sealed class RedisCluster : IAsyncLifetime
                 if (!(await RedisCliAsync(["-p", node.Port.ToString(), "cluster", "info"])).Output.Contains("cluster_state:ok", StringComparison.Ordinal))
                 {
                     return false;
+                }
+
+                var lines = (await RedisCliAsync(["-p", node.Port.ToString(), "cluster", "nodes"])).Output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+                foreach (var killed in _killed)
+                {
+                    var line = lines.Select(l => l.Trim().Split(' ')).FirstOrDefault(f => f.Length > 2 && f[1].StartsWith("127.0.0.1:" + killed + "@", StringComparison.Ordinal));
+                    if (line is null || !line[2].Split(',').Contains("fail") || line.Length > 8)
+                    {
+                        return false;
+                    }
                 }
             }
 
