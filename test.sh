@@ -10,6 +10,7 @@ WORK=$(mktemp -d /tmp/idem-test.XXXXXX)
 cleanup() {
   idem_stop_postgres
   idem_stop_redis
+  idem_stop_redis_cluster
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -19,6 +20,9 @@ idem_start_postgres "$WORK" || { echo "0 passed, 1 failed"; exit 1; }
 export IDEM_TEST_POSTGRES="$IDEM_PG_CONNECTION" IDEM_TEST_POSTGRES_DATA="$IDEM_PG_DATA" IDEM_TEST_POSTGRES_OPTIONS="$IDEM_PG_OPTIONS"
 idem_start_redis "$WORK"
 export IDEM_TEST_REDIS="$IDEM_REDIS_ENDPOINT"
+# A Redis Cluster (3 masters + 3 replicas) for the cluster conformance suite and gateway storms; failover tests start
+# their own, since they kill a master.
+idem_start_redis_cluster "$WORK" && export IDEM_TEST_REDIS_CLUSTER="$IDEM_REDIS_CLUSTER"
 
 log() { idem_log "$@"; }
 
@@ -41,6 +45,13 @@ for project in tests/*/*.csproj; do
     >"$WORK/$name.log" 2>&1 || { status=1; grep -E "^\s+Failed |\[FAIL\]|Error Message|Assert\." "$WORK/$name.log" | head -40 >&2; }
 done
 
+# The protocol's spin model (docs/model): each property that holds and each mutant rejected counts as one test.
+log "checking the protocol model"
+model_passed=0 model_failed=0
+if docs/model/check.sh >"$WORK/model.log" 2>&1; then :; else grep -E "^FAIL" "$WORK/model.log" >&2; fi
+read -r model_passed model_failed < <(sed -n 's/^model: \([0-9]*\) passed, \([0-9]*\) failed$/\1 \2/p' "$WORK/model.log")
+[ -z "${model_passed:-}" ] && { model_passed=0; model_failed=1; tail -5 "$WORK/model.log" >&2; }
+
 read -r passed failed skipped < <(python3 - "$RESULTS" <<'PY'
 import glob, sys, xml.etree.ElementTree as ET
 ns = {"t": "http://microsoft.com/schemas/VisualStudio/TeamTest/2010"}
@@ -60,6 +71,7 @@ node --test --test-reporter=tap clients/js/tests/ >"$WORK/clients-js.tap" 2>&1 \
 read -r js_passed js_failed js_skipped < <(awk '/^# pass /{p=$3} /^# fail /{f=$3} /^# skipped /{s=$3} END{print p+0, f+0, s+0}' "$WORK/clients-js.tap")
 passed=$(( ${passed:-0} + js_passed )); failed=$(( ${failed:-0} + js_failed )); skipped=$(( ${skipped:-0} + js_skipped ))
 
+passed=$(( ${passed:-0} + model_passed )) failed=$(( ${failed:-0} + model_failed ))
 if [ "$status" -ne 0 ] && [ "${failed:-0}" -eq 0 ]; then failed=1; fi
 line="${passed:-0} passed, ${failed:-0} failed"
 [ "${skipped:-0}" -gt 0 ] && line="$line, $skipped skipped"

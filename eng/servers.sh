@@ -14,6 +14,7 @@ idem_install_missing() {
   command -v node >/dev/null 2>&1 || need+=(nodejs)   # the gateway tests run a third-party Express upstream
   command -v npm >/dev/null 2>&1 || need+=(npm)
   [ -x /usr/bin/chromium ] || need+=(chromium)   # the demo page's browser tests (Playwright drives Debian's chromium)
+  command -v spin >/dev/null 2>&1 || need+=(spin gcc)   # docs/model/check.sh: the protocol's model, checked in CI
   if [ ${#need[@]} -gt 0 ]; then
     idem_log "installing ${need[*]}"
     local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -70,4 +71,58 @@ idem_start_redis() {
 idem_stop_redis() {
   [ -n "${IDEM_REDIS_PID:-}" ] && kill "$IDEM_REDIS_PID" 2>/dev/null
   IDEM_REDIS_PID=""
+}
+
+# idem_start_redis_cluster WORKDIR: a real Redis Cluster on loopback, 3 masters + 3 replicas, each node on a free port
+# in its own directory, without persistence; node timeout 1 s so a killed master's replica takes over within seconds.
+# Sets IDEM_REDIS_CLUSTER (comma-separated endpoints: one StackExchange.Redis configuration string) and
+# IDEM_REDIS_CLUSTER_PIDS (space-separated, in the order of the endpoints).
+idem_start_redis_cluster() {
+  local dir="$1/redis-cluster" ports=() pids=() port
+  mkdir -p "$dir"
+  for _ in 1 2 3 4 5 6; do
+    # The cluster bus listens on port + 10000: both must be free and below 65536.
+    for _ in $(seq 1 50); do
+      port=$(idem_free_port)
+      [ "$port" -lt 55536 ] && python3 -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",int(sys.argv[1]))); s.close()' \
+        $((port + 10000)) 2>/dev/null && break
+    done
+    mkdir -p "$dir/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir/$port" --daemonize no \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 1000 \
+      --cluster-replica-validity-factor 0 --logfile "$dir/$port/redis.log" >/dev/null 2>&1 &
+    pids+=($!); ports+=("$port")
+  done
+  IDEM_REDIS_CLUSTER_PIDS="${pids[*]}"
+  local endpoints=() ready
+  for port in "${ports[@]}"; do
+    endpoints+=("127.0.0.1:$port")
+    for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${endpoints[@]}" --cluster-replicas 1 --cluster-yes >"$dir/create.log" 2>&1 \
+    || { cat "$dir/create.log" >&2; idem_stop_redis_cluster; return 1; }
+  # Every node must agree the cluster is up (all slots served) and every replica must be in sync with its master
+  # before a client connects.
+  for _ in $(seq 1 200); do
+    ready=1
+    for port in "${ports[@]}"; do
+      redis-cli -p "$port" cluster info 2>/dev/null | grep -q 'cluster_state:ok' || ready=0
+      if redis-cli -p "$port" info replication 2>/dev/null | grep -q 'role:slave'; then
+        redis-cli -p "$port" info replication 2>/dev/null | grep -q 'master_link_status:up' || ready=0
+      fi
+    done
+    [ "$(redis-cli -p "${ports[0]}" cluster nodes 2>/dev/null | grep -c slave)" = 3 ] || ready=0
+    [ "$ready" = 1 ] && break
+    sleep 0.1
+  done
+  [ "$ready" = 1 ] || { idem_log "Redis Cluster did not come up"; idem_stop_redis_cluster; return 1; }
+  IDEM_REDIS_CLUSTER=$(IFS=,; echo "${endpoints[*]}")
+  idem_log "Redis Cluster on $IDEM_REDIS_CLUSTER"
+}
+
+idem_stop_redis_cluster() {
+  local pid
+  for pid in ${IDEM_REDIS_CLUSTER_PIDS:-}; do kill -9 "$pid" 2>/dev/null; done
+  for pid in ${IDEM_REDIS_CLUSTER_PIDS:-}; do wait "$pid" 2>/dev/null; done
+  IDEM_REDIS_CLUSTER_PIDS=""
 }

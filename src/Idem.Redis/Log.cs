@@ -13,4 +13,10 @@ internal static partial class Log
 
     [LoggerMessage(2203, LogLevel.Debug, "Could not unsubscribe from channel {Channel} while disposing.", EventName = "RedisUnsubscribeFailed")]
     public static partial void UnsubscribeFailed(ILogger logger, Exception exception, string channel);
+
+    [LoggerMessage(2204, LogLevel.Warning, "A claim on key {Key} was acknowledged by {Acknowledged} of {Required} replicas; it was released and reported as a store failure.", EventName = "RedisClaimNotReplicated")]
+    public static partial void ClaimNotReplicated(ILogger logger, string key, long acknowledged, int required);
+
+    [LoggerMessage(2205, LogLevel.Warning, "The completion of key {Key} was acknowledged by {Acknowledged} of {Required} replicas; a failover before it replicates can run the key again.", EventName = "RedisCompletionNotReplicated")]
+    public static partial void CompletionNotReplicated(ILogger logger, string key, long acknowledged, int required);
 }

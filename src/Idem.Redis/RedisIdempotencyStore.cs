@@ -91,6 +91,8 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
 
     private readonly RedisConnection _connection;
     private readonly string _prefix;
+    private readonly int _replicas;
+    private readonly long _replicaTimeoutMilliseconds;
     private readonly RedisChannel _channel;
     private readonly RedisValue _channelName;
     private readonly ILogger _logger;
@@ -117,6 +119,8 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
         var copy = options.Clone();
         _connection = new RedisConnection(copy, timeProvider);
         _prefix = copy.KeyPrefix;
+        _replicas = copy.RequiredReplicaAcknowledgements;
+        _replicaTimeoutMilliseconds = RedisRecords.Milliseconds(copy.ReplicaAcknowledgementTimeout);
         var channelName = copy.KeyPrefix + "changed";
         _channel = RedisChannel.Literal(channelName);
         _channelName = channelName;
@@ -152,6 +156,11 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
         var values = (RedisResult[])result!;
         if ((long)values[0] == 1)
         {
+            if (_replicas > 0)
+            {
+                await EnsureClaimReplicatedAsync(request.Key, request.OwnerToken, cancellationToken).ConfigureAwait(false);
+            }
+
             if ((long)values[1] == 0)
             {
                 return ClaimResult.NewClaim;
@@ -200,6 +209,16 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
         {
             // Waiters in this process wake even while the subscription is down.
             _signals.Signal(key);
+            if (_replicas > 0)
+            {
+                // The handler ran and the response is stored on the master: nothing to undo, so a short count is only
+                // reported. A failure of the WAIT itself (the master died) surfaces as the store failure it is.
+                var acknowledged = await WaitForReplicasAsync(key, cancellationToken).ConfigureAwait(false);
+                if (acknowledged < _replicas)
+                {
+                    Log.CompletionNotReplicated(_logger, key, acknowledged, _replicas);
+                }
+            }
         }
 
         return completed;
@@ -325,6 +344,61 @@ public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable,
         subscriber?.Unsubscribe(_channel, _onMessage, CommandFlags.FireAndForget);
         _connection.Dispose();
     }
+
+    /// <summary>
+    /// Waits for <see cref="RedisIdempotencyStoreOptions.RequiredReplicaAcknowledgements"/> replicas to have the claim;
+    /// short of them the claim is released (best effort: the handler has not run, so freeing the key is always safe) and
+    /// the call throws, so the executor fails the request closed instead of running on a claim a failover can lose.
+    /// </summary>
+    private async ValueTask EnsureClaimReplicatedAsync(string key, Guid owner, CancellationToken cancellationToken)
+    {
+        long acknowledged;
+        try
+        {
+            acknowledged = await WaitForReplicasAsync(key, cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception) when (!cancellationToken.IsCancellationRequested)
+        {
+            await TryReleaseUnreplicatedAsync(key, owner).ConfigureAwait(false);
+            throw;
+        }
+
+        if (acknowledged < _replicas)
+        {
+            Log.ClaimNotReplicated(_logger, key, acknowledged, _replicas);
+            await TryReleaseUnreplicatedAsync(key, owner).ConfigureAwait(false);
+            throw new RedisException($"The claim was acknowledged by {acknowledged} of {_replicas} required replicas within {_replicaTimeoutMilliseconds} ms; it was released.");
+        }
+    }
+
+    private async ValueTask TryReleaseUnreplicatedAsync(string key, Guid owner)
+    {
+        try
+        {
+            await ReleaseAsync(key, owner, CancellationToken.None).ConfigureAwait(false);
+        }
+#pragma warning disable CA1031 // Best effort: an unreleased claim frees itself when its lease runs out.
+        catch (Exception)
+#pragma warning restore CA1031
+        {
+        }
+    }
+
+    /// <summary>
+    /// <c>WAIT numreplicas timeout</c> on the master that holds <paramref name="key"/>, through the same connection the
+    /// script went over (StackExchange.Redis keeps one interactive connection per server), so it covers that write.
+    /// </summary>
+    private Task<long> WaitForReplicasAsync(string key, CancellationToken cancellationToken) =>
+        _connection.RunAsync(
+            static async (db, state) =>
+            {
+                var endpoint = await db.IdentifyEndpointAsync(state.Key).ConfigureAwait(false)
+                    ?? throw new RedisException("No master serves the key's slot.");
+                var result = await db.Multiplexer.GetServer(endpoint).ExecuteAsync("WAIT", state.Replicas, state.Timeout).ConfigureAwait(false);
+                return (long)result;
+            },
+            (Key: RedisKeyFor(key), Replicas: _replicas, Timeout: _replicaTimeoutMilliseconds),
+            cancellationToken);
 
     private async ValueTask<bool> HasChangedAsync(string key, Guid observedOwner, CancellationToken cancellationToken)
     {

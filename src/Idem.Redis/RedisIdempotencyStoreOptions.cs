@@ -41,6 +41,23 @@ public sealed class RedisIdempotencyStoreOptions
     /// <value>Default: 2 s. Range: 1 ms to 5 min.</value>
     public TimeSpan OperationTimeout { get; set; } = TimeSpan.FromSeconds(2);
 
+    /// <summary>
+    /// How many replicas must acknowledge each claim and each completion (Redis <c>WAIT</c>, sent to the key's master
+    /// right after the script) before the store reports it. Redis replicates asynchronously: without this a master can
+    /// acknowledge a claim and die before its replica has it, and after the failover a second request claims the key
+    /// again (a duplicate execution). With it, a claim not acknowledged by this many replicas within
+    /// <see cref="ReplicaAcknowledgementTimeout"/> is released and reported as a store failure (the executor answers 503
+    /// and the handler does not run); an unacknowledged completion is logged (the response is stored on the master and
+    /// the handler already ran, so there is nothing to undo). Set it to the replicas per master (1 in a 3+3 cluster):
+    /// <c>WAIT</c> counts replicas that have the write, and only a replica that has it can be promoted without losing it.
+    /// </summary>
+    /// <value>Default: 0 (no waiting, Redis's asynchronous replication). Range: 0 to 16.</value>
+    public int RequiredReplicaAcknowledgements { get; set; }
+
+    /// <summary>How long a claim or completion waits for <see cref="RequiredReplicaAcknowledgements"/>.</summary>
+    /// <value>Default: 500 ms. Range: 1 ms to <see cref="OperationTimeout"/>.</value>
+    public TimeSpan ReplicaAcknowledgementTimeout { get; set; } = TimeSpan.FromMilliseconds(500);
+
     /// <summary>Throws when the options cannot work.</summary>
     /// <exception cref="InvalidOperationException">An option is missing or out of range.</exception>
     public void Validate()
@@ -70,6 +87,16 @@ public sealed class RedisIdempotencyStoreOptions
         if (OperationTimeout < TimeSpan.FromMilliseconds(1) || OperationTimeout > TimeSpan.FromMinutes(5))
         {
             throw new InvalidOperationException($"{nameof(OperationTimeout)} must be between 1 ms and 5 minutes.");
+        }
+
+        if (RequiredReplicaAcknowledgements is < 0 or > 16)
+        {
+            throw new InvalidOperationException($"{nameof(RequiredReplicaAcknowledgements)} must be between 0 and 16.");
+        }
+
+        if (ReplicaAcknowledgementTimeout < TimeSpan.FromMilliseconds(1) || ReplicaAcknowledgementTimeout > OperationTimeout)
+        {
+            throw new InvalidOperationException($"{nameof(ReplicaAcknowledgementTimeout)} must be between 1 ms and {nameof(OperationTimeout)}.");
         }
     }
 

@@ -132,6 +132,16 @@ internal sealed partial class GatewayProcess : IAsyncDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>Kills this process at once (SIGKILL, by PID): a node dying without a goodbye.</summary>
+    public void Kill()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill();
+            _process.WaitForExit();
+        }
+    }
+
     /// <summary>Sends SIGTERM to this process, by PID.</summary>
     public async Task TerminateAsync()
     {

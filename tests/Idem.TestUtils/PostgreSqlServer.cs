@@ -110,6 +110,43 @@ public sealed class PostgreSqlServer : IAsyncLifetime
         }.ConnectionString;
     }
 
+    /// <summary>
+    /// The process ids of a self-started server: the postmaster (from <c>postmaster.pid</c>) and its children (the
+    /// backends), for a test that freezes the whole server with SIGSTOP; empty while it is stopped.
+    /// </summary>
+    public IReadOnlyList<int> ServerProcessIds()
+    {
+        ThrowIfExternal();
+        var pidFile = Path.Combine(DataDirectory, "postmaster.pid");
+        if (!File.Exists(pidFile) || !int.TryParse(File.ReadLines(pidFile).First(), out var postmaster))
+        {
+            return [];
+        }
+
+        var ids = new List<int> { postmaster };
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (int.TryParse(Path.GetFileName(dir), out var pid))
+            {
+                try
+                {
+                    var stat = File.ReadAllText(Path.Combine(dir, "stat"));
+                    var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                    if (int.Parse(fields[1], System.Globalization.CultureInfo.InvariantCulture) == postmaster)
+                    {
+                        ids.Add(pid);
+                    }
+                }
+                catch (IOException)
+                {
+                    // The process ended while being read.
+                }
+            }
+        }
+
+        return ids;
+    }
+
     /// <summary>Stops a self-started server (fast shutdown: open connections are terminated), for outage tests.</summary>
     public async Task StopAsync()
     {
