@@ -2,10 +2,11 @@
 --
 --   wrk ... -s orders.lua http://127.0.0.1:PORT -- new    <run-id>   a unique key per request
 --   wrk ... -s orders.lua http://127.0.0.1:PORT -- replay <key>      the same key on every request
+--   a third argument replaces the JSON body ({"amount":42}); the gateway benchmark sends a 30-byte one
 --
 -- Both modes build every request the same way (request() + wrk.format), so the client does the same work per
 -- request in every case, the bare baseline included (which sends new keys that nothing reads).
--- done() prints one machine-readable line starting with "BENCH" that run.sh parses.
+-- done() prints one machine-readable line starting with "BENCH" that the benchmark driver parses.
 
 local threads = {}
 
@@ -27,7 +28,7 @@ function init(args)
    counter = 0
    wrk.method = "POST"
    wrk.path = "/orders"
-   wrk.body = '{"amount":42}'
+   wrk.body = args[3] or '{"amount":42}'
    wrk.headers["Content-Type"] = "application/json"
 end
 

@@ -1,9 +1,13 @@
 // The benchmark target: POST /orders, bare or protected by Idem with the store chosen on the command line.
 //
-//   dotnet Idem.Benchmarks.Server.dll --store none|memory|sqlite|postgres|redis|tiered [--connection <path or connection string>]
-//                                     [--redis host:port] [--port 5080]
+//   dotnet Idem.Benchmarks.Server.dll --store none|memory|sqlite|postgres|redis|tiered|npgsql|seredis|tiered-raw
+//                                     [--connection <path or connection string>] [--redis host:port] [--local-cache true]
+//                                     [--port 5080]
 //
-// redis takes its endpoint in --connection; tiered takes PostgreSQL's connection string in --connection and Redis's in --redis.
+// redis and seredis take the endpoint in --connection; tiered and tiered-raw take PostgreSQL's connection string in
+// --connection and Redis's in --redis. --local-cache puts WithLocalReplayCache() in front of an Idem store.
+// npgsql, seredis and tiered-raw are the driver-limit baselines (DriverBaselines.cs): no Idem, the drivers alone doing the
+// stores' round trips.
 //
 // "none" is the baseline: the same handler with no Idem services, middleware or endpoint metadata at all.
 // GET /stats reports the store and how many times the handler ran, so run.sh can check that replays did not execute.
@@ -20,7 +24,19 @@ var connection = builder.Configuration["connection"];
 var port = builder.Configuration.GetValue("port", 5080);
 builder.WebHost.UseUrls($"http://127.0.0.1:{port}");
 
-if (store != "none")
+var baselineKinds = new[] { "npgsql", "seredis", "tiered-raw" };
+DriverBaseline? baseline = null;
+if (baselineKinds.Contains(store))
+{
+    if (string.IsNullOrEmpty(connection) || (store == "tiered-raw" && string.IsNullOrEmpty(builder.Configuration["redis"])))
+    {
+        Console.Error.WriteLine($"--store {store} needs --connection (and --redis for tiered-raw).");
+        return 2;
+    }
+
+    baseline = await DriverBaseline.CreateAsync(store, store == "seredis" ? null : connection, store == "seredis" ? connection : builder.Configuration["redis"]);
+}
+else if (store != "none")
 {
     var idem = builder.Services.AddIdempotency();
     switch (store)
@@ -65,13 +81,19 @@ if (store != "none")
             break;
 
         default:
-            Console.Error.WriteLine($"Unknown --store '{store}': use none, memory, sqlite, postgres, redis or tiered.");
+            Console.Error.WriteLine($"Unknown --store '{store}': use none, memory, sqlite, postgres, redis, tiered, npgsql, seredis or tiered-raw.");
             return 2;
+    }
+
+    if (builder.Configuration.GetValue("local-cache", false))
+    {
+        idem.WithLocalReplayCache();
     }
 }
 
 var app = builder.Build();
-if (store != "none")
+var idemStore = store != "none" && baseline is null;
+if (idemStore)
 {
     app.UseIdempotency();
 }
@@ -79,21 +101,28 @@ if (store != "none")
 var executions = 0L;
 var exceptions = 0L;
 AppDomain.CurrentDomain.FirstChanceException += (_, _) => Interlocked.Increment(ref exceptions);
-var orders = app.MapPost("/orders", (CreateOrder order) =>
+if (baseline is not null)
 {
-    Interlocked.Increment(ref executions);
-    var id = Guid.NewGuid();
-    return TypedResults.Created($"/orders/{id}", new Order(id, order.Amount));
-});
-if (store != "none")
+    app.MapPost("/orders", baseline.HandleAsync);
+}
+else
 {
-    orders.RequireIdempotency();
+    var orders = app.MapPost("/orders", (CreateOrder order) =>
+    {
+        Interlocked.Increment(ref executions);
+        var id = Guid.NewGuid();
+        return TypedResults.Created($"/orders/{id}", new Order(id, order.Amount));
+    });
+    if (idemStore)
+    {
+        orders.RequireIdempotency();
+    }
 }
 
 // Cheap profiling that needs no tools: run.sh diffs these around the timed run to get allocations and exceptions per request.
 app.MapGet("/stats", () => TypedResults.Ok(new Stats(
     store,
-    Interlocked.Read(ref executions),
+    Interlocked.Read(ref executions) + (baseline?.Executions ?? 0),
     Interlocked.Read(ref exceptions),
     GC.GetTotalAllocatedBytes(precise: false),
     GC.CollectionCount(0),
@@ -112,6 +141,11 @@ using var allocations = Environment.GetEnvironmentVariable("IDEM_BENCH_ALLOCATIO
 app.MapGet("/allocations", () => allocations?.Top(40) ?? "set IDEM_BENCH_ALLOCATIONS=1\n");
 
 await app.RunAsync().ConfigureAwait(false);
+if (baseline is not null)
+{
+    await baseline.DisposeAsync().ConfigureAwait(false);
+}
+
 return 0;
 
 internal sealed class AllocationSampler : System.Diagnostics.Tracing.EventListener

@@ -5,8 +5,8 @@ namespace Idem;
 
 /// <summary>
 /// The <c>Idem</c> meter: <c>idem.requests</c> counted by outcome, <c>idem.store.errors</c> by operation, the
-/// durations of claims and replays, and for the tiered store <c>idem.cache.hits</c> and <c>idem.cache.errors</c> by
-/// operation. Keys never become tags.
+/// durations of claims and replays, for the tiered store <c>idem.cache.hits</c> and <c>idem.cache.errors</c> by
+/// operation, and <c>idem.replay_cache.hits</c> for a node's local replay cache. Keys never become tags.
 /// </summary>
 public sealed class IdempotencyMetrics
 {
@@ -22,6 +22,7 @@ public sealed class IdempotencyMetrics
     private readonly Histogram<double> _replayDuration;
     private readonly Counter<long> _cacheHits;
     private readonly Counter<long> _cacheErrors;
+    private readonly Counter<long> _replayCacheHits;
 
     /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>.</summary>
     public IdempotencyMetrics(IMeterFactory meterFactory)
@@ -52,6 +53,10 @@ public sealed class IdempotencyMetrics
             "idem.cache.errors",
             unit: "{error}",
             description: "Response-cache calls of the tiered store that failed or missed their deadline, by operation (get, set); each was served by the durable store.");
+        _replayCacheHits = meter.CreateCounter<long>(
+            "idem.replay_cache.hits",
+            unit: "{hit}",
+            description: "Claims answered from a node's local replay cache (WithLocalReplayCache) without a store round trip.");
     }
 
     /// <summary>Counts one request with the given outcome, one of a closed set (the executor counts its own outcomes).</summary>
@@ -87,6 +92,14 @@ public sealed class IdempotencyMetrics
         if (_cacheHits.Enabled)
         {
             _cacheHits.Add(1);
+        }
+    }
+
+    internal void ReplayCacheHit()
+    {
+        if (_replayCacheHits.Enabled)
+        {
+            _replayCacheHits.Add(1);
         }
     }
 
