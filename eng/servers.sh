@@ -13,6 +13,7 @@ idem_install_missing() {
   command -v wrk >/dev/null 2>&1 || [ "${IDEM_NEED_WRK:-0}" = 0 ] || need+=(wrk)
   command -v node >/dev/null 2>&1 || need+=(nodejs)   # the gateway tests run a third-party Express upstream
   command -v npm >/dev/null 2>&1 || need+=(npm)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # promtool tests the alert rules in deploy/prometheus
   if [ ${#need[@]} -gt 0 ]; then
     idem_log "installing ${need[*]}"
     local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
