@@ -104,12 +104,9 @@ namespace Microsoft.AspNetCore.Builder
             return group;
         }
 
-        /// <summary>
-        /// Writes <paramref name="report"/> as JSON: <c>status</c>, <c>totalDurationMs</c> and per check its
-        /// <c>status</c>, <c>description</c>, <c>durationMs</c>, <c>error</c> (type and message, no stack), <c>tags</c>
-        /// and <c>data</c>. Usable as <see cref="HealthCheckOptions.ResponseWriter"/>.
-        /// </summary>
-        public static async Task WriteJsonReportAsync(HttpContext context, HealthReport report)
+        // The report as JSON: status, totalDurationMs and per check its status, description, durationMs, error (type and
+        // message, no stack), tags and data. The shape of HealthCheckOptions.ResponseWriter.
+        private static async Task WriteJsonReportAsync(HttpContext context, HealthReport report)
         {
             ArgumentNullException.ThrowIfNull(context);
             ArgumentNullException.ThrowIfNull(report);
