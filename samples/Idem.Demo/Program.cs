@@ -12,7 +12,7 @@ var app = builder.Build();
 app.UseRouting();
 app.UseIdempotency();
 app.MapOpenApi();
-app.MapHealthChecks("/healthz");
+app.MapIdempotencyHealthChecks("/healthz");   // JSON report by tier, /healthz/live, /healthz/ready
 
 var orders = new ConcurrentDictionary<Guid, Order>();
 var executions = 0;
