@@ -114,6 +114,29 @@ public sealed partial class ObservabilityTests
         Assert.Contains("le=\"0.0005\"", exported); // the claim histogram's own second-scale buckets
     }
 
+    [Fact]
+    public void Every_alert_has_a_runbook_section_with_meaning_confirmation_and_action_and_links_to_it()
+    {
+        var root = RepositoryRoot();
+        var rules = File.ReadAllText(Path.Combine(root, "deploy", "prometheus", "idem-alerts.yml"));
+        var runbook = File.ReadAllText(Path.Combine(root, "docs", "runbook.md"));
+        var alerts = AlertName().Matches(rules).Select(m => m.Groups[1].Value).ToList();
+        Assert.Equal(5, alerts.Count);
+        var sections = runbook.Split("\n## ").Skip(1).ToDictionary(s => s[..s.IndexOf('\n')].Trim(), s => s);
+        foreach (var alert in alerts)
+        {
+            Assert.True(sections.TryGetValue(alert, out var section), $"docs/runbook.md has no section '## {alert}'.");
+            Assert.Contains("**Meaning.**", section);
+            Assert.Contains("**Confirm.**", section);
+            Assert.Contains("idem doctor", section);
+            Assert.Contains("**What to do.**", section);
+            Assert.Contains($"runbook: \"docs/runbook.md#{alert.ToLowerInvariant()}\"", rules);
+        }
+
+        using var dashboard = JsonDocument.Parse(File.ReadAllText(Path.Combine(root, "deploy", "grafana", "idem-dashboard.json")));
+        Assert.NotEmpty(dashboard.RootElement.GetProperty("panels").EnumerateArray());
+    }
+
     internal static string[] TieredArgs(PostgreSqlServer postgres, RedisServer redis) =>
     [
         "--Idem:Store", "Tiered", "--Idem:PostgreSql:ConnectionString", postgres.ConnectionString,
@@ -197,6 +220,9 @@ public sealed partial class ObservabilityTests
 
         throw new InvalidOperationException("deploy/prometheus/idem-alerts.yml not found above " + AppContext.BaseDirectory);
     }
+
+    [GeneratedRegex(@"- alert: (\w+)")]
+    private static partial Regex AlertName();
 
     [GeneratedRegex(@"\bidem_[a-z0-9_]+\b")]
     private static partial Regex MetricName();
