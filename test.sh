@@ -72,6 +72,17 @@ read -r js_passed js_failed js_skipped < <(awk '/^# pass /{p=$3} /^# fail /{f=$3
 passed=$(( ${passed:-0} + js_passed )); failed=$(( ${failed:-0} + js_failed )); skipped=$(( ${skipped:-0} + js_skipped ))
 
 passed=$(( ${passed:-0} + model_passed )) failed=$(( ${failed:-0} + model_failed ))
+# Alert rules (issue 17): promtool checks deploy/prometheus/idem-alerts.yml and runs each unit test file; each counts as one test.
+if command -v promtool >/dev/null 2>&1; then
+  log "testing alert rules with promtool"
+  if promtool check rules deploy/prometheus/idem-alerts.yml >"$WORK/promtool.log" 2>&1; then passed=$((${passed:-0} + 1)); else failed=$((${failed:-0} + 1)); cat "$WORK/promtool.log" >&2; fi
+  for rules_test in deploy/prometheus/tests/*.test.yml; do
+    if promtool test rules "$rules_test" >"$WORK/promtool.log" 2>&1; then passed=$((${passed:-0} + 1)); else failed=$((${failed:-0} + 1)); cat "$WORK/promtool.log" >&2; fi
+  done
+else
+  log "promtool is missing: the alert rules were not tested"; failed=$((${failed:-0} + 1))
+fi
+
 if [ "$status" -ne 0 ] && [ "${failed:-0}" -eq 0 ]; then failed=1; fi
 line="${passed:-0} passed, ${failed:-0} failed"
 [ "${skipped:-0}" -gt 0 ] && line="$line, $skipped skipped"

@@ -15,6 +15,7 @@ idem_install_missing() {
   command -v npm >/dev/null 2>&1 || need+=(npm)
   [ -x /usr/bin/chromium ] || need+=(chromium)   # the demo page's browser tests (Playwright drives Debian's chromium)
   command -v spin >/dev/null 2>&1 || need+=(spin gcc)   # docs/model/check.sh: the protocol's model, checked in CI
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)   # promtool tests the alert rules in deploy/prometheus
   if [ ${#need[@]} -gt 0 ]; then
     idem_log "installing ${need[*]}"
     local sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -18,7 +18,7 @@ app.UseStaticFiles(new StaticFileOptions { FileProvider = page });
 app.UseRouting();
 app.UseIdempotency();
 app.MapOpenApi();
-app.MapHealthChecks("/healthz");
+app.MapIdempotencyHealthChecks("/healthz");   // JSON report by tier, /healthz/live, /healthz/ready
 
 var orders = new ConcurrentDictionary<Guid, Order>();
 var executions = 0;

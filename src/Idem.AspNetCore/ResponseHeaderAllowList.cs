@@ -16,7 +16,7 @@ internal sealed class ResponseHeaderAllowList
     {
         HeaderNames.SetCookie, HeaderNames.Connection, "Keep-Alive", HeaderNames.ProxyAuthenticate, "Proxy-Authorization",
         HeaderNames.TE, HeaderNames.Trailer, HeaderNames.TransferEncoding, HeaderNames.Upgrade, HeaderNames.ContentLength,
-        "Idempotent-Replayed",
+        "Idempotent-Replayed", Idem.IdempotencyDiagnostics.OriginTraceHeaderName,
     }.ToFrozenSet(StringComparer.OrdinalIgnoreCase);
 
     private readonly string[] _names;

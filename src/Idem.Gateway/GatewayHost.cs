@@ -8,6 +8,8 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+using OpenTelemetry.Trace;
 using Yarp.ReverseProxy.Configuration;
 using Yarp.ReverseProxy.Transforms;
 
@@ -85,9 +87,10 @@ public static partial class GatewayHost
         GatewayStores.Use(idem, gateway, builder.Environment.ContentRootPath);
 
         builder.Services.AddHealthChecks().AddIdempotencyStore();
-        builder.Services.AddOpenTelemetry().WithMetrics(m => m
-            .AddMeter(IdempotencyMetrics.MeterName)
+        var telemetry = builder.Services.AddOpenTelemetry().WithMetrics(m => m
+            .AddIdemInstrumentation()
             .AddPrometheusExporter());
+        AddOtlpTracing(telemetry, builder.Configuration);
 
         builder.Services.AddSingleton<GatewayDrain>();
         builder.Services.AddHostedService(static sp => sp.GetRequiredService<GatewayDrain>());
@@ -162,6 +165,32 @@ public static partial class GatewayHost
         return 0;
     }
 
+    /// <summary>The standard variable (or configuration key) that turns on trace export over OTLP.</summary>
+    internal const string OtlpEndpointKey = "OTEL_EXPORTER_OTLP_ENDPOINT";
+
+    // Traces are exported only where an OTLP endpoint is configured, the standard way (OTEL_EXPORTER_OTLP_ENDPOINT, and
+    // OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES… as the OpenTelemetry SDK reads them from
+    // configuration, so --OTEL_EXPORTER_OTLP_ENDPOINT=… on the command line works too). Without one, nothing listens to
+    // activities and tracing costs the gateway nothing.
+    private static void AddOtlpTracing(OpenTelemetry.OpenTelemetryBuilder telemetry, ConfigurationManager configuration)
+    {
+        if (string.IsNullOrWhiteSpace(configuration[OtlpEndpointKey]))
+        {
+            return;
+        }
+
+        if (string.IsNullOrWhiteSpace(configuration["OTEL_SERVICE_NAME"]))
+        {
+            telemetry.ConfigureResource(r => r.AddService("idem-gateway"));
+        }
+
+        telemetry.WithTracing(t => t
+            .AddIdemInstrumentation()
+            .AddAspNetCoreInstrumentation()
+            .AddSource("System.Net.Http") // the forwarded call to the upstream, with the trace context it carries
+            .AddOtlpExporter());
+    }
+
     private static void ConfigureUrls(WebApplicationBuilder builder, GatewayOptions gateway)
     {
         var config = builder.Configuration;
@@ -226,7 +255,7 @@ public static partial class GatewayHost
         app.UseRouting();
         app.UseIdempotency();
 
-        app.MapHealthChecks("/healthz");
+        app.MapIdempotencyHealthChecks("/healthz"); // the JSON report, /healthz/live and /healthz/ready
         if (managementPorts.Count == 0)
         {
             app.MapPrometheusScrapingEndpoint("/metrics");

@@ -123,8 +123,13 @@ public sealed class IdempotencyExecutor
                     return Finish(activity, IdempotencyOutcomes.Mismatched, new IdempotencyOutcome(IdempotencyOutcomeKind.FingerprintMismatch));
 
                 case ClaimStatus.Completed:
-                    var response = claim.Record!.Response!;
+                    var response = OriginTrace.Detach(claim.Record!.Response!, activity);
                     _metrics.ReplayDuration(started);
+                    if (response.BodyOmitted)
+                    {
+                        _metrics.ReplayNotRetained();
+                    }
+
                     Log.Replayed(_logger, storeKey, response.StatusCode);
                     return Finish(
                         activity,
@@ -253,6 +258,9 @@ public sealed class IdempotencyExecutor
             Log.BodyOmitted(_logger, storeKey, policy.MaxStoredBodyBytes);
             toStore = response.WithoutBody();
         }
+
+        // Replays link to this activity: its trace context travels with the record (see OriginTrace).
+        toStore = OriginTrace.Attach(toStore, activity);
 
         var stored = false;
         try

@@ -5,8 +5,10 @@ namespace Idem;
 
 /// <summary>
 /// The <c>Idem</c> meter: <c>idem.requests</c> counted by outcome, <c>idem.store.errors</c> by operation, the
-/// durations of claims and replays, for the tiered store <c>idem.cache.hits</c> and <c>idem.cache.errors</c> by
-/// operation, and <c>idem.replay_cache.hits</c> for a node's local replay cache. Keys never become tags.
+/// durations of claims and replays, <c>idem.replays.not_retained</c>, <c>idem.replay_cache.hits</c> for a node's local
+/// replay cache, and for the tiered store <c>idem.cache.hits</c>, <c>idem.cache.errors</c> by operation and the
+/// <c>idem.cache.fallback</c> gauge. Keys never become tags. The alert rules
+/// and dashboard in <c>deploy/</c> use these names (as Prometheus exports them: <c>idem_requests_total</c>, …).
 /// </summary>
 public sealed class IdempotencyMetrics
 {
@@ -23,6 +25,15 @@ public sealed class IdempotencyMetrics
     private readonly Counter<long> _cacheHits;
     private readonly Counter<long> _cacheErrors;
     private readonly Counter<long> _replayCacheHits;
+    private readonly Gauge<int> _cacheFallback;
+    private readonly Counter<long> _notRetained;
+
+    // Store round trips take from well under a millisecond (in memory, SQLite) to seconds (an outage up to the deadline);
+    // the SDKs' default boundaries (0 to 10 000, meant for milliseconds) would put all of them in the first bucket.
+    private static readonly InstrumentAdvice<double> DurationAdvice = new()
+    {
+        HistogramBucketBoundaries = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    };
 
     /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>.</summary>
     public IdempotencyMetrics(IMeterFactory meterFactory)
@@ -40,11 +51,15 @@ public sealed class IdempotencyMetrics
         _claimDuration = meter.CreateHistogram<double>(
             "idem.claim.duration",
             unit: "s",
-            description: "Time to claim a key in the store.");
+            description: "Time to claim a key in the store.",
+            tags: null,
+            advice: DurationAdvice);
         _replayDuration = meter.CreateHistogram<double>(
             "idem.replay.duration",
             unit: "s",
-            description: "Time from the start of a replayed request to its stored response being found.");
+            description: "Time from the start of a replayed request to its stored response being found.",
+            tags: null,
+            advice: DurationAdvice);
         _cacheHits = meter.CreateCounter<long>(
             "idem.cache.hits",
             unit: "{hit}",
@@ -57,6 +72,14 @@ public sealed class IdempotencyMetrics
             "idem.replay_cache.hits",
             unit: "{hit}",
             description: "Claims answered from a node's local replay cache (WithLocalReplayCache) without a store round trip.");
+        _cacheFallback = meter.CreateGauge<int>(
+            "idem.cache.fallback",
+            unit: "{state}",
+            description: "1 while a tiered store serves without its response cache (from a failed cache call to the next one that succeeds), 0 otherwise.");
+        _notRetained = meter.CreateCounter<long>(
+            "idem.replays.not_retained",
+            unit: "{replay}",
+            description: "Replays of a request whose response was larger than the stored-body limit: answered 409 'not retained' (the request is never run again).");
     }
 
     /// <summary>Counts one request with the given outcome, one of a closed set (the executor counts its own outcomes).</summary>
@@ -104,6 +127,16 @@ public sealed class IdempotencyMetrics
     }
 
     internal void CacheError(string operation) => CountOperation(_cacheErrors, operation);
+
+    internal void CacheFallback(bool active) => _cacheFallback.Record(active ? 1 : 0);
+
+    internal void ReplayNotRetained()
+    {
+        if (_notRetained.Enabled)
+        {
+            _notRetained.Add(1);
+        }
+    }
 
     private static void CountOperation(Counter<long> counter, string operation)
     {

@@ -14,9 +14,10 @@ namespace Idem;
 /// so a hit is the same answer the durable store would give, and claims are never made in it. A cache that fails or is
 /// slower than <see cref="TieredIdempotencyStoreOptions.CacheTimeout"/> is logged, counted and skipped for
 /// <see cref="TieredIdempotencyStoreOptions.CacheBackoff"/>; the request goes on against the durable store. A cache outage
-/// therefore costs speed, never a duplicate and never a failed request.
+/// therefore costs speed, never a duplicate and never a failed request. While it lasts the store is in <em>fallback</em>:
+/// <see cref="CheckHealthAsync"/> reports it as degraded and the <c>idem.cache.fallback</c> gauge is 1.
 /// </remarks>
-public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
+public sealed class TieredIdempotencyStore : IIdempotencyStore, IIdempotencyHealthReporter, IAsyncDisposable, IDisposable
 {
     // Fingerprints of claims made through this instance, so a completion can write a whole record to the cache without
     // another durable read. Bounded: past it a completion skips the cache and the first replay fills it instead.
@@ -34,6 +35,8 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
     private long _skipCacheUntil = long.MinValue;
     private long _cacheHits;
     private long _cacheFailures;
+    private long _fallbackSinceTicks; // UTC ticks of the first cache failure of the current fallback; 0 when the cache answers
+    private long _lastCacheFailureTicks;
     private int _disposed;
 
     /// <summary>Creates a tiered store over <paramref name="durable"/> and <paramref name="cache"/>, which the caller owns and disposes.</summary>
@@ -76,6 +79,7 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
         _metrics = metrics;
         _ownsDurable = ownsDurable;
         _ownsCache = ownsCache;
+        _metrics?.CacheFallback(false);
     }
 
     /// <summary>The durable store every claim goes to.</summary>
@@ -89,6 +93,87 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
 
     /// <summary>The last cache failure; for diagnostics and tests.</summary>
     internal Exception? LastCacheFailure { get; private set; }
+
+    /// <summary>
+    /// <see langword="true"/> while the store serves without its cache: from a failed or timed-out cache call until the
+    /// next cache call (a request's or a health probe's) that succeeds.
+    /// </summary>
+    public bool IsFallbackActive => Interlocked.Read(ref _fallbackSinceTicks) != 0;
+
+    /// <summary>
+    /// Probes both tiers with a real read each: <see cref="IdempotencyHealthStatus.Unhealthy"/> when the durable store
+    /// cannot answer (protected requests get 503), <see cref="IdempotencyHealthStatus.Degraded"/> while the cache cannot
+    /// (or the store is still in fallback: replays cost a durable read, never a duplicate), otherwise healthy. The data
+    /// holds each tier's status, latency and last error, and since when the fallback has been active.
+    /// </summary>
+    public async ValueTask<IdempotencyHealthResult> CheckHealthAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var durable = await IdempotencyStoreHealth.ProbeAsync(_durable, timeout, cancellationToken).ConfigureAwait(false);
+        var (cacheLatency, cacheError) = await IdempotencyStoreHealth.TimeAsync(
+            static (c, ct) => c.GetAsync(IdempotencyStoreHealth.ProbeKey, ct), _cache, timeout, cancellationToken).ConfigureAwait(false);
+        if (cacheError is null)
+        {
+            EndFallback();
+        }
+        else
+        {
+            OnCacheFailure(cacheError, fromRequest: false);
+        }
+
+        var data = new Dictionary<string, object>
+        {
+            ["durable.store"] = _durable.GetType().Name,
+            ["durable.status"] = durable.Status.ToString(),
+        };
+        foreach (var (name, value) in durable.Data)
+        {
+            data.TryAdd("durable." + name, value);
+        }
+
+        var fallbackSince = Interlocked.Read(ref _fallbackSinceTicks);
+        var lastFailure = Interlocked.Read(ref _lastCacheFailureTicks);
+        data["cache.store"] = _cache.GetType().Name;
+        data["cache.status"] = (cacheError is null ? IdempotencyHealthStatus.Healthy : IdempotencyHealthStatus.Unhealthy).ToString();
+        data["cache.latency_ms"] = Math.Round(cacheLatency.TotalMilliseconds, 2);
+        data["cache.fallback_active"] = fallbackSince != 0;
+        if (fallbackSince != 0)
+        {
+            data["cache.fallback_since"] = new DateTimeOffset(fallbackSince, TimeSpan.Zero).ToString("O", System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        if (LastCacheFailure is { } last)
+        {
+            data["cache.last_error"] = IdempotencyStoreHealth.Describe(last);
+            data["cache.last_error_at"] = new DateTimeOffset(lastFailure, TimeSpan.Zero).ToString("O", System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        data["cache.hits"] = CacheHits;
+        data["cache.failures"] = CacheFailures;
+
+        if (durable.Status == IdempotencyHealthStatus.Unhealthy)
+        {
+            return new IdempotencyHealthResult(
+                IdempotencyHealthStatus.Unhealthy,
+                $"The durable store ({_durable.GetType().Name}) does not answer: protected requests get 503 until it does.",
+                data,
+                durable.Exception);
+        }
+
+        if (cacheError is not null || fallbackSince != 0)
+        {
+            return new IdempotencyHealthResult(
+                IdempotencyHealthStatus.Degraded,
+                $"The response cache ({_cache.GetType().Name}) does not answer: claims and replays are served by the durable store alone (slower, never a duplicate).",
+                data,
+                cacheError);
+        }
+
+        return new IdempotencyHealthResult(
+            durable.Status,
+            durable.Status == IdempotencyHealthStatus.Healthy ? "Both tiers answer." : durable.Description,
+            data,
+            durable.Exception);
+    }
 
     /// <inheritdoc />
     public async ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken)
@@ -213,6 +298,30 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
         }
     }
 
+    private void OnCacheFailure(Exception error, bool fromRequest)
+    {
+        if (fromRequest)
+        {
+            Interlocked.Increment(ref _cacheFailures);
+        }
+
+        LastCacheFailure = error;
+        var now = _timeProvider.GetUtcNow().UtcTicks;
+        Interlocked.Exchange(ref _lastCacheFailureTicks, now);
+        if (Interlocked.CompareExchange(ref _fallbackSinceTicks, now, 0) == 0)
+        {
+            _metrics?.CacheFallback(true);
+        }
+    }
+
+    private void EndFallback()
+    {
+        if (Interlocked.Exchange(ref _fallbackSinceTicks, 0) != 0)
+        {
+            _metrics?.CacheFallback(false);
+        }
+    }
+
     private static async ValueTask<bool> Unit(ValueTask task)
     {
         await task.ConfigureAwait(false);
@@ -239,8 +348,14 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
         try
         {
             // WaitAsync as well as the token: a cache that ignores cancellation is still cut off at the deadline.
-            return await call(_cache, argument, deadline.Token).AsTask()
+            var result = await call(_cache, argument, deadline.Token).AsTask()
                 .WaitAsync(_options.CacheTimeout, _timeProvider, cancellationToken).ConfigureAwait(false);
+            if (Interlocked.Read(ref _fallbackSinceTicks) != 0)
+            {
+                EndFallback();
+            }
+
+            return result;
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
@@ -250,8 +365,7 @@ public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable
         catch (Exception ex)
 #pragma warning restore CA1031
         {
-            Interlocked.Increment(ref _cacheFailures);
-            LastCacheFailure = ex;
+            OnCacheFailure(ex, fromRequest: true);
             _metrics?.CacheError(operation);
             var backoffTicks = (long)(_options.CacheBackoff.TotalSeconds * _timeProvider.TimestampFrequency);
             Interlocked.Exchange(ref _skipCacheUntil, _timeProvider.GetTimestamp() + backoffTicks);

@@ -234,7 +234,7 @@ public sealed class TieredStoreSpecificTests(PostgreSqlServer postgres, RedisSer
     private static StoredResponse Response() =>
         new(201, [new("Content-Type", "application/json"), new("Location", "/orders/7")], "{\"id\":7}"u8.ToArray());
 
-    private async Task<(TieredIdempotencyStore Tiered, CountingStore Durable)> NewTieredAsync(string redisEndpoint)
+    private async Task<(TieredIdempotencyStore Tiered, CountingStore Durable)> NewTieredAsync(string redisEndpoint, IdempotencyMetrics? metrics = null)
     {
         var postgresStore = new PostgreSqlIdempotencyStore(new PostgreSqlIdempotencyStoreOptions
         {
@@ -254,7 +254,52 @@ public sealed class TieredStoreSpecificTests(PostgreSqlServer postgres, RedisSer
         var durable = new CountingStore(postgresStore);
 
         // A generous cache deadline: these tests are about what is served from where, not about a busy machine's latency.
-        return (new TieredIdempotencyStore(durable, cache, new TieredIdempotencyStoreOptions { CacheTimeout = TimeSpan.FromSeconds(2) }), durable);
+        return (new TieredIdempotencyStore(durable, cache, new TieredIdempotencyStoreOptions { CacheTimeout = TimeSpan.FromSeconds(2) }, metrics: metrics), durable);
+    }
+
+    [Fact]
+    public async Task Health_is_degraded_while_Redis_is_frozen_and_the_fallback_ends_when_Redis_answers_again()
+    {
+        await using var privateRedis = await RedisServer.StartPrivateAsync();
+        await using var services = new ServiceCollection().AddMetrics().BuildServiceProvider();
+        var meterFactory = services.GetRequiredService<System.Diagnostics.Metrics.IMeterFactory>();
+        using var gauge = new Microsoft.Extensions.Diagnostics.Metrics.Testing.MetricCollector<int>(meterFactory, IdempotencyMetrics.MeterName, "idem.cache.fallback");
+        var (tiered, _) = await NewTieredAsync(privateRedis.Endpoint, new IdempotencyMetrics(meterFactory));
+        var probe = TimeSpan.FromSeconds(1);
+
+        var health = await tiered.CheckHealthAsync(probe, CancellationToken.None);
+        Assert.Equal(IdempotencyHealthStatus.Healthy, health.Status);
+        Assert.Equal(false, health.Data["cache.fallback_active"]);
+
+        await privateRedis.SetFrozenAsync(true);
+        try
+        {
+            // A request meets the frozen cache (its deadline passes) and is served by PostgreSQL: the fallback starts.
+            Assert.Equal(ClaimStatus.Claimed, (await tiered.TryClaimAsync(Claim(NewKey(), Guid.NewGuid()), CancellationToken.None)).Status);
+            Assert.True(tiered.IsFallbackActive);
+            health = await tiered.CheckHealthAsync(probe, CancellationToken.None);
+            Assert.Equal(IdempotencyHealthStatus.Degraded, health.Status);
+            Assert.Equal("Healthy", health.Data["durable.status"]);
+            Assert.Equal("Unhealthy", health.Data["cache.status"]);
+            Assert.Equal(true, health.Data["cache.fallback_active"]);
+            Assert.IsType<string>(health.Data["cache.last_error"]);
+        }
+        finally
+        {
+            await privateRedis.SetFrozenAsync(false);
+        }
+
+        // Redis answers again: the next cache call (here the health probe's) ends the fallback.
+        var deadline = Stopwatch.StartNew();
+        do
+        {
+            health = await tiered.CheckHealthAsync(TimeSpan.FromSeconds(5), CancellationToken.None);
+        }
+        while (health.Status != IdempotencyHealthStatus.Healthy && deadline.Elapsed < TimeSpan.FromSeconds(30));
+
+        Assert.Equal(IdempotencyHealthStatus.Healthy, health.Status);
+        Assert.False(tiered.IsFallbackActive);
+        Assert.Equal([0, 1, 0], gauge.GetMeasurementSnapshot().Select(m => m.Value));
     }
 
     private async Task<IConnectionMultiplexer> Multiplexer(string endpoint)

@@ -165,6 +165,53 @@ public sealed class PostgreSqlServer : IAsyncLifetime
         IsRunning = true;
     }
 
+    /// <summary>
+    /// Freezes (<c>SIGSTOP</c>) or thaws (<c>SIGCONT</c>) a self-started server by process id: the postmaster (from
+    /// <c>postmaster.pid</c>) and every process it started, so open connections stay open but nothing answers, the
+    /// outage that only a deadline ends.
+    /// </summary>
+    public async Task SetFrozenAsync(bool frozen)
+    {
+        ThrowIfExternal();
+        var signal = frozen ? "-STOP" : "-CONT";
+        var postmaster = int.Parse((await File.ReadAllLinesAsync(Path.Combine(DataDirectory, "postmaster.pid")))[0].Trim());
+
+        // The postmaster first, so it starts no new backend while its children are found and stopped.
+        await RunAsync("kill", [signal, postmaster.ToString()]);
+        var children = new List<string>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (int.TryParse(Path.GetFileName(dir), out var pid) && pid != postmaster)
+            {
+                try
+                {
+                    // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so read after the last ')'.
+                    var stat = await File.ReadAllTextAsync(Path.Combine(dir, "stat"));
+                    if (int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[1]) == postmaster)
+                    {
+                        children.Add(pid.ToString());
+                    }
+                }
+                catch (IOException)
+                {
+                    // The process ended meanwhile.
+                }
+            }
+        }
+
+        if (children.Count > 0)
+        {
+            try
+            {
+                await RunAsync("kill", [signal, .. children]);
+            }
+            catch (InvalidOperationException)
+            {
+                // kill signals every process it can and fails for one that has ended since it was listed: nothing to do for that one.
+            }
+        }
+    }
+
     /// <summary>Creates an empty database and returns its connection string.</summary>
     public async Task<string> CreateDatabaseAsync()
     {
