@@ -16,7 +16,7 @@ namespace Idem;
 /// <see cref="TieredIdempotencyStoreOptions.CacheBackoff"/>; the request goes on against the durable store. A cache outage
 /// therefore costs speed, never a duplicate and never a failed request.
 /// </remarks>
-public sealed class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
+public sealed partial class TieredIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
 {
     // Fingerprints of claims made through this instance, so a completion can write a whole record to the cache without
     // another durable read. Bounded: past it a completion skips the cache and the first replay fills it instead.
