@@ -1,36 +1,41 @@
 using System.CommandLine;
-using Idem.Gateway;
+using Idem.Cli.Commands;
+using Idem.Cli.Commands.Dedupe;
+using Idem.Cli.Commands.Storm;
+using Idem.Cli.Common;
 
-var upstream = new Option<string?>("--upstream")
+// One root command, one file (or folder) per verb; exit codes are in Common/ExitCodes.cs and README.md.
+var root = new RootCommand("idem: exactly-once for HTTP APIs. Run a gateway, prove exactly-once with a storm, check a deployment, inspect keys, migrate stores, repair duplicate rows.")
 {
-    Description = "The API to protect, e.g. http://127.0.0.1:5000: one catch-all route with the default policy. Without it, routes come from ReverseProxy:Routes/Clusters in appsettings.json.",
+    GatewayCommand.Create(),
+    StormCommand.Create(),
+    DoctorCommand.Create(),
+    KeysCommand.Create(),
+    MigrateCommand.Create(),
+    DedupeCommand.Create(),
 };
-var urls = new Option<string?>("--urls")
+
+var parsed = root.Parse(args);
+if (parsed.Errors.Count > 0)
 {
-    Description = $"Where the gateway listens (semicolon separated). Default: {GatewayHost.DefaultUrls}.",
-};
-var gateway = new Command("gateway", "Run Idem Gateway: a reverse proxy that makes POST and PATCH requests with an Idempotency-Key execute exactly once. Any other --Section:Key=value setting (e.g. --Idem:Store=PostgreSql) is passed to the gateway's configuration.")
-{
-    upstream,
-    urls,
-};
-gateway.TreatUnmatchedTokensAsErrors = false;
-gateway.SetAction(async (parseResult, cancellationToken) =>
-{
-    var args = new List<string>();
-    if (parseResult.GetValue(upstream) is { } upstreamUrl)
+    // Bad usage: one clear line per error on stderr, exit 2, nothing run.
+    foreach (var error in parsed.Errors)
     {
-        args.AddRange(["--upstream", upstreamUrl.TrimEnd('/')]);
+        await Console.Error.WriteLineAsync($"idem: {error.Message} (see idem {string.Join(' ', CommandPath(parsed))} --help)").ConfigureAwait(false);
     }
 
-    if (parseResult.GetValue(urls) is { } listen)
+    return ExitCodes.UsageOrConnection;
+}
+
+return await parsed.InvokeAsync().ConfigureAwait(false);
+
+static IEnumerable<string> CommandPath(ParseResult parsed)
+{
+    var names = new List<string>();
+    for (var result = parsed.CommandResult; result is not null && result.Command is not RootCommand; result = result.Parent as System.CommandLine.Parsing.CommandResult)
     {
-        args.AddRange(["--urls", listen]);
+        names.Insert(0, result.Command.Name);
     }
 
-    args.AddRange(parseResult.UnmatchedTokens);
-    return await GatewayHost.RunAsync([.. args], cancellationToken).ConfigureAwait(false);
-});
-
-var root = new RootCommand("idem: exactly-once for HTTP APIs.") { gateway };
-return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
+    return names;
+}
