@@ -196,6 +196,11 @@ internal static class StormCommand
         }
 
         console.Write(table);
+        if (report.ExitCode == ExitCodes.UsageOrConnection)
+        {
+            return;
+        }
+
         console.MarkupLine(report.Duplicates == 0
             ? $"[green]One execution per round[/] in all {report.Rounds.Count} rounds (exit 0)."
             : $"[red bold]Duplicate executions in {report.Duplicates} of {report.Rounds.Count} rounds[/] (exit 1).");
