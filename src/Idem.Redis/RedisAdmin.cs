@@ -76,9 +76,9 @@ internal static class RedisAdmin
                 }
             }
         }
-        catch (RedisServerException)
+        catch (Exception ex) when (ex is RedisServerException or RedisCommandException)
         {
-            // CONFIG is disabled on many managed services; the settings stay unknown (absent) then.
+            // CONFIG is disabled on many managed services, and needs allowAdmin on the client: the settings stay unknown (absent) then.
         }
 
         try
@@ -92,7 +92,7 @@ internal static class RedisAdmin
                 }
             }
         }
-        catch (RedisServerException)
+        catch (Exception ex) when (ex is RedisServerException or RedisCommandException)
         {
             // INFO may be renamed or disabled too.
         }

@@ -9,15 +9,20 @@ public sealed partial class TieredIdempotencyStore : IIdempotencyStoreAdmin
 
     /// <inheritdoc />
     /// <remarks>
-    /// Deletes the durable record first (so no new claim can be answered from it), then the cached response when the
-    /// cache supports deletion; otherwise a cached replay can still be served until the entry expires.
+    /// Deletes the durable record first, then the cached response when the cache supports deletion, under the cache's
+    /// deadline like every cache call: a cache that fails or cannot delete keeps serving its copy as a replay until the
+    /// entry expires (the failure is logged and counted as <c>idem.cache.errors</c> with operation <c>delete</c>).
     /// </remarks>
     public async ValueTask<bool> DeleteAsync(string key, CancellationToken cancellationToken)
     {
         var deleted = await DurableAdmin.DeleteAsync(key, cancellationToken).ConfigureAwait(false);
-        if (_cache is IIdempotencyStoreAdmin cache)
+        if (_cache is IIdempotencyStoreAdmin)
         {
-            deleted |= await cache.DeleteAsync(key, cancellationToken).ConfigureAwait(false);
+            deleted |= await CallCacheAsync(
+                static (cache, k, ct) => ((IIdempotencyStoreAdmin)cache).DeleteAsync(k, ct),
+                key,
+                "delete",
+                cancellationToken).ConfigureAwait(false);
         }
 
         return deleted;

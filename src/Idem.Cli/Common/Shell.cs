@@ -22,6 +22,19 @@ internal static class Shell
         Converters = { new JsonStringEnumConverter(JsonNamingPolicy.KebabCaseLower) },
     };
 
+    private static readonly AsyncLocal<CliStreams?> s_streams = new();
+
+    /// <summary>Where this invocation writes: the process's stdout/stderr, or (tests) writers of its own.</summary>
+    public static CliStreams Streams
+    {
+        get => s_streams.Value ?? CliStreams.Process;
+        set => s_streams.Value = value;
+    }
+
+    public static TextWriter Stdout => Streams.Out;
+
+    public static TextWriter Stderr => Streams.Error;
+
     /// <summary>An option whose help shows a description and an example.</summary>
     public static Option<T> Option<T>(string name, string description, string example, params string[] aliases) =>
         new(name, aliases) { Description = $"{description} Example: {example}" };
@@ -48,8 +61,8 @@ internal static class Shell
         var text = JsonSerializer.Serialize(value, Json);
         if (target == "-")
         {
-            await Console.Out.WriteLineAsync(text.AsMemory(), cancellationToken).ConfigureAwait(false);
-            await Console.Out.FlushAsync(cancellationToken).ConfigureAwait(false);
+            await Stdout.WriteLineAsync(text.AsMemory(), cancellationToken).ConfigureAwait(false);
+            await Stdout.FlushAsync(cancellationToken).ConfigureAwait(false);
         }
         else
         {
@@ -58,9 +71,22 @@ internal static class Shell
     }
 
     /// <summary>The console for human-readable output: stderr when JSON goes to stdout, so stdout stays parseable.</summary>
-    public static IAnsiConsole HumanConsole(string? jsonTarget) => jsonTarget == "-" ? Stderr : AnsiConsole.Console;
+    public static IAnsiConsole HumanConsole(string? jsonTarget)
+    {
+        var streams = Streams;
+        if (ReferenceEquals(streams, CliStreams.Process) && jsonTarget != "-")
+        {
+            return AnsiConsole.Console;
+        }
 
-    private static readonly IAnsiConsole Stderr = AnsiConsole.Create(new AnsiConsoleSettings { Out = new AnsiConsoleOutput(Console.Error) });
+        var writer = jsonTarget == "-" ? streams.Error : streams.Out;
+        return AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Out = new AnsiConsoleOutput(writer),
+            Interactive = streams.CanPrompt ? InteractionSupport.Detect : InteractionSupport.No,
+            Ansi = ReferenceEquals(streams, CliStreams.Process) ? AnsiSupport.Detect : AnsiSupport.No,
+        });
+    }
 
     /// <summary>Asks before a change; <see langword="true"/> with <c>--yes</c>. Without a terminal to ask on, refuses with exit 2.</summary>
     public static bool Confirm(IAnsiConsole console, bool yes, string question)
@@ -70,7 +96,7 @@ internal static class Shell
             return true;
         }
 
-        if (Console.IsInputRedirected || !AnsiConsole.Profile.Capabilities.Interactive)
+        if (!Streams.CanPrompt || Console.IsInputRedirected || !console.Profile.Capabilities.Interactive)
         {
             throw new UsageException($"{question} Refusing without a terminal to ask on: pass --yes to go ahead (or --dry-run to see what would change).");
         }
@@ -90,7 +116,7 @@ internal static class Shell
         }
         catch (Exception ex) when (IsUserFacing(ex))
         {
-            await Console.Error.WriteLineAsync($"idem {command}: {Secrets.Redact(Describe(ex), secrets)}").ConfigureAwait(false);
+            await Stderr.WriteLineAsync($"idem {command}: {Secrets.Redact(Describe(ex), secrets)}").ConfigureAwait(false);
             return ExitCodes.UsageOrConnection;
         }
     }
@@ -122,4 +148,13 @@ internal static class Shell
 
         return message.ReplaceLineEndings(" ");
     }
+}
+
+/// <summary>The output streams of one invocation of the tool.</summary>
+/// <param name="Out">Results and tables (JSON with <c>--json</c> alone).</param>
+/// <param name="Error">Errors, and the tables when JSON goes to stdout.</param>
+/// <param name="CanPrompt">Whether a confirmation may be asked (a terminal); <see langword="false"/> refuses without <c>--yes</c>.</param>
+internal sealed record CliStreams(TextWriter Out, TextWriter Error, bool CanPrompt)
+{
+    public static CliStreams Process { get; } = new(Console.Out, Console.Error, CanPrompt: true);
 }

@@ -121,7 +121,7 @@ internal sealed class StoreOptions
 
             case StoreKind.Redis:
             {
-                var store = new RedisIdempotencyStore(new RedisIdempotencyStoreOptions { Configuration = connection, KeyPrefix = prefix ?? RedisIdempotencyStoreOptions.DefaultKeyPrefix });
+                var store = new RedisIdempotencyStore(new RedisIdempotencyStoreOptions { Configuration = WithAdmin(connection), KeyPrefix = prefix ?? RedisIdempotencyStoreOptions.DefaultKeyPrefix });
                 return new OpenStore(kind, store, store, [new StoreTier("redis", store, IsCache: false)], $"redis {Secrets.Redact(connection)}", [store]);
             }
 
@@ -129,7 +129,7 @@ internal sealed class StoreOptions
             {
                 var redis = RedisOf(parseResult) ?? throw new UsageException($"--store tiered needs --redis (or ${RedisVariable}) for its cache.");
                 var durable = new PostgreSqlIdempotencyStore(PostgreSqlOptions(connection, schema, table));
-                var cache = new RedisIdempotencyResponseCache(new RedisIdempotencyStoreOptions { Configuration = redis, KeyPrefix = prefix ?? RedisIdempotencyStoreOptions.DefaultCacheKeyPrefix });
+                var cache = new RedisIdempotencyResponseCache(new RedisIdempotencyStoreOptions { Configuration = WithAdmin(redis), KeyPrefix = prefix ?? RedisIdempotencyStoreOptions.DefaultCacheKeyPrefix });
                 var tiered = new TieredIdempotencyStore(durable, cache);
                 return new OpenStore(
                     kind,
@@ -143,6 +143,14 @@ internal sealed class StoreOptions
             default:
                 throw new UsageException($"unknown store '{kind}'.");
         }
+    }
+
+    // CONFIG GET (eviction policy, persistence) is an admin command to StackExchange.Redis; the tool only reads with it.
+    private static string WithAdmin(string configuration)
+    {
+        var options = StackExchange.Redis.ConfigurationOptions.Parse(configuration);
+        options.AllowAdmin = true;
+        return options.ToString(includePassword: true);
     }
 
     private static PostgreSqlIdempotencyStoreOptions PostgreSqlOptions(string connection, string schema, string table)

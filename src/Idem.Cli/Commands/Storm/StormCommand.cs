@@ -160,7 +160,7 @@ internal static class StormCommand
         Print(console, report);
         if (allFailed)
         {
-            await Console.Error.WriteLineAsync($"idem storm: no request got an answer: {results[0].FirstError}").ConfigureAwait(false);
+            await Shell.Stderr.WriteLineAsync($"idem storm: no request got an answer: {results[0].FirstError}").ConfigureAwait(false);
         }
 
         if (jsonTarget is not null)
