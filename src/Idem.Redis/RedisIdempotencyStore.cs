@@ -188,7 +188,7 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDis
             owner = (RedisValue)RedisRecords.Owner(ownerToken),
             retention = (RedisValue)RedisRecords.Milliseconds(retention),
             status = (RedisValue)response.StatusCode,
-            headers = (RedisValue)ResponseCodec.EncodeHeaders(response.Headers),
+            headers = (RedisValue)StoredResponseHeaders.Encode(response.Headers),
             body = (RedisValue)response.Body.ToArray(),
             omitted = (RedisValue)(response.BodyOmitted ? 1 : 0),
             channel = _channelName,
