@@ -11,7 +11,7 @@ namespace Idem.PostgreSql;
 /// with <c>NOTIFY</c> and heard by one shared <c>LISTEN</c> connection per store instance, which reconnects by itself;
 /// while it is down, waiters simply time out and the executor polls.
 /// </summary>
-public sealed class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
+public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
 {
     private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted";
     private const int MaxClaimAttempts = 16;

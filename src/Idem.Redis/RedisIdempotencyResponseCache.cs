@@ -7,7 +7,7 @@ namespace Idem.Redis;
 /// hashes under <c>&lt;prefix&gt;{&lt;store key&gt;}</c> that expire at the record's own expiry (<c>PEXPIREAT</c>).
 /// A get is one <c>HMGET</c>; a set is one script, so an entry is never visible without its expiry.
 /// </summary>
-public sealed class RedisIdempotencyResponseCache : IIdempotencyResponseCache, IAsyncDisposable, IDisposable
+public sealed partial class RedisIdempotencyResponseCache : IIdempotencyResponseCache, IAsyncDisposable, IDisposable
 {
     private static readonly LuaScript SetScript = LuaScript.Prepare("""
         redis.call('DEL', @key)

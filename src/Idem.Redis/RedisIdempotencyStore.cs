@@ -17,7 +17,7 @@ namespace Idem.Redis;
 /// Redis failover is not acceptable, use PostgreSQL as the authority with Redis as a response cache
 /// (<c>UsePostgreSqlStore(…).WithRedisResponseCache(…)</c>).
 /// </remarks>
-public sealed class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
+public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
 {
     // Every script reads Redis's clock itself: leases and retention never depend on a node's clock.
     private const string Now = """

@@ -91,11 +91,12 @@ internal sealed class SqliteStatements
     public static IdempotencyRecord? ReadRecord(SqliteCommand command)
     {
         using var reader = command.ExecuteReader();
-        if (!reader.Read())
-        {
-            return null;
-        }
+        return reader.Read() ? ReadCurrent(reader) : null;
+    }
 
+    /// <summary>The record at the reader's current row (the columns of <c>Select</c>, in order).</summary>
+    public static IdempotencyRecord ReadCurrent(SqliteDataReader reader)
+    {
         var state = (IdempotencyRecordState)reader.GetInt32(1);
         StoredResponse? response = null;
         if (state == IdempotencyRecordState.Completed)
@@ -238,6 +239,9 @@ internal sealed class SqliteWriteSession : IDisposable
     public readonly SqliteParameter CompleteKey, CompleteOwner, CompleteNow, CompleteExpires, CompleteStatus, CompleteHeaders, CompleteBody, CompleteOmitted;
     public readonly SqliteParameter RenewKey, RenewOwner, RenewNow, RenewLease, ReleaseKey, ReleaseOwner, PurgeNow, PurgeMax;
 #pragma warning restore CA1051, SA1401
+
+    /// <summary>The write connection, for the administrative writes that have no prepared statement (<see cref="SqliteIdempotencyStore.DeleteAsync"/>).</summary>
+    public SqliteConnection Connection => _connection;
 
     /// <summary>Takes the write lock (waiting up to busy_timeout, then failing with SQLITE_BUSY).</summary>
     public void Begin() => _begin.ExecuteNonQuery();

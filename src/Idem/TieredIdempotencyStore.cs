@@ -17,7 +17,7 @@ namespace Idem;
 /// therefore costs speed, never a duplicate and never a failed request. While it lasts the store is in <em>fallback</em>:
 /// <see cref="CheckHealthAsync"/> reports it as degraded and the <c>idem.cache.fallback</c> gauge is 1.
 /// </remarks>
-public sealed class TieredIdempotencyStore : IIdempotencyStore, IIdempotencyHealthReporter, IAsyncDisposable, IDisposable
+public sealed partial class TieredIdempotencyStore : IIdempotencyStore, IIdempotencyHealthReporter, IAsyncDisposable, IDisposable
 {
     // Fingerprints of claims made through this instance, so a completion can write a whole record to the cache without
     // another durable read. Bounded: past it a completion skips the cache and the first replay fills it instead.

@@ -714,6 +714,58 @@ public abstract class IdempotencyStoreConformanceTests : IAsyncLifetime
         await Live(second, "A wait after an earlier timed-out wait");
     }
 
+    // ---- administration (IIdempotencyStoreAdmin: idem keys, doctor, migrate) ----
+
+    [Fact]
+    public async Task Admin_lists_by_state_deletes_one_key_fencing_its_owner_describes_and_migrates_idempotently()
+    {
+        if (Store is not IIdempotencyStoreAdmin admin)
+        {
+            // Only the in-memory store (tests, one process) has no administration.
+            Assert.IsType<InMemoryIdempotencyStore>(Store);
+            return;
+        }
+
+        var completed = NewKey();
+        var completedOwner = await ClaimOwnedAsync(completed);
+        Assert.True(await Store.CompleteAsync(completed, completedOwner, SampleResponse(), TimeSpan.FromHours(24), CancellationToken.None));
+        var inFlight = NewKey();
+        var inFlightOwner = await ClaimOwnedAsync(inFlight, lease: TimeSpan.FromMinutes(5));
+
+        Assert.Equal([completed], await ListAsync(admin, new IdempotencyRecordQuery { State = IdempotencyRecordState.Completed, KeyPrefix = completed }));
+        Assert.Empty(await ListAsync(admin, new IdempotencyRecordQuery { State = IdempotencyRecordState.InFlight, KeyPrefix = completed }));
+        Assert.Equal([inFlight], await ListAsync(admin, new IdempotencyRecordQuery { State = IdempotencyRecordState.InFlight, KeyPrefix = inFlight }));
+        Assert.Empty(await ListAsync(admin, new IdempotencyRecordQuery { Expired = true, KeyPrefix = completed }));
+
+        Assert.True(await admin.DeleteAsync(completed, CancellationToken.None));
+        Assert.Null(await Store.GetAsync(completed, CancellationToken.None));
+        Assert.False(await admin.DeleteAsync(completed, CancellationToken.None));
+        Assert.Equal(ClaimStatus.Claimed, (await Store.TryClaimAsync(Claim(completed), CancellationToken.None)).Status); // runs again
+
+        // Deleting an in-flight record fences its owner: the completion is refused.
+        Assert.True(await admin.DeleteAsync(inFlight, CancellationToken.None));
+        Assert.False(await Store.CompleteAsync(inFlight, inFlightOwner, SampleResponse(), TimeSpan.FromHours(24), CancellationToken.None));
+
+        var description = await admin.DescribeAsync(CancellationToken.None);
+        var now = UsesAppClock ? Time.GetUtcNow() : TimeProvider.System.GetUtcNow();
+        Assert.InRange(description.StoreTime, now - TimeSpan.FromMinutes(5), now + TimeSpan.FromMinutes(5));
+        Assert.Equal(description.LatestSchemaVersion, description.SchemaVersion); // the schema in use is current
+        var migration = await admin.MigrateAsync(CancellationToken.None);
+        Assert.Empty(migration.Applied);
+        Assert.Equal(description.LatestSchemaVersion, migration.VersionAfter);
+    }
+
+    private static async Task<List<string>> ListAsync(IIdempotencyStoreAdmin admin, IdempotencyRecordQuery query)
+    {
+        var keys = new List<string>();
+        await foreach (var record in admin.ListAsync(query, CancellationToken.None))
+        {
+            keys.Add(record.Key);
+        }
+
+        return keys;
+    }
+
     private async ValueTask DisposeIfNotSameAsync(IIdempotencyStore other)
     {
         if (ReferenceEquals(other, Store))

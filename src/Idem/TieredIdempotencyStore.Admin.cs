@@ -1,0 +1,41 @@
+namespace Idem;
+
+/// <summary>Administration of a tiered store goes to its durable store; a deletion also drops the cached copy.</summary>
+public sealed partial class TieredIdempotencyStore : IIdempotencyStoreAdmin
+{
+    /// <inheritdoc />
+    public IAsyncEnumerable<IdempotencyRecord> ListAsync(IdempotencyRecordQuery query, CancellationToken cancellationToken) =>
+        DurableAdmin.ListAsync(query, cancellationToken);
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Deletes the durable record first, then the cached response when the cache supports deletion, under the cache's
+    /// deadline like every cache call: a cache that fails or cannot delete keeps serving its copy as a replay until the
+    /// entry expires (the failure is logged and counted as <c>idem.cache.errors</c> with operation <c>delete</c>).
+    /// </remarks>
+    public async ValueTask<bool> DeleteAsync(string key, CancellationToken cancellationToken)
+    {
+        var deleted = await DurableAdmin.DeleteAsync(key, cancellationToken).ConfigureAwait(false);
+        if (_cache is IIdempotencyStoreAdmin)
+        {
+            deleted |= await CallCacheAsync(
+                static (cache, k, ct) => ((IIdempotencyStoreAdmin)cache).DeleteAsync(k, ct),
+                key,
+                "delete",
+                cancellationToken).ConfigureAwait(false);
+        }
+
+        return deleted;
+    }
+
+    /// <inheritdoc />
+    public ValueTask<IdempotencyStoreDescription> DescribeAsync(CancellationToken cancellationToken) =>
+        DurableAdmin.DescribeAsync(cancellationToken);
+
+    /// <inheritdoc />
+    public ValueTask<IdempotencySchemaMigration> MigrateAsync(CancellationToken cancellationToken) =>
+        DurableAdmin.MigrateAsync(cancellationToken);
+
+    private IIdempotencyStoreAdmin DurableAdmin => _durable as IIdempotencyStoreAdmin
+        ?? throw new NotSupportedException($"The durable store {_durable.GetType().Name} does not implement {nameof(IIdempotencyStoreAdmin)}.");
+}
