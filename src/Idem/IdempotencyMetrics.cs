@@ -22,6 +22,8 @@ public sealed class IdempotencyMetrics
     private readonly Histogram<double> _replayDuration;
     private readonly Counter<long> _cacheHits;
     private readonly Counter<long> _cacheErrors;
+    private readonly Counter<long> _staleRollbacks;
+    private readonly Counter<long> _phases;
 
     /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>.</summary>
     public IdempotencyMetrics(IMeterFactory meterFactory)
@@ -52,6 +54,14 @@ public sealed class IdempotencyMetrics
             "idem.cache.errors",
             unit: "{error}",
             description: "Response-cache calls of the tiered store that failed or missed their deadline, by operation (get, set); each was served by the durable store.");
+        _staleRollbacks = meter.CreateCounter<long>(
+            "idem.stale_owner.rollbacks",
+            unit: "{rollback}",
+            description: "Owners that lost their key to a newer owner while they worked and whose writes were rolled back (joined transaction or recovery point).");
+        _phases = meter.CreateCounter<long>(
+            "idem.phases",
+            unit: "{phase}",
+            description: "Recovery points, by outcome: recorded (the phase ran and was recorded), resumed (a takeover skipped a phase an earlier owner finished).");
     }
 
     /// <summary>Counts one request with the given outcome.</summary>
@@ -64,6 +74,22 @@ public sealed class IdempotencyMetrics
     }
 
     internal void StoreError(string operation) => CountOperation(_storeErrors, operation);
+
+    internal void StaleOwnerRolledBack()
+    {
+        if (_staleRollbacks.Enabled)
+        {
+            _staleRollbacks.Add(1);
+        }
+    }
+
+    internal void Phase(string outcome)
+    {
+        if (_phases.Enabled)
+        {
+            _phases.Add(1, new KeyValuePair<string, object?>(OutcomeTag, outcome));
+        }
+    }
 
     internal void CacheHit()
     {
