@@ -2,11 +2,13 @@
 // retries after timeouts and parallel tabs each create one order. See the README for a curl walk-through.
 using System.Collections.Concurrent;
 using Idem.AspNetCore;
+using Idem.Demo.DataLayer;
 
 var builder = WebApplication.CreateBuilder(args);
 builder.Services.AddIdempotency(); // SQLite in ./idem.db unless another store is chosen
 builder.Services.AddOpenApi();
 builder.Services.AddHealthChecks().AddIdempotencyStore();
+builder.AddDemoData(); // communities, chats, builds: EF Core on demo.db, or PostgreSQL with ConnectionStrings:Demo
 
 var app = builder.Build();
 app.UseRouting();
@@ -32,7 +34,21 @@ app.MapPost("/orders", async (NewOrder input, HttpContext context) =>
 }).RequireIdempotency();
 
 app.MapGet("/orders/{id:guid}", (Guid id) => orders.TryGetValue(id, out var order) ? Results.Ok(order) : Results.NotFound());
-app.MapGet("/stats", () => new { executions = Volatile.Read(ref executions), orders = orders.Count });
+app.MapDataLayerEndpoints();
+app.MapGet("/stats", async (DemoDb db, CancellationToken ct) =>
+{
+    var data = await DataLayerEndpoints.CountAsync(db, ct);
+    return new
+    {
+        executions = Volatile.Read(ref executions),
+        orders = orders.Count,
+        communities = data.Communities,
+        memberships = data.Memberships,
+        subscriptions = data.Subscriptions,
+        chats = data.Chats,
+        projects = data.Projects,
+    };
+});
 
 app.Run();
 

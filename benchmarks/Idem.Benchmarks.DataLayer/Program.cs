@@ -1,0 +1,375 @@
+// The data layer's cost (issue 19), as ratios against plain statements measured in the same run, on SQLite and
+// PostgreSQL: create-or-get of an existing row against a plain SELECT by the unique key, create-or-get of a new row
+// against a plain INSERT (ADO.NET and EF Core), and the statements a unique slug costs under 100-way contention.
+// Sequential calls on one open connection (one context per call for EF Core), in alternating rounds so that the box's
+// drift hits both sides of a ratio alike; each ratio is the median of the rounds' ratios.
+//
+// Usage: Idem.Benchmarks.DataLayer --postgres <connection string> [--ops 2000] [--rounds 5] [--out results.md]
+// The PostgreSQL connection must be allowed to create and drop a database. benchmarks/datalayer.sh starts a server.
+using System.Data.Common;
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using System.Globalization;
+using System.Text;
+using Idem;
+using Idem.EntityFrameworkCore;
+using Idem.PostgreSql;
+using Idem.Sqlite;
+using Microsoft.Data.Sqlite;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Infrastructure;
+using Npgsql;
+
+var options = Args.Parse(args);
+var report = new StringBuilder();
+report.AppendLine("# Data-layer benchmark results").AppendLine()
+    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores, {options.Ops} sequential calls per case and round, {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round).").AppendLine()
+    .AppendLine("| Database | Case | Plain calls/s | Helper calls/s | Ratio | Target |")
+    .AppendLine("|---|---|---:|---:|---:|---|");
+var slugLines = new List<string>();
+
+foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), await PostgreSqlDatabase.CreateAsync(options.Postgres) })
+{
+    await using (database)
+    {
+        Console.Error.WriteLine($"[{database.Name}] populating");
+        await database.PopulateAsync(options.Ops * options.Rounds * 2);
+        var pairs = new (string Case, string Target, Func<int, Task> Plain, Func<int, Task> Helper)[]
+        {
+            ("ADO.NET, existing row: create-or-get vs SELECT by key", "≥ 0.9×", database.SelectAsync, database.CreateOrGetExistingAsync),
+            ("ADO.NET, new row: create-or-get vs INSERT", "≥ 0.9×", database.InsertAsync, database.CreateOrGetNewAsync),
+            ("EF Core, existing row: CreateOrGetAsync vs FirstAsync by key", "—", database.EfSelectAsync, database.EfCreateOrGetExistingAsync),
+            ("EF Core, new row: CreateOrGetAsync vs Add + SaveChangesAsync", "—", database.EfInsertAsync, database.EfCreateOrGetNewAsync),
+        };
+        foreach (var (name, target, plain, helper) in pairs)
+        {
+            Console.Error.WriteLine($"[{database.Name}] {name}");
+            await RunAsync(plain, 200, 0);
+            await RunAsync(helper, 200, 0);
+            var ratios = new List<double>();
+            var plainRates = new List<double>();
+            var helperRates = new List<double>();
+            for (var round = 0; round < options.Rounds; round++)
+            {
+                var offset = (round + 1) * options.Ops;
+                var p = await RunAsync(plain, options.Ops, offset);
+                var h = await RunAsync(helper, options.Ops, offset);
+                plainRates.Add(p);
+                helperRates.Add(h);
+                ratios.Add(h / p);
+            }
+
+            report.AppendLine(CultureInfo.InvariantCulture, $"| {database.Name} | {name} | {Median(plainRates):N0} | {Median(helperRates):N0} | {Median(ratios):0.00}× (rounds {string.Join(", ", ratios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) | {target} |");
+        }
+
+        for (var trial = 1; trial <= 3; trial++)
+        {
+            var (statements, seconds) = await database.SlugContentionAsync($"Contended Name {trial}", 100);
+            slugLines.Add(string.Create(CultureInfo.InvariantCulture, $"| {database.Name} | {trial} | 100 | {statements} | {statements / 100.0:0.00} | {seconds:0.00} s |"));
+            Console.Error.WriteLine(slugLines[^1]);
+        }
+    }
+}
+
+report.AppendLine().AppendLine("Unique slugs, 100 concurrent creates of one name (each on its own connection, released together), ADO.NET helper:").AppendLine()
+    .AppendLine("| Database | Trial | Creates | Insert statements | Statements per create | Wall time |")
+    .AppendLine("|---|---:|---:|---:|---:|---:|");
+foreach (var line in slugLines)
+{
+    report.AppendLine(line);
+}
+
+await File.WriteAllTextAsync(options.Out, report.ToString());
+Console.Out.Write(report);
+return 0;
+
+static async Task<double> RunAsync(Func<int, Task> call, int count, int offset)
+{
+    var started = Stopwatch.GetTimestamp();
+    for (var i = 0; i < count; i++)
+    {
+        await call(offset + i);
+    }
+
+    return count / Stopwatch.GetElapsedTime(started).TotalSeconds;
+}
+
+static double Median(List<double> values)
+{
+    var sorted = values.Order().ToArray();
+    return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+}
+
+internal sealed record Args(string Postgres, int Ops, int Rounds, string Out)
+{
+    public static Args Parse(string[] args)
+    {
+        string? Get(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+        var postgres = Get("--postgres") ?? Environment.GetEnvironmentVariable("IDEM_BENCH_POSTGRES")
+            ?? throw new ArgumentException("--postgres <connection string> is required (or IDEM_BENCH_POSTGRES).");
+        return new Args(postgres, int.Parse(Get("--ops") ?? "2000", CultureInfo.InvariantCulture), int.Parse(Get("--rounds") ?? "5", CultureInfo.InvariantCulture), Get("--out") ?? "datalayer-results.md");
+    }
+}
+
+internal sealed class Item
+{
+    public long Id { get; set; }
+
+    public string K { get; set; } = "";
+
+    public string? V { get; set; }
+}
+
+internal sealed class BenchContext(DbContextOptions<BenchContext> options) : DbContext(options)
+{
+    public DbSet<Item> Items => Set<Item>();
+
+    protected override void OnModelCreating(ModelBuilder modelBuilder) => modelBuilder.Entity<Item>(e =>
+    {
+        e.ToTable("items");
+        e.Property(i => i.Id).HasColumnName("id");
+        e.Property(i => i.K).HasColumnName("k");
+        e.Property(i => i.V).HasColumnName("v");
+    });
+}
+
+internal abstract class Database : IAsyncDisposable
+{
+    protected static readonly CreateOrGetDefinition Items = new("items", ["k", "v"], ["k"], ["id"]);
+    private static readonly UniqueSlugDefinition Communities = new("communities", "slug", ["name"], ["id"]);
+
+    private PooledDbContextFactory<BenchContext>? _contexts;
+    private DbConnection? _connection;
+
+    public abstract string Name { get; }
+
+    protected DbConnection Connection => _connection!;
+
+    protected abstract Task<DbConnection> OpenAsync();
+
+    protected abstract DbContextOptions<BenchContext> ContextOptions { get; }
+
+    protected abstract Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key);
+
+    protected abstract Task<long> InsertWithSlugAsync(DbConnection connection, string name);
+
+    public async Task PopulateAsync(int existing)
+    {
+        _connection = await OpenAsync();
+        _contexts = new PooledDbContextFactory<BenchContext>(ContextOptions);
+        await using var transaction = await Connection.BeginTransactionAsync();
+        for (var i = 0; i < existing; i++)
+        {
+            await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v')", "existing-" + i, transaction);
+        }
+
+        await transaction.CommitAsync();
+    }
+
+    public async Task SelectAsync(int i) => await ExecuteAsync("SELECT id FROM items WHERE k = @k", "existing-" + i);
+
+    public async Task CreateOrGetExistingAsync(int i) => Check(await CreateOrGetAsync(Connection, "existing-" + i), created: false);
+
+    public async Task InsertAsync(int i) => await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v')", "plain-new-" + i);
+
+    public async Task CreateOrGetNewAsync(int i) => Check(await CreateOrGetAsync(Connection, "helper-new-" + i), created: true);
+
+    public async Task EfSelectAsync(int i)
+    {
+        await using var db = _contexts!.CreateDbContext();
+        var key = "existing-" + i;
+        await db.Items.FirstAsync(item => item.K == key);
+    }
+
+    public async Task EfCreateOrGetExistingAsync(int i)
+    {
+        await using var db = _contexts!.CreateDbContext();
+        Check(await db.Items.CreateOrGetAsync(new Item { K = "existing-" + i, V = "v" }, item => item.K), created: false);
+    }
+
+    public async Task EfInsertAsync(int i)
+    {
+        await using var db = _contexts!.CreateDbContext();
+        db.Items.Add(new Item { K = "ef-plain-new-" + i, V = "v" });
+        await db.SaveChangesAsync();
+    }
+
+    public async Task EfCreateOrGetNewAsync(int i)
+    {
+        await using var db = _contexts!.CreateDbContext();
+        Check(await db.Items.CreateOrGetAsync(new Item { K = "ef-helper-new-" + i, V = "v" }, item => item.K), created: true);
+    }
+
+    public async Task<(long Statements, double Seconds)> SlugContentionAsync(string name, int creates)
+    {
+        var connections = new DbConnection[creates];
+        for (var i = 0; i < creates; i++)
+        {
+            connections[i] = await OpenAsync();
+        }
+
+        long statements = 0;
+        using var listener = new MeterListener();
+        listener.InstrumentPublished = (instrument, l) =>
+        {
+            if (instrument.Meter.Name == IdempotencyMetrics.MeterName && instrument.Name == "idem.data.slug_attempts")
+            {
+                l.EnableMeasurementEvents(instrument);
+            }
+        };
+        listener.SetMeasurementEventCallback<long>((_, value, _, _) => Interlocked.Add(ref statements, value));
+        listener.Start();
+        try
+        {
+            var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var started = Stopwatch.GetTimestamp();
+            var tasks = connections.Select(c => Task.Run(async () =>
+            {
+                await gate.Task;
+                await InsertWithSlugAsync(c, name);
+            })).ToArray();
+            gate.SetResult();
+            await Task.WhenAll(tasks);
+            return (Interlocked.Read(ref statements), Stopwatch.GetElapsedTime(started).TotalSeconds);
+        }
+        finally
+        {
+            foreach (var connection in connections)
+            {
+                await connection.DisposeAsync();
+            }
+        }
+    }
+
+    protected static Task<long> SlugAsync(Func<UniqueSlugDefinition, Task<long>> insert) => insert(Communities);
+
+    private static void Check<T>(CreateOrGetResult<T> result, bool created)
+    {
+        if (result.Created != created)
+        {
+            throw new InvalidOperationException($"Expected created={created}.");
+        }
+    }
+
+    private async Task ExecuteAsync(string sql, string key, DbTransaction? transaction = null)
+    {
+        await using var command = Connection.CreateCommand();
+        command.CommandText = sql;
+        command.Transaction = transaction;
+        var parameter = command.CreateParameter();
+        parameter.ParameterName = "@k";
+        parameter.Value = key;
+        command.Parameters.Add(parameter);
+        await using var reader = await command.ExecuteReaderAsync();
+        while (await reader.ReadAsync())
+        {
+        }
+    }
+
+    public virtual async ValueTask DisposeAsync()
+    {
+        if (_connection is not null)
+        {
+            await _connection.DisposeAsync();
+        }
+    }
+}
+
+internal sealed class SqliteDatabase : Database
+{
+    private readonly string _directory = Path.Combine(Path.GetTempPath(), "idem-bench-" + Guid.NewGuid().ToString("N")[..12]);
+    private string _connectionString = "";
+
+    public override string Name => "SQLite";
+
+    public static async Task<SqliteDatabase> CreateAsync()
+    {
+        var database = new SqliteDatabase();
+        Directory.CreateDirectory(database._directory);
+        database._connectionString = new SqliteConnectionStringBuilder { DataSource = Path.Combine(database._directory, "bench.db"), DefaultTimeout = 60 }.ConnectionString;
+        await using var connection = await database.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = """
+            PRAGMA journal_mode = WAL;
+            CREATE TABLE items (id INTEGER PRIMARY KEY, k TEXT NOT NULL UNIQUE, v TEXT);
+            CREATE TABLE communities (id INTEGER PRIMARY KEY, name TEXT NOT NULL, slug TEXT NOT NULL UNIQUE);
+            """;
+        await command.ExecuteNonQueryAsync();
+        return database;
+    }
+
+    protected override DbContextOptions<BenchContext> ContextOptions => new DbContextOptionsBuilder<BenchContext>().UseSqlite(_connectionString).Options;
+
+    protected override async Task<DbConnection> OpenAsync()
+    {
+        var connection = new SqliteConnection(_connectionString);
+        await connection.OpenAsync();
+        return connection;
+    }
+
+    protected override Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key) =>
+        ((SqliteConnection)connection).CreateOrGetAsync(Items, [key, "v"], r => r.GetInt64(0));
+
+    protected override Task<long> InsertWithSlugAsync(DbConnection connection, string name) =>
+        SlugAsync(d => ((SqliteConnection)connection).InsertWithUniqueSlugAsync(d, name, [name], r => r.GetInt64(0)));
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        SqliteConnection.ClearAllPools();
+        Directory.Delete(_directory, recursive: true);
+    }
+}
+
+internal sealed class PostgreSqlDatabase : Database
+{
+    private string _admin = "";
+    private string _name = "";
+    private NpgsqlDataSource? _dataSource;
+
+    public override string Name => "PostgreSQL";
+
+    public static async Task<PostgreSqlDatabase> CreateAsync(string admin)
+    {
+        var database = new PostgreSqlDatabase { _admin = admin, _name = "idem_bench_" + Guid.NewGuid().ToString("N")[..12] };
+        await using (var connection = new NpgsqlConnection(admin))
+        {
+            await connection.OpenAsync();
+            await using var create = new NpgsqlCommand($"CREATE DATABASE {database._name}", connection);
+            await create.ExecuteNonQueryAsync();
+        }
+
+        database._dataSource = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(admin) { Database = database._name, MaxPoolSize = 150 }.ConnectionString);
+        await using var command = database._dataSource.CreateCommand("""
+            CREATE TABLE items (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, k text NOT NULL UNIQUE, v text);
+            CREATE TABLE communities (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL, slug text COLLATE "C" NOT NULL UNIQUE);
+            """);
+        await command.ExecuteNonQueryAsync();
+        return database;
+    }
+
+    protected override DbContextOptions<BenchContext> ContextOptions => new DbContextOptionsBuilder<BenchContext>().UseNpgsql(_dataSource!).Options;
+
+    protected override async Task<DbConnection> OpenAsync() => await _dataSource!.OpenConnectionAsync();
+
+    protected override Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key) =>
+        ((NpgsqlConnection)connection).CreateOrGetAsync(Items, [key, "v"], r => r.GetInt64(0));
+
+    protected override Task<long> InsertWithSlugAsync(DbConnection connection, string name) =>
+        SlugAsync(d => ((NpgsqlConnection)connection).InsertWithUniqueSlugAsync(d, name, [name], r => r.GetInt64(0)));
+
+    public override async ValueTask DisposeAsync()
+    {
+        await base.DisposeAsync();
+        if (_dataSource is not null)
+        {
+            await _dataSource.DisposeAsync();
+        }
+
+        NpgsqlConnection.ClearAllPools();
+        await using var connection = new NpgsqlConnection(_admin);
+        await connection.OpenAsync();
+        await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS {_name} WITH (FORCE)", connection);
+        await drop.ExecuteNonQueryAsync();
+    }
+}

@@ -1,0 +1,154 @@
+using System.Linq.Expressions;
+using Idem.DataLayer;
+using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Infrastructure;
+using Microsoft.EntityFrameworkCore.Metadata;
+using Microsoft.Extensions.Logging;
+
+namespace Idem.EntityFrameworkCore;
+
+/// <summary>
+/// Create-or-get by natural key and unique-slug inserts on a <see cref="DbSet{TEntity}"/>, for PostgreSQL (Npgsql) and
+/// SQLite. Each runs on the context's own connection and in its current transaction
+/// (<see cref="DatabaseFacade.CurrentTransaction"/>), never on a second connection; the row is read back through EF
+/// Core, so it comes back tracked like a query result. A unique violation on the natural key or the slug never reaches
+/// the caller (the insert says <c>ON CONFLICT … DO NOTHING</c>, which neither raises nor aborts a PostgreSQL
+/// transaction); any other error does, untouched.
+/// </summary>
+public static class DbSetDataLayerExtensions
+{
+    /// <summary>
+    /// Inserts <paramref name="entity"/> unless a row with the same natural key exists, and returns the one row either
+    /// way: one <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c> and, only when it met an existing row, one
+    /// read by the key. Never check-then-insert, never a table lock. A unique index on exactly the key's columns must
+    /// exist (<c>HasIndex(e => e.Key).IsUnique()</c>).
+    /// </summary>
+    /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
+    /// <param name="set">The set.</param>
+    /// <param name="entity">
+    /// The row to insert if none exists. Its values are used as they are (with EF Core's client-side value generation
+    /// for keys left at their default); the instance itself is not tracked: the returned one is.
+    /// </param>
+    /// <param name="naturalKey">The natural key: <c>e => e.ParticipantsKey</c>, or <c>e => new { e.ProjectId, e.Number }</c>.</param>
+    /// <param name="cancellationToken">Cancels the statements.</param>
+    /// <returns>The row (tracked unless the query is no-tracking) and whether this call created it.</returns>
+    /// <exception cref="ArgumentException">The key expression is not properties of the entity, or a key value is null.</exception>
+    /// <exception cref="NotSupportedException">The provider is neither Npgsql nor SQLite.</exception>
+    public static async Task<CreateOrGetResult<TEntity>> CreateOrGetAsync<TEntity>(
+        this DbSet<TEntity> set,
+        TEntity entity,
+        Expression<Func<TEntity, object?>> naturalKey,
+        CancellationToken cancellationToken = default)
+        where TEntity : class
+    {
+        ArgumentNullException.ThrowIfNull(set);
+        ArgumentNullException.ThrowIfNull(entity);
+        ArgumentNullException.ThrowIfNull(naturalKey);
+        var mapping = EntityTableMapping.For(set);
+        var keyProperties = EntityTableMapping.Properties(mapping.EntityType, naturalKey, nameof(naturalKey));
+        var row = mapping.Values(entity, exclude: null);
+        var keyOrdinals = keyProperties.Select(p => row.IndexOf(p)).ToArray();
+        for (var i = 0; i < keyOrdinals.Length; i++)
+        {
+            if (keyOrdinals[i] < 0 || row.Values[keyOrdinals[i]] is null)
+            {
+                throw new ArgumentException($"The natural key property '{keyProperties[i].Name}' must have a value: a unique index never matches NULL.", nameof(entity));
+            }
+        }
+
+        var keyColumns = keyOrdinals.Select(i => row.Columns[i]).ToArray();
+        var insertSql = DataLayerSql.InsertOrNothing(mapping.Table, row.Columns, keyColumns, mapping.AllColumns);
+        var inserted = await FirstAsync(set, insertSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false);
+        if (inserted is not null)
+        {
+            DataLayerMetrics.Created(mapping.TableName);
+            return new CreateOrGetResult<TEntity>(inserted, Created: true);
+        }
+
+        var readSql = DataLayerSql.Read(mapping.Table, keyColumns, keyOrdinals, mapping.AllColumns, createdColumn: false);
+        var existing = await FirstAsync(set, readSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false)
+            ?? throw new InvalidOperationException(
+                $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", keyColumns)}).");
+        DataLayerMetrics.Found(mapping.TableName);
+        DataLayerMetrics.ConflictResolved(mapping.TableName, "create_or_get");
+        DataLayerLog.ConflictResolved(mapping.Logger, mapping.TableName);
+        return new CreateOrGetResult<TEntity>(existing, Created: false);
+    }
+
+    /// <summary>
+    /// Inserts <paramref name="entity"/> with a unique slug made from <paramref name="name"/> in the property
+    /// <paramref name="slug"/> (<c>my-community</c>, then <c>my-community-1</c>, <c>-2</c>…; <c>"Café Zürich"</c> →
+    /// <c>cafe-zurich</c>). One statement finds the next free suffix and inserts; the unique index on the slug column
+    /// decides, and only when a concurrent insert took the same candidate is another statement tried (at most
+    /// <see cref="SlugOptions.MaxAttempts"/>, each spreading its candidate wider, so suffixes may skip numbers under
+    /// contention). No lock is taken. The row is inserted at once (not at <c>SaveChanges</c>), in the current transaction.
+    /// </summary>
+    /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
+    /// <param name="set">The set.</param>
+    /// <param name="entity">The row to insert; its slug property is ignored. The instance itself is not tracked: the returned one is.</param>
+    /// <param name="slug">The slug property, with a unique index of its own: <c>e => e.Slug</c>.</param>
+    /// <param name="name">The name the slug is made from.</param>
+    /// <param name="options">Maximum length, attempts and fallback; <see cref="SlugOptions.Default"/> when <see langword="null"/>.</param>
+    /// <param name="cancellationToken">Cancels the statements.</param>
+    /// <returns>The inserted row, with its slug, tracked unless the query is no-tracking.</returns>
+    /// <exception cref="ArgumentException">The name has no letters or digits and no <see cref="SlugOptions.Fallback"/> is set.</exception>
+    /// <exception cref="SlugAllocationException">Every attempt met a concurrent insert; nothing was inserted.</exception>
+    /// <exception cref="NotSupportedException">The provider is neither Npgsql nor SQLite.</exception>
+    public static async Task<TEntity> InsertWithUniqueSlugAsync<TEntity>(
+        this DbSet<TEntity> set,
+        TEntity entity,
+        Expression<Func<TEntity, string?>> slug,
+        string name,
+        SlugOptions? options = null,
+        CancellationToken cancellationToken = default)
+        where TEntity : class
+    {
+        ArgumentNullException.ThrowIfNull(set);
+        ArgumentNullException.ThrowIfNull(entity);
+        ArgumentNullException.ThrowIfNull(slug);
+        options ??= SlugOptions.Default;
+        var baseSlug = Slug.FromName(name, options);
+        var mapping = EntityTableMapping.For(set);
+        var slugProperty = EntityTableMapping.Properties(mapping.EntityType, slug, nameof(slug)) is [var single]
+            ? single
+            : throw new ArgumentException("The slug is one string property: e => e.Slug.", nameof(slug));
+        var row = mapping.Values(entity, exclude: slugProperty);
+        var slugColumn = mapping.Column(slugProperty);
+        var sql = DataLayerSql.InsertWithSlug(mapping.Dialect, mapping.Table, slugColumn, row.Columns, mapping.AllColumns);
+        var pattern = DataLayerSql.SlugPattern(baseSlug, options.MaxLength);
+        for (var attempt = 0; attempt < options.MaxAttempts; attempt++)
+        {
+            DataLayerMetrics.SlugAttempt(mapping.TableName);
+            var parameters = mapping.Parameters(row);
+            parameters.Add(mapping.Parameter(DataLayerSql.BaseParameter, baseSlug));
+            parameters.Add(mapping.Parameter(DataLayerSql.MaxLengthParameter, options.MaxLength));
+            parameters.Add(mapping.Parameter(DataLayerSql.PatternParameter, pattern));
+            parameters.Add(mapping.Parameter(DataLayerSql.OffsetParameter, DataLayerSql.SlugOffset(attempt)));
+            var inserted = await FirstAsync(set, sql, parameters, cancellationToken).ConfigureAwait(false);
+            if (inserted is not null)
+            {
+                DataLayerMetrics.Created(mapping.TableName);
+                return inserted;
+            }
+
+            DataLayerMetrics.ConflictResolved(mapping.TableName, "slug");
+            DataLayerLog.SlugTaken(mapping.Logger, mapping.TableName, baseSlug, attempt + 1);
+        }
+
+        DataLayerLog.SlugExhausted(mapping.Logger, mapping.TableName, baseSlug, options.MaxAttempts);
+        throw new SlugAllocationException(baseSlug, options.MaxAttempts);
+    }
+
+    private static async Task<TEntity?> FirstAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, CancellationToken cancellationToken)
+        where TEntity : class
+    {
+        // Not composed (no First/Take): the statement is sent as written, in the context's connection and transaction.
+        // Query filters are ignored, as they would make EF Core wrap the INSERT in a SELECT.
+        await foreach (var entity in set.FromSqlRaw(sql, [.. parameters]).IgnoreQueryFilters().AsAsyncEnumerable().WithCancellation(cancellationToken).ConfigureAwait(false))
+        {
+            return entity;
+        }
+
+        return null;
+    }
+}

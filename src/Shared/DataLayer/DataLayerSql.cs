@@ -1,0 +1,123 @@
+// Shared source, compiled into Idem.EntityFrameworkCore, Idem.PostgreSql and Idem.Sqlite as an internal type: the SQL of
+// create-or-get and of unique-slug inserts for both databases. Identifiers are always quoted here, never concatenated raw.
+using System.Globalization;
+using System.Text;
+
+namespace Idem.DataLayer;
+
+internal enum SqlDialect
+{
+    PostgreSql,
+    Sqlite,
+}
+
+internal static class DataLayerSql
+{
+    /// <summary>The parameter names of the inserted values: @p0, @p1…</summary>
+    public static string ValueParameter(int index) => "@p" + index.ToString(CultureInfo.InvariantCulture);
+
+    public const string BaseParameter = "@idem_base";
+    public const string MaxLengthParameter = "@idem_max";
+    public const string PatternParameter = "@idem_pattern";
+    public const string OffsetParameter = "@idem_offset";
+
+    public static string Quote(string identifier) => "\"" + identifier.Replace("\"", "\"\"", StringComparison.Ordinal) + "\"";
+
+    public static string Table(string table, string? schema) => schema is null ? Quote(table) : Quote(schema) + "." + Quote(table);
+
+    private static string List(IReadOnlyList<string> columns, string? alias = null)
+    {
+        var prefix = alias is null ? string.Empty : alias + ".";
+        return string.Join(", ", columns.Select(c => prefix + Quote(c)));
+    }
+
+    private static string KeyPredicate(IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals) =>
+        string.Join(" AND ", keyColumns.Select((c, i) => Quote(c) + " = " + ValueParameter(keyOrdinals[i])));
+
+    /// <summary>The plain insert: <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>, no row when the key exists.</summary>
+    public static string InsertOrNothing(string table, IReadOnlyList<string> columns, IReadOnlyList<string> keyColumns, IReadOnlyList<string> returning) =>
+        new StringBuilder()
+            .Append("INSERT INTO ").Append(table).Append(" (").Append(List(columns)).Append(") VALUES (")
+            .Append(string.Join(", ", columns.Select((_, i) => ValueParameter(i))))
+            .Append(") ON CONFLICT (").Append(List(keyColumns)).Append(") DO NOTHING RETURNING ").Append(List(returning))
+            .ToString();
+
+    /// <summary>
+    /// The ADO.NET create-or-get. On PostgreSQL the insert carries the read of an existing row in the same statement (a
+    /// data-modifying CTE), so an existing row costs one round trip; the row's last column says whether it was inserted.
+    /// That read sees the statement's snapshot, so a row committed by a concurrent insert after it began (the conflict
+    /// that made this insert wait) is not in it: then the statement returns nothing and <see cref="Read"/> runs once.
+    /// On SQLite it is <see cref="InsertOrNothing"/>, then <see cref="Read"/> when it returned nothing.
+    /// </summary>
+    public static string CreateOrGet(SqlDialect dialect, string table, IReadOnlyList<string> columns, IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals, IReadOnlyList<string> returning)
+    {
+        var insert = InsertOrNothing(table, columns, keyColumns, returning);
+        if (dialect == SqlDialect.Sqlite)
+        {
+            return insert;
+        }
+
+        return new StringBuilder()
+            .Append("WITH idem_inserted AS (").Append(insert).Append(") SELECT ").Append(List(returning)).Append(", TRUE FROM idem_inserted")
+            .Append(" UNION ALL SELECT ").Append(List(returning)).Append(", FALSE FROM ").Append(table)
+            .Append(" WHERE ").Append(KeyPredicate(keyColumns, keyOrdinals)).Append(" AND NOT EXISTS (SELECT 1 FROM idem_inserted)")
+            .ToString();
+    }
+
+    /// <summary>The read by natural key, after an insert that met an existing row; with a FALSE "created" column when asked.</summary>
+    public static string Read(string table, IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals, IReadOnlyList<string> returning, bool createdColumn) =>
+        "SELECT " + List(returning) + (createdColumn ? ", FALSE" : string.Empty) + " FROM " + table +
+        " WHERE " + KeyPredicate(keyColumns, keyOrdinals);
+
+    /// <summary>
+    /// One statement that picks the slug and inserts the row: the base slug when it is free, otherwise the base (cut so the
+    /// suffix fits) with the largest numeric suffix in use plus one plus <see cref="OffsetParameter"/>. The unique index
+    /// decides: a candidate a concurrent insert took makes the statement insert nothing (ON CONFLICT on the slug only), and
+    /// the caller tries again with a wider offset. Other constraints' violations reach the caller untouched.
+    /// The suffix test mirrors <see cref="Slug.WithSuffix"/>: a row counts when it is the base cut to
+    /// (max length - 1 - its digits), trimmed of trailing dashes, then a dash and 1 to 18 digits.
+    /// </summary>
+    public static string InsertWithSlug(SqlDialect dialect, string table, string slugColumn, IReadOnlyList<string> columns, IReadOnlyList<string> returning)
+    {
+        var slug = Quote(slugColumn);
+        var integer = dialect == SqlDialect.PostgreSql ? "bigint" : "INTEGER";
+        var digits = $"(length(s.{slug}) - length(rtrim(s.{slug}, '0123456789')))";
+        var headLength = $"{MaxLengthParameter} - 1 - {digits}";
+        var next = $"(SELECT coalesce(max(CAST(substr(s.{slug}, length(rtrim(s.{slug}, '0123456789')) + 1) AS {integer})), 0) FROM {table} AS s" +
+            $" WHERE s.{slug} LIKE {PatternParameter} ESCAPE '\\' AND {digits} BETWEEN 1 AND {Slug.MaxSuffixDigits}" +
+            $" AND rtrim(s.{slug}, '0123456789') = rtrim(substr({BaseParameter}, 1, CASE WHEN {headLength} > 0 THEN {headLength} ELSE 0 END), '-') || '-')";
+        var candidate = $"CASE WHEN n.next = 0 THEN {BaseParameter} ELSE rtrim(substr({BaseParameter}, 1, {MaxLengthParameter} - 1 - length(CAST(n.next AS TEXT))), '-') || '-' || CAST(n.next AS TEXT) END";
+        var values = string.Concat(columns.Select((_, i) => ValueParameter(i) + ", "));
+        return new StringBuilder()
+            .Append("INSERT INTO ").Append(table).Append(" (").Append(columns.Count > 0 ? List(columns) + ", " : string.Empty).Append(slug).Append(") ")
+            .Append("SELECT ").Append(values).Append(candidate)
+            .Append(" FROM (SELECT CASE WHEN ").Append(OffsetParameter).Append(" = 0 AND NOT EXISTS (SELECT 1 FROM ").Append(table)
+            .Append(" WHERE ").Append(slug).Append(" = ").Append(BaseParameter).Append(") THEN 0 ELSE ").Append(next)
+            .Append(" + 1 + ").Append(OffsetParameter).Append(" END AS next) AS n")
+            // WHERE true: SQLite needs it to parse ON CONFLICT after INSERT … SELECT.
+            .Append(" WHERE true ON CONFLICT (").Append(slug).Append(") DO NOTHING RETURNING ").Append(List(returning))
+            .ToString();
+    }
+
+    /// <summary>
+    /// The LIKE pattern every slug counted for <paramref name="baseSlug"/> starts with: the base cut as short as the
+    /// longest suffix would cut it, then <c>%</c> (wildcards in the base are escaped).
+    /// </summary>
+    public static string SlugPattern(string baseSlug, int maxLength)
+    {
+        var shortest = Cut(baseSlug, maxLength - 1 - Slug.MaxSuffixDigits);
+        var prefix = shortest.Length == baseSlug.Length ? baseSlug + "-" : shortest;
+        return prefix.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("%", "\\%", StringComparison.Ordinal).Replace("_", "\\_", StringComparison.Ordinal) + "%";
+    }
+
+    /// <summary>Mirrors Slug.Cut in Idem: cut to a length (nothing when not positive), then trim trailing dashes.</summary>
+    public static string Cut(string slug, int length) =>
+        length <= 0 ? string.Empty : (slug.Length > length ? slug[..length] : slug).TrimEnd('-');
+
+    /// <summary>
+    /// The offset added to the next suffix on the given attempt (0 on the first): a random number below 4^(attempt-1), so
+    /// that contenders who all read the same largest suffix spread over more candidates each time they collide.
+    /// </summary>
+    public static long SlugOffset(int attempt) =>
+        attempt <= 0 ? 0 : Random.Shared.NextInt64(1L << Math.Min(2 * (attempt - 1), 40));
+}

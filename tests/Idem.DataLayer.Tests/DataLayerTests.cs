@@ -1,0 +1,383 @@
+using System.Collections.Concurrent;
+using System.Data.Common;
+using System.Diagnostics.Metrics;
+using System.Text.RegularExpressions;
+using Idem.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore;
+using Xunit;
+using Xunit.Abstractions;
+
+namespace Idem.DataLayer.Tests;
+
+/// <summary>
+/// Issue 19, items 1 and 2, on a real database under real concurrency: each proof runs the helper and, in the same test,
+/// the naive code it replaces, which must show the duplicate or the error (so the test can fail).
+/// </summary>
+public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
+{
+    protected static readonly CreateOrGetDefinition Chats = new("chats", columns: ["participants_key", "title"], keyColumns: ["participants_key"], returning: ["id"]);
+
+    /// <summary>The work a naive handler does between its check and its insert (the window the incidents raced in).</summary>
+    protected static readonly TimeSpan NaiveWork = TimeSpan.FromMilliseconds(10);
+
+    protected ITestOutputHelper Output { get; } = output;
+
+    public abstract Task InitializeAsync();
+
+    public virtual Task DisposeAsync() => Task.CompletedTask;
+
+    /// <summary>A new open connection to the test database.</summary>
+    protected abstract Task<DbConnection> OpenAsync();
+
+    protected abstract TestContext NewContext();
+
+    protected abstract Task<CreateOrGetResult<long>> CreateOrGetChatAsync(DbConnection connection, DbTransaction? transaction, string key, string? title = null);
+
+    protected abstract Task<(long Id, string Slug)> InsertCommunityAsync(DbConnection connection, DbTransaction? transaction, string name, SlugOptions options);
+
+    protected abstract bool IsUniqueViolation(Exception exception);
+
+    /// <summary>The provider's error for a CHECK violation: it must reach the caller as it was raised.</summary>
+    protected abstract void AssertCheckViolation(Exception exception);
+
+    [Fact]
+    public async Task CreateOrGet_150_concurrent_calls_for_the_same_two_participants_return_one_id_and_one_row()
+    {
+        using var counters = new DataCounters("chats");
+        var answers = await RaceAsync(150, async (connection, i) =>
+            await CreateOrGetChatAsync(connection, null, NaturalKey.FromSet(Shuffled(["alice", "bob"], i))));
+
+        Assert.True(answers.Errors.IsEmpty, string.Join("\n", answers.Errors));
+        Assert.Single(answers.Values.Select(a => a.Value).Distinct());
+        Assert.Single(answers.Values, a => a.Created);
+        Assert.Equal(1L, await CountAsync("SELECT count(*) FROM chats WHERE participants_key = 'alice,bob'"));
+        Assert.Equal(1, counters.Created);
+        Assert.Equal(149, counters.Found);
+        Output.WriteLine($"helper: 150 answers, 1 id, 1 row, 0 errors; conflicts resolved after a concurrent insert: {counters.Conflicts}");
+
+        // The naive variant: check, then insert. The same race gives unique violations (a 500 in an API).
+        var naive = await RaceAsync(150, async (connection, i) =>
+        {
+            var key = NaturalKey.FromSet(Shuffled(["carol", "dave"], i));
+            var existing = await ScalarAsync(connection, "SELECT id FROM chats WHERE participants_key = @key", key);
+            await Task.Delay(NaiveWork); // what a handler does between its check and its insert
+            return existing is long id ? id : (long)(await ScalarAsync(connection, "INSERT INTO chats (participants_key) VALUES (@key) RETURNING id", key))!;
+        });
+        Output.WriteLine($"naive check-then-insert: {naive.Errors.Count} errors of 150");
+        Assert.NotEmpty(naive.Errors);
+        Assert.All(naive.Errors, e => Assert.True(IsUniqueViolation(e), e.ToString()));
+    }
+
+    [Fact]
+    public async Task CreateOrGet_through_EF_Core_150_concurrent_calls_return_one_id_and_one_row()
+    {
+        var answers = await RaceContextsAsync(150, async (db, i) =>
+        {
+            var result = await db.Chats.CreateOrGetAsync(new Chat { ParticipantsKey = NaturalKey.FromSet(Shuffled(["erin", "frank"], i)) }, c => c.ParticipantsKey);
+            Assert.Equal(EntityState.Unchanged, db.Entry(result.Value).State);
+            return (result.Value.Id, result.Created);
+        });
+
+        Assert.True(answers.Errors.IsEmpty, string.Join("\n", answers.Errors));
+        Assert.Single(answers.Values.Select(a => a.Id).Distinct());
+        Assert.Single(answers.Values, a => a.Created);
+        Assert.Equal(1L, await CountAsync("SELECT count(*) FROM chats WHERE participants_key = 'erin,frank'"));
+
+        // The naive EF Core variant: FirstOrDefaultAsync, then Add + SaveChangesAsync.
+        var naive = await RaceContextsAsync(150, async (db, i) =>
+        {
+            var key = NaturalKey.FromSet(Shuffled(["grace", "heidi"], i));
+            var chat = await db.Chats.FirstOrDefaultAsync(c => c.ParticipantsKey == key);
+            if (chat is null)
+            {
+                await Task.Delay(NaiveWork);
+                chat = new Chat { ParticipantsKey = key };
+                db.Chats.Add(chat);
+                await db.SaveChangesAsync();
+            }
+
+            return (chat.Id, false);
+        });
+        Output.WriteLine($"naive EF Core FirstOrDefault + SaveChanges: {naive.Errors.Count} errors of 150");
+        Assert.NotEmpty(naive.Errors);
+        Assert.All(naive.Errors, e => Assert.True(e is DbUpdateException && IsUniqueViolation(e), e.ToString()));
+    }
+
+    [Fact]
+    public async Task Slugs_for_100_concurrent_creates_of_one_name_are_100_distinct()
+    {
+        using var counters = new DataCounters("communities");
+        var answers = await RaceAsync(100, (connection, _) => InsertCommunityAsync(connection, null, "My Community", SlugOptions.Default));
+
+        Assert.True(answers.Errors.IsEmpty, string.Join("\n", answers.Errors));
+        var slugs = answers.Values.Select(a => a.Slug).ToArray();
+        Assert.Equal(100, slugs.Distinct().Count());
+        Assert.Contains("my-community", slugs);
+        Assert.All(slugs, s => Assert.Matches("^my-community(-[1-9][0-9]*)?$", s));
+        Assert.Equal(100L, await CountAsync("SELECT count(*) FROM communities"));
+        Assert.Equal(100, counters.Created);
+        Output.WriteLine($"helper: 100 distinct slugs, 0 errors, {counters.SlugAttempts} statements ({counters.SlugAttempts / 100.0:0.00} per create)");
+
+        // The naive variant: while exists(slug) slug++, then insert.
+        var naive = await RaceAsync(100, async (connection, _) =>
+        {
+            var slug = "our-club";
+            for (var n = 1; await ScalarAsync(connection, "SELECT id FROM communities WHERE slug = @key", slug) is not null; n++)
+            {
+                slug = "our-club-" + n;
+            }
+
+            await Task.Delay(NaiveWork);
+
+            await ScalarAsync(connection, "INSERT INTO communities (name, slug) VALUES ('Our Club', @key) RETURNING id", slug);
+            return slug;
+        });
+        Output.WriteLine($"naive while-exists-increment: {naive.Errors.Count} errors of 100");
+        Assert.NotEmpty(naive.Errors);
+        Assert.All(naive.Errors, e => Assert.True(IsUniqueViolation(e), e.ToString()));
+    }
+
+    [Fact]
+    public async Task Slugs_through_EF_Core_for_100_concurrent_creates_of_one_name_are_100_distinct()
+    {
+        var answers = await RaceContextsAsync(100, async (db, _) =>
+        {
+            var community = await db.Communities.InsertWithUniqueSlugAsync(new Community { Name = "Café Zürich" }, c => c.Slug, "Café Zürich");
+            return (community.Id, community.Slug);
+        });
+
+        Assert.True(answers.Errors.IsEmpty, string.Join("\n", answers.Errors));
+        Assert.Equal(100, answers.Values.Select(a => a.Slug).Distinct().Count());
+        Assert.Contains("cafe-zurich", answers.Values.Select(a => a.Slug));
+        Assert.All(answers.Values, a => Assert.Matches("^cafe-zurich(-[1-9][0-9]*)?$", a.Slug));
+        Assert.Equal(100L, await CountAsync("SELECT count(*) FROM communities WHERE name = 'Café Zürich'"));
+    }
+
+    [Fact]
+    public async Task Sequential_slugs_count_up_and_a_maximum_length_never_cuts_the_suffix()
+    {
+        await using var connection = await OpenAsync();
+        var options = new SlugOptions { MaxLength = 10 };
+        var slugs = new List<string>();
+        for (var i = 0; i < 12; i++)
+        {
+            slugs.Add((await InsertCommunityAsync(connection, null, "Abcdefghij klmnop", options)).Slug);
+        }
+
+        Assert.Equal(["abcdefghij", "abcdefgh-1", "abcdefgh-2", "abcdefgh-3", "abcdefgh-4", "abcdefgh-5", "abcdefgh-6", "abcdefgh-7", "abcdefgh-8", "abcdefgh-9", "abcdefg-10", "abcdefg-11"], slugs);
+
+        // Another name whose slug begins the same is counted apart; a name without letters is refused, nothing inserted.
+        Assert.Equal("abcdefg", (await InsertCommunityAsync(connection, null, "abcdefg", options)).Slug);
+        await Assert.ThrowsAsync<ArgumentException>(() => InsertCommunityAsync(connection, null, "!!!", options));
+        Assert.Equal(13L, await CountAsync("SELECT count(*) FROM communities"));
+    }
+
+    [Fact]
+    public async Task Helpers_run_in_the_callers_transaction_and_roll_back_with_it()
+    {
+        await using (var connection = await OpenAsync())
+        {
+            await using var transaction = await connection.BeginTransactionAsync();
+            Assert.True((await CreateOrGetChatAsync(connection, transaction, "ivan,judy")).Created);
+            Assert.False((await CreateOrGetChatAsync(connection, transaction, "ivan,judy")).Created);
+            await InsertCommunityAsync(connection, transaction, "Rolled back", SlugOptions.Default);
+            await transaction.RollbackAsync();
+        }
+
+        await using (var db = NewContext())
+        {
+            await using var transaction = await db.Database.BeginTransactionAsync();
+            Assert.True((await db.Chats.CreateOrGetAsync(new Chat { ParticipantsKey = "ivan,judy" }, c => c.ParticipantsKey)).Created);
+            await db.Communities.InsertWithUniqueSlugAsync(new Community { Name = "x" }, c => c.Slug, "Rolled back");
+            await transaction.RollbackAsync();
+        }
+
+        Assert.Equal(0L, await CountAsync("SELECT count(*) FROM chats"));
+        Assert.Equal(0L, await CountAsync("SELECT count(*) FROM communities"));
+    }
+
+    [Fact]
+    public async Task Another_constraints_violation_reaches_the_caller_untouched()
+    {
+        await using var connection = await OpenAsync();
+        var error = await Assert.ThrowsAnyAsync<DbException>(() => CreateOrGetChatAsync(connection, null, "kim,lee", title: "forbidden"));
+        AssertCheckViolation(error);
+        Assert.False(IsUniqueViolation(error));
+
+        await using var db = NewContext();
+        var efError = await Assert.ThrowsAnyAsync<DbException>(() => db.Chats.CreateOrGetAsync(new Chat { ParticipantsKey = "kim,lee", Title = "forbidden" }, c => c.ParticipantsKey));
+        AssertCheckViolation(efError);
+        Assert.Equal(0L, await CountAsync("SELECT count(*) FROM chats"));
+    }
+
+    protected static string[] Shuffled(string[] members, int seed)
+    {
+        var copy = members.ToArray();
+        new Random(seed).Shuffle(copy);
+        return copy;
+    }
+
+    protected async Task<long> CountAsync(string sql)
+    {
+        await using var connection = await OpenAsync();
+        return Convert.ToInt64(await ScalarAsync(connection, sql, null));
+    }
+
+    protected static async Task<object?> ScalarAsync(DbConnection connection, string sql, object? key)
+    {
+        await using var command = connection.CreateCommand();
+        command.CommandText = sql;
+        if (key is not null)
+        {
+            var parameter = command.CreateParameter();
+            parameter.ParameterName = "@key";
+            parameter.Value = key;
+            command.Parameters.Add(parameter);
+        }
+
+        var value = await command.ExecuteScalarAsync();
+        return value is DBNull ? null : value;
+    }
+
+    /// <summary>Runs <paramref name="count"/> calls at once, each on its own open connection, released together.</summary>
+    protected async Task<RaceResult<T>> RaceAsync<T>(int count, Func<DbConnection, int, Task<T>> call)
+    {
+        var connections = new DbConnection[count];
+        for (var i = 0; i < count; i++)
+        {
+            connections[i] = await OpenAsync();
+        }
+
+        try
+        {
+            var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var result = new RaceResult<T>();
+            var tasks = Enumerable.Range(0, count).Select(i => Task.Run(async () =>
+            {
+                await gate.Task;
+                try
+                {
+                    result.Values.Add(await call(connections[i], i));
+                }
+                catch (Exception e) when (e is DbException or DbUpdateException)
+                {
+                    result.Errors.Add(e);
+                }
+            })).ToArray();
+            gate.SetResult();
+            await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromMinutes(2));
+            return result;
+        }
+        finally
+        {
+            foreach (var connection in connections)
+            {
+                await connection.DisposeAsync();
+            }
+        }
+    }
+
+    /// <summary>Runs <paramref name="count"/> calls at once, each with its own DbContext (its connection opened first).</summary>
+    protected async Task<RaceResult<T>> RaceContextsAsync<T>(int count, Func<TestContext, int, Task<T>> call)
+    {
+        var contexts = new TestContext[count];
+        for (var i = 0; i < count; i++)
+        {
+            contexts[i] = NewContext();
+            await contexts[i].Database.OpenConnectionAsync();
+        }
+
+        try
+        {
+            var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+            var result = new RaceResult<T>();
+            var tasks = Enumerable.Range(0, count).Select(i => Task.Run(async () =>
+            {
+                await gate.Task;
+                try
+                {
+                    result.Values.Add(await call(contexts[i], i));
+                }
+                catch (Exception e) when (e is DbException or DbUpdateException)
+                {
+                    result.Errors.Add(e);
+                }
+            })).ToArray();
+            gate.SetResult();
+            await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromMinutes(2));
+            return result;
+        }
+        finally
+        {
+            foreach (var context in contexts)
+            {
+                await context.DisposeAsync();
+            }
+        }
+    }
+
+    protected sealed class RaceResult<T>
+    {
+        public ConcurrentBag<T> Values { get; } = [];
+
+        public ConcurrentBag<Exception> Errors { get; } = [];
+    }
+}
+
+/// <summary>Counts the data layer's instruments in the Idem meter for one table.</summary>
+public sealed class DataCounters : IDisposable
+{
+    private readonly MeterListener _listener = new();
+    private readonly string _table;
+    private int _created;
+    private int _found;
+    private int _conflicts;
+    private int _slugAttempts;
+
+    public DataCounters(string table)
+    {
+        _table = table;
+        _listener.InstrumentPublished = (instrument, listener) =>
+        {
+            if (instrument.Meter.Name == IdempotencyMetrics.MeterName && instrument.Name.StartsWith("idem.data.", StringComparison.Ordinal))
+            {
+                listener.EnableMeasurementEvents(instrument);
+            }
+        };
+        _listener.SetMeasurementEventCallback<long>((instrument, value, tags, _) =>
+        {
+            string? table = null;
+            foreach (var tag in tags)
+            {
+                if (tag.Key == DataLayerMetrics.TableTag)
+                {
+                    table = tag.Value as string;
+                }
+            }
+
+            if (table != _table)
+            {
+                return;
+            }
+
+            switch (instrument.Name)
+            {
+                case "idem.data.created": Interlocked.Add(ref _created, (int)value); break;
+                case "idem.data.found": Interlocked.Add(ref _found, (int)value); break;
+                case "idem.data.conflicts": Interlocked.Add(ref _conflicts, (int)value); break;
+                case "idem.data.slug_attempts": Interlocked.Add(ref _slugAttempts, (int)value); break;
+            }
+        });
+        _listener.Start();
+    }
+
+    public int Created => Volatile.Read(ref _created);
+
+    public int Found => Volatile.Read(ref _found);
+
+    public int Conflicts => Volatile.Read(ref _conflicts);
+
+    public int SlugAttempts => Volatile.Read(ref _slugAttempts);
+
+    public void Dispose() => _listener.Dispose();
+}
