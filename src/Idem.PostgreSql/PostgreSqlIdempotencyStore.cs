@@ -393,6 +393,26 @@ public sealed class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore,
     /// <inheritdoc />
     public void OnCompletionCommitted(string key) => _signals.Signal(key);
 
+    /// <inheritdoc />
+    public bool IsCompleted(System.Data.Common.DbTransaction transaction)
+    {
+        if (transaction is not NpgsqlTransaction { Connection: not null } npgsql)
+        {
+            return true;
+        }
+
+        try
+        {
+            // Npgsql's completed flag is not public; a completed transaction refuses to tell its isolation level.
+            _ = npgsql.IsolationLevel;
+            return false;
+        }
+        catch (InvalidOperationException)
+        {
+            return true;
+        }
+    }
+
     private static (NpgsqlConnection Connection, NpgsqlTransaction Transaction) Joined(System.Data.Common.DbTransaction transaction)
     {
         ArgumentNullException.ThrowIfNull(transaction);

@@ -256,6 +256,9 @@ public sealed partial class SqliteIdempotencyStore : ITransactionalIdempotencySt
     /// <inheritdoc />
     public void OnCompletionCommitted(string key) => _signals.Signals.Signal(key);
 
+    /// <inheritdoc />
+    public bool IsCompleted(System.Data.Common.DbTransaction transaction) => transaction is not SqliteTransaction { Connection: not null };
+
     private static (SqliteConnection Connection, SqliteTransaction Transaction) Joined(System.Data.Common.DbTransaction transaction)
     {
         ArgumentNullException.ThrowIfNull(transaction);

@@ -39,6 +39,12 @@ public interface ITransactionalIdempotencyStore : IRecoveryPointStore
     /// <returns><see langword="false"/> when the owner lost the claim: the caller must roll back everything.</returns>
     ValueTask<bool> RecordPhasesAsync(DbTransaction transaction, string key, Guid ownerToken, ReadOnlyMemory<byte> phases, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Whether <paramref name="transaction"/> was already committed or rolled back (by the operation, which must not, or
+    /// because its connection closed); providers show it differently.
+    /// </summary>
+    bool IsCompleted(DbTransaction transaction);
+
     /// <summary>Called after a transaction holding a completion committed: wakes this process's waiters for <paramref name="key"/>.</summary>
     void OnCompletionCommitted(string key);
 }

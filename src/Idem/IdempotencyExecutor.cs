@@ -261,6 +261,7 @@ public sealed class IdempotencyExecutor
         StoredResponse response;
         try
         {
+            execution.MakeCurrent();
             response = await work(execution, state).ConfigureAwait(false);
             execution.ThrowIfTransactionEscaped();
         }

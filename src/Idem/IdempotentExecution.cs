@@ -12,6 +12,8 @@ namespace Idem;
 /// </remarks>
 public sealed class IdempotentExecution
 {
+    private static readonly AsyncLocal<IdempotentExecution?> s_currentJoined = new();
+
     private readonly IdempotencyExecutor? _executor;
     private readonly IdempotencyPolicy? _policy;
     private readonly IRecoveryPointStore? _phaseStore;
@@ -42,6 +44,12 @@ public sealed class IdempotentExecution
         }
     }
 
+    /// <summary>
+    /// The execution with a joined transaction whose operation is running on this asynchronous flow, or
+    /// <see langword="null"/>; what data-layer integrations (Idem.EntityFrameworkCore) join automatically.
+    /// </summary>
+    public static IdempotentExecution? CurrentJoined => s_currentJoined.Value is { _transactionalStore: not null, LostClaim: false } current ? current : null;
+
     /// <summary>The store key being executed.</summary>
     public string Key { get; }
 
@@ -62,6 +70,15 @@ public sealed class IdempotentExecution
 
     /// <summary>The joined transaction, once begun; it changes after each recovery point (each phase commits it).</summary>
     public DbTransaction? Transaction => _transaction;
+
+    /// <summary>Makes this execution <see cref="CurrentJoined"/> for the operation's flow (set in the executor's frame, so it ends with it).</summary>
+    internal void MakeCurrent()
+    {
+        if (_transactionalStore is not null)
+        {
+            s_currentJoined.Value = this;
+        }
+    }
 
     /// <summary>Set when a fenced write found that this owner lost the key: everything was rolled back.</summary>
     internal bool LostClaim { get; private set; }
@@ -337,13 +354,14 @@ public sealed class IdempotentExecution
         }
     }
 
-    private static void ThrowIfEscaped(DbTransaction transaction)
+    private void ThrowIfEscaped(DbTransaction transaction)
     {
-        if (transaction.Connection is null)
+        if (transaction.Connection is null || _transactionalStore!.IsCompleted(transaction))
         {
             throw new InvalidOperationException(
-                "The operation committed or rolled back the joined transaction itself. Under a joined transaction Idem commits the operation's writes "
-                + "together with the key's completion: write through the transaction and never commit it (or turn JoinedTransaction off for this operation).");
+                "The operation committed or rolled back the joined transaction itself, or closed its connection (a DbContext disposed inside the operation "
+                + "closes it: let the context live until the request ends, as a scoped one does). Under a joined transaction Idem commits the operation's "
+                + "writes together with the key's completion: write through the transaction and never commit it (or turn JoinedTransaction off for this operation).");
         }
     }
 }
