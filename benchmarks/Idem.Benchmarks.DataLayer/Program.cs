@@ -1,7 +1,8 @@
 // The data layer's cost (issue 19), as ratios against plain statements measured in the same run, on SQLite and
 // PostgreSQL: create-or-get of an existing row against a plain SELECT by the unique key, create-or-get of a new row
 // against a plain INSERT (ADO.NET and EF Core), and the statements a unique slug costs under 100-way contention.
-// Sequential calls on one open connection (one context per call for EF Core), in alternating rounds so that the box's
+// Sequential calls on one open connection (one context per call for EF Core), the plain ADO.NET statements prepared as
+// the helper's are on PostgreSQL, in alternating rounds so that the box's
 // drift hits both sides of a ratio alike; each ratio is the median of the rounds' ratios.
 //
 // Usage: Idem.Benchmarks.DataLayer --postgres <connection string> [--ops 2000] [--rounds 5] [--out results.md]
@@ -23,7 +24,7 @@ using Npgsql;
 var options = Args.Parse(args);
 var report = new StringBuilder();
 report.AppendLine("# Data-layer benchmark results").AppendLine()
-    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores, {options.Ops} sequential calls per case and round, {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round).").AppendLine()
+    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start), {options.Ops} sequential calls per case and round, {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round). Plain ADO.NET statements are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side.").AppendLine()
     .AppendLine("| Database | Case | Plain calls/s | Helper calls/s | Ratio | Target |")
     .AppendLine("|---|---|---:|---:|---:|---|");
 var slugLines = new List<string>();
@@ -260,6 +261,7 @@ internal abstract class Database : IAsyncDisposable
         parameter.ParameterName = "@k";
         parameter.Value = key;
         command.Parameters.Add(parameter);
+        await command.PrepareAsync(); // as the helper does on PostgreSQL (a no-op once prepared on the connection; SQLite: nothing kept)
         await using var reader = await command.ExecuteReaderAsync();
         while (await reader.ReadAsync())
         {

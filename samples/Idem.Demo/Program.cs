@@ -5,7 +5,7 @@ using Idem.AspNetCore;
 using Idem.Demo.DataLayer;
 
 var builder = WebApplication.CreateBuilder(args);
-builder.Services.AddIdempotency(); // SQLite in ./idem.db unless another store is chosen
+builder.Services.AddIdempotency().UseSqliteStore(); // SQLite in ./idem.db (package Idem.Sqlite)
 builder.Services.AddOpenApi();
 builder.Services.AddHealthChecks().AddIdempotencyStore();
 builder.AddDemoData(); // communities, chats, builds: EF Core on demo.db, or PostgreSQL with ConnectionStrings:Demo

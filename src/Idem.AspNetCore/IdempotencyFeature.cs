@@ -61,8 +61,9 @@ internal sealed class IdempotencyFeature : IIdempotencyFeature
 
 internal static class MiddlewareGuard
 {
-    // Incident 1: protection that silently does nothing. An endpoint marked as protected that is reached without
-    // the middleware having seen it is a configuration error, and it must be loud.
+    // Protection that silently does nothing (an idempotency check that was never wired up) is how duplicates reach
+    // production unnoticed. An endpoint marked as protected that is reached without the middleware having seen it is
+    // a configuration error, and it must be loud.
     public static void ThrowIfMiddlewareMissing(HttpContext context)
     {
         if (context.Features.Get<IIdempotencyFeature>() is null)

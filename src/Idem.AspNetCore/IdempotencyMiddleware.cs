@@ -65,10 +65,11 @@ internal sealed class IdempotencyMiddleware
 
     private async Task InvokeProtectedAsync(HttpContext context, EndpointPolicy policy, IdempotencyFeature feature)
     {
-        // A host in front (Idem Gateway) may have accepted the id and opened the request's log scope already.
-        var outer = context.Features.Get<CorrelationFeature>();
-        var requestId = outer?.RequestId ?? AcceptCorrelationId(context);
-        using var scope = outer is null ? _logger.BeginScope(new CorrelationScope(requestId)) : null;
+        // Middleware in front that settled the id first also opened the request's log scope; otherwise it is opened here.
+        var outer = context.Features.Get<RequestCorrelation>();
+        var correlation = outer ?? RequestCorrelation.Accept(context, _options.CorrelationIdHeader);
+        var requestId = correlation.RequestId;
+        using var scope = outer is null ? correlation.BeginLogScope(_logger) : null;
         context.Response.Headers[_options.CorrelationIdHeader] = requestId;
 
         var headerValues = context.Request.Headers[_options.HeaderName];
@@ -84,7 +85,7 @@ internal sealed class IdempotencyMiddleware
                     return;
                 }
 
-                _metrics.Request(IdempotencyOutcomes.NoKey);
+                _metrics.Request(IdempotencyRequestOutcome.NoKey);
                 Log.NoKey(_logger, requestId, context.GetEndpoint()?.DisplayName);
                 await _next(context).ConfigureAwait(false);
                 return;
@@ -383,18 +384,9 @@ internal sealed class IdempotencyMiddleware
         && (contentType.StartsWith("application/json", StringComparison.OrdinalIgnoreCase)
             || contentType.Split(';')[0].EndsWith("+json", StringComparison.OrdinalIgnoreCase));
 
-    private string AcceptCorrelationId(HttpContext context)
-    {
-        var requestId = CorrelationFeature.TryGetClientId(context.Request.Headers[_options.CorrelationIdHeader], out var clientId)
-            ? clientId
-            : Activity.Current?.TraceId.ToHexString() ?? context.TraceIdentifier;
-        context.Features.Set(new CorrelationFeature(requestId));
-        return requestId;
-    }
-
     private Task RejectAsync(HttpContext context, string requestId, int status, string title, string detail)
     {
-        _metrics.Request(IdempotencyOutcomes.Rejected);
+        _metrics.Request(IdempotencyRequestOutcome.Rejected);
         Log.RequestRejected(_logger, requestId, detail);
         return IdempotencyProblems.WriteAsync(context, status, title, detail);
     }
@@ -415,7 +407,8 @@ internal sealed class IdempotencyMiddleware
             return new EndpointPolicy
             {
                 Policy = policy,
-                Methods = new HashSet<string>(endpoint.Methods ?? (IEnumerable<string>)app.Methods, StringComparer.OrdinalIgnoreCase),
+                // Disabled: no method is protected, so every request passes through.
+                Methods = endpoint.Enabled == false ? [] : new HashSet<string>(endpoint.Methods ?? (IEnumerable<string>)app.Methods, StringComparer.OrdinalIgnoreCase),
                 RequireKey = endpoint.RequireKey ?? app.RequireKey,
                 ImplicitPolicy = endpoint.ImplicitKeyWindow is { } window ? policy with { Retention = window } : null,
             };

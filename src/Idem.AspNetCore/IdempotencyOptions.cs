@@ -98,12 +98,25 @@ public sealed class IdempotencyOptions
     }
 }
 
-/// <summary>Per-endpoint settings; anything left <see langword="null"/> comes from <see cref="IdempotencyOptions"/>.</summary>
+/// <summary>
+/// Per-endpoint settings; anything left <see langword="null"/> comes from <see cref="IdempotencyOptions"/>. The one shape
+/// of a protected operation's settings: set in code (<c>RequireIdempotency(o => …)</c>), or bound from configuration
+/// (every setting but <see cref="ShouldStore"/> binds; Idem Gateway's <c>Idem:Default</c> and <c>Idem:Routes:&lt;id&gt;</c>
+/// sections are this type). A new setting is a property here plus its line in <see cref="Overlay"/> and, for a policy
+/// setting, in the conversion to <see cref="IdempotencyPolicy"/>, both in this class.
+/// </summary>
 public sealed class IdempotencyEndpointOptions
 {
     // RFC 9110 token characters, which is what a method name is made of.
     private static readonly System.Buffers.SearchValues<char> HttpTokenCharacters =
         System.Buffers.SearchValues.Create("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz");
+
+    /// <summary>
+    /// <see langword="false"/> leaves the endpoint unprotected, whatever a route group or the defaults say (Idem
+    /// Gateway: plain proxying for the route).
+    /// </summary>
+    /// <value><see langword="null"/>: protected.</value>
+    public bool? Enabled { get; set; }
 
     /// <summary>Whether a request without a key is refused with 400.</summary>
     public bool? RequireKey { get; set; }
@@ -126,8 +139,14 @@ public sealed class IdempotencyEndpointOptions
     /// <summary>How long the handler may run.</summary>
     public TimeSpan? ExecutionTimeout { get; set; }
 
-    /// <summary>Which response statuses are stored; others release the key.</summary>
+    /// <summary>Which response statuses are stored; others release the key. Set this or <see cref="StoredStatuses"/>, not both.</summary>
     public Func<int, bool>? ShouldStore { get; set; }
+
+    /// <summary>
+    /// Which response statuses are stored, as text (for configuration): statuses (<c>201</c>), classes (<c>2xx</c>) or
+    /// ranges (<c>200-299</c>), comma separated; others release the key. Set this or <see cref="ShouldStore"/>, not both.
+    /// </summary>
+    public string? StoredStatuses { get; set; }
 
     /// <summary>The largest response body stored.</summary>
     public int? MaxStoredBodyBytes { get; set; }
@@ -150,10 +169,38 @@ public sealed class IdempotencyEndpointOptions
     public TimeSpan? ImplicitKeyWindow { get; set; }
 
     /// <summary>
-    /// Throws <see cref="ArgumentException"/> when a value set here is out of range, whatever the application's
-    /// defaults: each setting is checked on its own, so an endpoint valid over <see cref="IdempotencyPolicy.Default"/> is
-    /// valid over any valid defaults.
+    /// Throws <see cref="ArgumentException"/> when a value set here is out of range (checked again at startup over the
+    /// application's defaults; each setting is checked on its own, so settings valid here are valid over any valid defaults).
     /// </summary>
+    /// <exception cref="ArgumentException">A setting is out of range, unparsable, or contradicts another.</exception>
+    public void Validate() => Validate(IdempotencyPolicy.Default);
+
+    /// <summary>
+    /// Returns a copy of these settings with every value set in <paramref name="overrides"/> laid over them: the one
+    /// place layers of settings merge (Idem Gateway: defaults, then route metadata, then the route's own section).
+    /// </summary>
+    /// <param name="overrides">The settings that win where they are set; <see langword="null"/> changes nothing.</param>
+    /// <returns>A new instance; neither input changes.</returns>
+    public IdempotencyEndpointOptions Overlay(IdempotencyEndpointOptions? overrides) => overrides is null ? Copy() : new IdempotencyEndpointOptions
+    {
+        Enabled = overrides.Enabled ?? Enabled,
+        RequireKey = overrides.RequireKey ?? RequireKey,
+        Methods = overrides.Methods ?? Methods,
+        ConflictBehavior = overrides.ConflictBehavior ?? ConflictBehavior,
+        Retention = overrides.Retention ?? Retention,
+        Lease = overrides.Lease ?? Lease,
+        WaitTimeout = overrides.WaitTimeout ?? WaitTimeout,
+        ExecutionTimeout = overrides.ExecutionTimeout ?? ExecutionTimeout,
+        // The two forms of one setting: whichever the overriding layer sets replaces both of the lower layer's.
+        ShouldStore = overrides.ShouldStore ?? (overrides.StoredStatuses is null ? ShouldStore : null),
+        StoredStatuses = overrides.StoredStatuses ?? (overrides.ShouldStore is null ? StoredStatuses : null),
+        MaxStoredBodyBytes = overrides.MaxStoredBodyBytes ?? MaxStoredBodyBytes,
+        StoreFailureMode = overrides.StoreFailureMode ?? StoreFailureMode,
+        ImplicitKeyWindow = overrides.ImplicitKeyWindow ?? ImplicitKeyWindow,
+    };
+
+    private IdempotencyEndpointOptions Copy() => (IdempotencyEndpointOptions)MemberwiseClone();
+
     internal void Validate(IdempotencyPolicy defaults)
     {
         ToPolicy(defaults);
@@ -186,6 +233,13 @@ public sealed class IdempotencyEndpointOptions
     /// <summary>Lays these settings over <paramref name="defaults"/> and validates the result; throws on a value out of range.</summary>
     internal IdempotencyPolicy ToPolicy(IdempotencyPolicy defaults)
     {
+        if (ShouldStore is not null && StoredStatuses is not null)
+        {
+#pragma warning disable CA2208 // The setting's name is what tells the user which value to fix.
+            throw new ArgumentException("Set ShouldStore or StoredStatuses, not both.", nameof(StoredStatuses));
+#pragma warning restore CA2208
+        }
+
         var policy = defaults with
         {
             ConflictBehavior = ConflictBehavior ?? defaults.ConflictBehavior,
@@ -193,7 +247,7 @@ public sealed class IdempotencyEndpointOptions
             Lease = Lease ?? defaults.Lease,
             WaitTimeout = WaitTimeout ?? defaults.WaitTimeout,
             ExecutionTimeout = ExecutionTimeout ?? defaults.ExecutionTimeout,
-            ShouldStore = ShouldStore ?? defaults.ShouldStore,
+            ShouldStore = ShouldStore ?? (StoredStatuses is null ? defaults.ShouldStore : ParseStatuses(StoredStatuses)),
             MaxStoredBodyBytes = MaxStoredBodyBytes ?? defaults.MaxStoredBodyBytes,
             StoreFailureMode = StoreFailureMode ?? defaults.StoreFailureMode,
             JoinedTransaction = JoinedTransaction ?? defaults.JoinedTransaction,
@@ -208,4 +262,41 @@ public sealed class IdempotencyEndpointOptions
 
         return policy;
     }
+
+    private static Func<int, bool> ParseStatuses(string spec)
+    {
+        var stored = new bool[600];
+        foreach (var token in spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            int from, to;
+            if (token.Length == 3 && token.EndsWith("xx", StringComparison.OrdinalIgnoreCase) && token[0] is >= '1' and <= '5')
+            {
+                from = (token[0] - '0') * 100;
+                to = from + 99;
+            }
+            else if (token.Split('-') is [var a, var b] && TryStatus(a, out from) && TryStatus(b, out to) && from <= to)
+            {
+            }
+            else if (TryStatus(token, out from))
+            {
+                to = from;
+            }
+            else
+            {
+#pragma warning disable CA2208 // The setting's name is what tells the user which value to fix.
+                throw new ArgumentException($"StoredStatuses: '{token}' is not a status (200), a class (2xx) or a range (200-299).", nameof(StoredStatuses));
+#pragma warning restore CA2208
+            }
+
+            for (var s = from; s <= to; s++)
+            {
+                stored[s] = true;
+            }
+        }
+
+        return status => status is >= 0 and < 600 && stored[status];
+    }
+
+    private static bool TryStatus(string text, out int status) =>
+        int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out status) && status is >= 100 and <= 599;
 }

@@ -29,7 +29,7 @@ internal static class IdempotencyProblems
             writer.WriteNumber("status", status);
             writer.WriteString("detail", detail);
             writer.WriteString("instance", context.Request.Path.Value);
-            if (context.Features.Get<CorrelationFeature>() is { } correlation)
+            if (context.Features.Get<RequestCorrelation>() is { } correlation)
             {
                 writer.WriteString("requestId", correlation.RequestId);
             }
@@ -50,24 +50,6 @@ internal static class IdempotencyProblems
         503 => "https://www.rfc-editor.org/rfc/rfc9110#section-15.6.4",
         _ => "about:blank",
     };
-}
-
-internal sealed class CorrelationFeature(string requestId)
-{
-    public string RequestId { get; } = requestId;
-
-    /// <summary>The client's own id, when it sent exactly one of 1 to 128 visible ASCII characters.</summary>
-    public static bool TryGetClientId(Microsoft.Extensions.Primitives.StringValues values, [System.Diagnostics.CodeAnalysis.NotNullWhen(true)] out string? id)
-    {
-        id = values.Count == 1 ? values[0] : null;
-        if (string.IsNullOrEmpty(id) || id.Length > 128 || id.AsSpan().ContainsAnyExceptInRange('\x21', '\x7E'))
-        {
-            id = null;
-            return false;
-        }
-
-        return true;
-    }
 }
 
 /// <summary>

@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
@@ -6,12 +7,16 @@ namespace Idem.AspNetCore;
 
 /// <summary>Deletes expired records in small batches, so the store stays small and no purge holds long locks.</summary>
 internal sealed class IdempotencyPurgeService(
-    IIdempotencyStore store,
+    IServiceProvider services,
     IOptions<IdempotencyOptions> options,
     TimeProvider timeProvider,
     ILogger<IdempotencyPurgeService> logger) : BackgroundService
 {
     private const int BatchSize = 500;
+
+    // The host creates hosted services before it validates options: an app without a store hears why here.
+    private readonly IIdempotencyStore _store = services.GetService<IIdempotencyStore>()
+        ?? throw new InvalidOperationException(Microsoft.Extensions.DependencyInjection.IdempotencyServiceCollectionExtensions.NoStoreMessage);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
@@ -41,7 +46,7 @@ internal sealed class IdempotencyPurgeService(
             int purged;
             do
             {
-                purged = await store.PurgeExpiredAsync(BatchSize, cancellationToken).ConfigureAwait(false);
+                purged = await _store.PurgeExpiredAsync(BatchSize, cancellationToken).ConfigureAwait(false);
                 if (purged > 0)
                 {
                     Log.Purged(logger, purged);

@@ -11,9 +11,11 @@ namespace Microsoft.Extensions.DependencyInjection;
 public static class IdempotencyServiceCollectionExtensions
 {
     /// <summary>
-    /// Adds the idempotency executor, metrics, background purge, OpenAPI header documentation and the default store:
-    /// SQLite in <c>idem.db</c> in the content root, so protection never silently does nothing. Choose another store on
-    /// the returned builder (<c>.UseSqliteStore(path)</c>, <c>.UsePostgreSqlStore(…)</c>, <c>.UseInMemoryStore()</c>).
+    /// Adds the idempotency executor, metrics and clock (<c>AddIdempotencyCore()</c>), the middleware's options, the
+    /// background purge and OpenAPI header documentation. Choose the store on the returned builder:
+    /// <c>.UseSqliteStore()</c> (package Idem.Sqlite: <c>idem.db</c> in the content root, no server),
+    /// <c>.UsePostgreSqlStore(…)</c>, <c>.UseRedisStore(…)</c> or <c>.UseInMemoryStore()</c>. Without one the application
+    /// fails at startup with an error naming these calls, so protection never silently does nothing.
     /// </summary>
     public static IIdempotencyBuilder AddIdempotency(this IServiceCollection services) => services.AddIdempotency(static _ => { });
 
@@ -28,15 +30,11 @@ public static class IdempotencyServiceCollectionExtensions
         {
             o.Validate();
             return true;
-        }).ValidateOnStart();
+        })
+        .Validate<IServiceProviderIsService>(static (_, isService) => isService.IsService(typeof(IIdempotencyStore)), NoStoreMessage)
+        .ValidateOnStart();
         services.AddMetrics();
-        services.TryAddSingleton(TimeProvider.System);
-        services.TryAddSingleton<IdempotencyMetrics>();
-        services.TryAddSingleton(static sp => new IdempotencyExecutor(
-            sp.GetRequiredService<IIdempotencyStore>(),
-            sp.GetRequiredService<IdempotencyMetrics>(),
-            sp.GetRequiredService<TimeProvider>(),
-            sp.GetRequiredService<ILogger<IdempotencyExecutor>>()));
+        var builder = services.AddIdempotencyCore();
         services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, IdempotencyPurgeService>());
         services.TryAddEnumerable(ServiceDescriptor.Singleton<Microsoft.AspNetCore.Hosting.IStartupFilter, IdempotencyEndpointValidation>());
         if (!services.Any(static d => d.ServiceType == typeof(OpenApiMarker)))
@@ -46,22 +44,16 @@ public static class IdempotencyServiceCollectionExtensions
                 new ConfigureAllOptions(o => IdempotencyOpenApi.AddHeaderTransformer(o, () => sp.GetRequiredService<IOptions<IdempotencyOptions>>().Value)));
         }
 
-        var builder = new IdempotencyBuilder(services);
-        if (!services.Any(static d => d.ServiceType == typeof(IIdempotencyStore)))
-        {
-            // Incident 1: there is always a store. The default is durable and needs no server.
-            builder.UseStore(static sp => new Idem.Sqlite.SqliteIdempotencyStore(
-                new Idem.Sqlite.SqliteIdempotencyStoreOptions
-                {
-                    Path = Path.Combine(sp.GetService<IHostEnvironment>()?.ContentRootPath ?? AppContext.BaseDirectory, DefaultSqlitePath),
-                },
-                sp.GetRequiredService<TimeProvider>()));
-        }
-
         return builder;
     }
 
-    internal const string DefaultSqlitePath = "idem.db";
+    // An idempotency cache that was never configured makes every check silently do nothing (a real outage behind
+    // duplicate creations); an app without a store stops at startup instead.
+    internal const string NoStoreMessage =
+        "AddIdempotency() has no idempotency store, so nothing would be protected. Choose one on the builder it returns: " +
+        ".UseSqliteStore() (package Idem.Sqlite: idem.db in the content root, no server), " +
+        ".UsePostgreSqlStore(connectionString) (Idem.PostgreSql: many nodes), .UseRedisStore(configuration) (Idem.Redis), " +
+        "or .UseInMemoryStore() (tests and throwaway setups: records are lost on restart).";
 
     private sealed class OpenApiMarker;
 
@@ -71,10 +63,5 @@ public static class IdempotencyServiceCollectionExtensions
         public void Configure(string? name, Microsoft.AspNetCore.OpenApi.OpenApiOptions options) => configure(options);
 
         public void Configure(Microsoft.AspNetCore.OpenApi.OpenApiOptions options) => configure(options);
-    }
-
-    private sealed class IdempotencyBuilder(IServiceCollection services) : IIdempotencyBuilder
-    {
-        public IServiceCollection Services { get; } = services;
     }
 }

@@ -34,3 +34,7 @@ gateway.SetAction(async (parseResult, cancellationToken) =>
 
 var root = new RootCommand("idem: exactly-once for HTTP APIs.") { gateway };
 return await root.Parse(args).InvokeAsync().ConfigureAwait(false);
+
+// The entry point is not API: without this, ASP.NET Core's generator makes Program public (for test hosts), and two
+// referenced executables then clash in an OpenAPI XML-comment cache.
+internal sealed partial class Program;

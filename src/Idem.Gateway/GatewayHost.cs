@@ -207,8 +207,9 @@ public static partial class GatewayHost
 
             // One correlation id per request: the gateway's logs carry it (this scope), Idem's middleware echoes it,
             // and it goes upstream as the request's header.
-            var id = GatewayCorrelation.Accept(context, correlationHeader);
-            using (logger.BeginScope(new CorrelationScope(id)))
+            var correlation = RequestCorrelation.Accept(context, correlationHeader);
+            context.Request.Headers[correlationHeader] = correlation.RequestId;
+            using (correlation.BeginLogScope(logger))
             {
                 await next(context).ConfigureAwait(false);
             }
@@ -242,7 +243,7 @@ public static partial class GatewayHost
         {
             if (policies.For(route) is { } options)
             {
-                var metadata = new IdempotencyEndpointMetadata(options);
+                var metadata = new GatewayRouteMetadata(options);
                 endpoint.Add(b => b.Metadata.Add(metadata));
             }
         });
@@ -298,29 +299,33 @@ internal sealed class GatewayRoutePolicies(GatewayOptions gateway)
 {
     private readonly System.Collections.Concurrent.ConcurrentDictionary<RouteConfig, IdempotencyEndpointOptions?> _cache = new();
 
+    /// <summary>The route's settings, or <see langword="null"/> when the route is not protected.</summary>
     public IdempotencyEndpointOptions? For(RouteConfig route) => _cache.GetOrAdd(route, r =>
     {
-        var section = gateway.Default
-            .Overlay(RoutePolicySection.FromMetadata(r.RouteId, r.Metadata))
+        var options = gateway.Default
+            .Overlay(RouteMetadata.Read(r.RouteId, r.Metadata))
             .Overlay(gateway.Routes.GetValueOrDefault(r.RouteId));
-        var options = section.ToEndpointOptions(r.RouteId);
-        if (options is not null)
+        if (options.Enabled == false)
         {
-            Validate(r.RouteId, options);
+            return null;
+        }
+
+        options.Methods = RouteMetadata.NormalizeMethods(options.Methods);
+        try
+        {
+            options.Validate();
+        }
+        catch (ArgumentException ex)
+        {
+            throw new InvalidOperationException($"Invalid Idem settings for route '{r.RouteId}': {ex.Message}", ex);
         }
 
         return options;
     });
+}
 
-    private static void Validate(string routeId, IdempotencyEndpointOptions o)
-    {
-        try
-        {
-            o.ToPolicy(IdempotencyPolicy.Default);
-        }
-        catch (ArgumentException ex)
-        {
-            throw new InvalidOperationException($"Invalid Idem settings for route '{routeId}': {ex.Message}", ex);
-        }
-    }
+/// <summary>Marks a proxied route as protected, with its settings.</summary>
+internal sealed class GatewayRouteMetadata(IdempotencyEndpointOptions options) : IIdempotencyEndpointMetadata
+{
+    public IdempotencyEndpointOptions Options { get; } = options;
 }

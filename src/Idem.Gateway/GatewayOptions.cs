@@ -1,4 +1,3 @@
-using System.Globalization;
 using Idem.AspNetCore;
 using Microsoft.Extensions.Configuration;
 
@@ -60,9 +59,9 @@ internal sealed class GatewayOptions
     public TimeSpan PurgeInterval { get; set; } = TimeSpan.FromMinutes(1);
 
     /// <summary>Policy of every route; <c>Idem:Routes:&lt;routeId&gt;</c> and route metadata override it.</summary>
-    public RoutePolicySection Default { get; set; } = new();
+    public IdempotencyEndpointOptions Default { get; set; } = new();
 
-    public Dictionary<string, RoutePolicySection> Routes { get; set; } = new(StringComparer.OrdinalIgnoreCase);
+    public Dictionary<string, IdempotencyEndpointOptions> Routes { get; set; } = new(StringComparer.OrdinalIgnoreCase);
 
     public sealed class SqliteSection
     {
@@ -122,55 +121,14 @@ internal sealed class GatewayOptions
     }
 }
 
-/// <summary>Per-route Idem settings, from <c>Idem:Default</c>, <c>Idem:Routes:&lt;routeId&gt;</c> or YARP route metadata <c>Idem.&lt;Name&gt;</c>.</summary>
-internal sealed class RoutePolicySection
+/// <summary>
+/// Per-route Idem settings are <see cref="IdempotencyEndpointOptions"/>, from <c>Idem:Default</c>,
+/// <c>Idem:Routes:&lt;routeId&gt;</c> or YARP route metadata <c>Idem.&lt;Name&gt;</c>; this reads the metadata form.
+/// </summary>
+internal static class RouteMetadata
 {
-    /// <summary><see langword="false"/> leaves the route unprotected (plain proxying).</summary>
-    public bool? Enabled { get; set; }
-
-    /// <summary>Protected methods, comma separated or a list (default POST, PATCH).</summary>
-    public string[]? Methods { get; set; }
-
-    public bool? RequireKey { get; set; }
-
-    public Idem.ConflictBehavior? ConflictBehavior { get; set; }
-
-    public TimeSpan? Retention { get; set; }
-
-    public TimeSpan? Lease { get; set; }
-
-    public TimeSpan? WaitTimeout { get; set; }
-
-    public TimeSpan? ExecutionTimeout { get; set; }
-
-    /// <summary>Stored statuses: <c>200</c>, <c>2xx</c> or <c>200-299</c>, comma separated; others release the key.</summary>
-    public string? StoredStatuses { get; set; }
-
-    public int? MaxStoredBodyBytes { get; set; }
-
-    public TimeSpan? ImplicitKeyWindow { get; set; }
-
-    public Idem.StoreFailureMode? StoreFailureMode { get; set; }
-
-    /// <summary>Overlays the values set in <paramref name="other"/> onto a copy of this.</summary>
-    public RoutePolicySection Overlay(RoutePolicySection? other) => other is null ? this : new RoutePolicySection
-    {
-        Enabled = other.Enabled ?? Enabled,
-        Methods = other.Methods ?? Methods,
-        RequireKey = other.RequireKey ?? RequireKey,
-        ConflictBehavior = other.ConflictBehavior ?? ConflictBehavior,
-        Retention = other.Retention ?? Retention,
-        Lease = other.Lease ?? Lease,
-        WaitTimeout = other.WaitTimeout ?? WaitTimeout,
-        ExecutionTimeout = other.ExecutionTimeout ?? ExecutionTimeout,
-        StoredStatuses = other.StoredStatuses ?? StoredStatuses,
-        MaxStoredBodyBytes = other.MaxStoredBodyBytes ?? MaxStoredBodyBytes,
-        ImplicitKeyWindow = other.ImplicitKeyWindow ?? ImplicitKeyWindow,
-        StoreFailureMode = other.StoreFailureMode ?? StoreFailureMode,
-    };
-
     /// <summary>Reads YARP route metadata entries named <c>Idem.&lt;Name&gt;</c> (or <c>Idem:&lt;Name&gt;</c>).</summary>
-    public static RoutePolicySection? FromMetadata(string routeId, IReadOnlyDictionary<string, string>? metadata)
+    public static IdempotencyEndpointOptions? Read(string routeId, IReadOnlyDictionary<string, string>? metadata)
     {
         if (metadata is null)
         {
@@ -192,89 +150,37 @@ internal sealed class RoutePolicySection
         }
 
         // Methods may be written "POST,PUT" in a metadata string.
-        if (values.TryGetValue(nameof(Methods), out var methods) && methods is not null)
+        const string methodsName = nameof(IdempotencyEndpointOptions.Methods);
+        if (values.TryGetValue(methodsName, out var methods) && methods is not null)
         {
-            values.Remove(nameof(Methods));
+            values.Remove(methodsName);
             var i = 0;
             foreach (var method in methods.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             {
-                values[$"{nameof(Methods)}:{i++}"] = method;
+                values[$"{methodsName}:{i++}"] = method;
             }
         }
 
-        var section = new RoutePolicySection();
+        var options = new IdempotencyEndpointOptions();
         try
         {
-            new ConfigurationBuilder().AddInMemoryCollection(values).Build().Bind(section, o => o.ErrorOnUnknownConfiguration = true);
+            new ConfigurationBuilder().AddInMemoryCollection(values).Build().Bind(options, o => o.ErrorOnUnknownConfiguration = true);
         }
         catch (InvalidOperationException ex)
         {
             throw new InvalidOperationException($"Invalid Idem metadata on YARP route '{routeId}': {ex.Message}", ex);
         }
 
-        return section;
+        return options;
     }
 
-    /// <summary>The endpoint options the middleware understands, or <see langword="null"/> when the route is not protected.</summary>
-    public IdempotencyEndpointOptions? ToEndpointOptions(string routeId)
+    /// <summary>Methods from configuration may be comma separated ("POST,PUT") and in any case; the middleware wants names.</summary>
+    public static IReadOnlyCollection<string>? NormalizeMethods(IReadOnlyCollection<string>? methods)
     {
-        if (Enabled == false)
-        {
-            return null;
-        }
-
-        var methods = Methods?
+        var names = methods?
             .SelectMany(static m => m.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
             .Select(static m => m.ToUpperInvariant())
             .ToArray();
-        return new IdempotencyEndpointOptions
-        {
-            Methods = methods is { Length: > 0 } ? methods : null,
-            RequireKey = RequireKey,
-            ConflictBehavior = ConflictBehavior,
-            Retention = Retention,
-            Lease = Lease,
-            WaitTimeout = WaitTimeout,
-            ExecutionTimeout = ExecutionTimeout,
-            ShouldStore = StoredStatuses is null ? null : ParseStatuses(routeId, StoredStatuses),
-            MaxStoredBodyBytes = MaxStoredBodyBytes,
-            ImplicitKeyWindow = ImplicitKeyWindow,
-            StoreFailureMode = StoreFailureMode,
-        };
+        return names is { Length: > 0 } ? names : null;
     }
-
-    internal static Func<int, bool> ParseStatuses(string routeId, string spec)
-    {
-        var stored = new bool[600];
-        foreach (var token in spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
-        {
-            int from, to;
-            if (token.Length == 3 && token.EndsWith("xx", StringComparison.OrdinalIgnoreCase) && token[0] is >= '1' and <= '5')
-            {
-                from = (token[0] - '0') * 100;
-                to = from + 99;
-            }
-            else if (token.Split('-') is [var a, var b] && TryStatus(a, out from) && TryStatus(b, out to) && from <= to)
-            {
-            }
-            else if (TryStatus(token, out from))
-            {
-                to = from;
-            }
-            else
-            {
-                throw new InvalidOperationException($"Idem StoredStatuses of route '{routeId}': '{token}' is not a status (200), a class (2xx) or a range (200-299).");
-            }
-
-            for (var s = from; s <= to; s++)
-            {
-                stored[s] = true;
-            }
-        }
-
-        return status => status is >= 0 and < 600 && stored[status];
-    }
-
-    private static bool TryStatus(string text, out int status) =>
-        int.TryParse(text, NumberStyles.None, CultureInfo.InvariantCulture, out status) && status is >= 100 and <= 599;
 }

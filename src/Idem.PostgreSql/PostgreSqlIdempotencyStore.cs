@@ -31,6 +31,7 @@ public sealed class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore,
     private volatile int _listenerProcessId;
     private int _disposed;
     private long _staleSnapshotRetries;
+    private long _listenerHealthChecks;
 
     /// <summary>Creates a store and starts its notification listener.</summary>
     /// <param name="options">The options; validated here.</param>
@@ -172,13 +173,19 @@ public sealed class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore,
     /// <summary>The backend process id of the listener's connection, or 0 while it is not listening; for diagnostics and tests.</summary>
     internal int ListenerProcessId => _listenerProcessId;
 
+    /// <summary>How many health checks the idle listener has run on its connection; for tests.</summary>
+    internal long ListenerHealthChecks => Interlocked.Read(ref _listenerHealthChecks);
+
     /// <summary>How many claim statements ran again because their snapshot predated a concurrent claim; for tests.</summary>
     internal long StaleSnapshotRetries => Interlocked.Read(ref _staleSnapshotRetries);
 
-    /// <summary>Creates or upgrades the schema (see <see cref="PostgreSqlIdempotencyMigrator"/>). Idempotent; safe on many nodes at once.</summary>
+    /// <summary>
+    /// Creates or upgrades the schema, for <see cref="PostgreSqlIdempotencyStoreOptions.CreateSchemaAutomatically"/> and
+    /// tests; users migrate with the one public entry point, <see cref="PostgreSqlIdempotencyMigrator"/>.
+    /// </summary>
     /// <param name="cancellationToken">Cancels the migration.</param>
     /// <returns>How many migrations were applied.</returns>
-    public Task<int> MigrateAsync(CancellationToken cancellationToken) =>
+    internal Task<int> MigrateAsync(CancellationToken cancellationToken) =>
         new PostgreSqlIdempotencyMigrator(_dataSource, _options).MigrateAsync(cancellationToken);
 
     /// <inheritdoc />
@@ -738,6 +745,7 @@ public sealed class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore,
                             // Quiet for a while: one round trip proves the connection is still there.
                             using var ping = new NpgsqlCommand("SELECT 1", connection);
                             await ping.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
+                            Interlocked.Increment(ref _listenerHealthChecks);
                         }
                     }
                 }

@@ -30,7 +30,7 @@ public sealed partial class PostgreSqlIdempotencyStoreOptions
     public string TableName { get; set; } = "idem_records";
 
     /// <summary>
-    /// When <see langword="true"/>, the store applies its migrations (<see cref="PostgreSqlIdempotencyStore.MigrateAsync"/>)
+    /// When <see langword="true"/>, the store applies its migrations (what <see cref="PostgreSqlIdempotencyMigrator"/> does)
     /// before its first operation. Leave it off where the application's database user may not run DDL, and migrate explicitly.
     /// </summary>
     /// <value>Default: <see langword="false"/>.</value>

@@ -66,7 +66,7 @@ public sealed class RedisIdempotencyResponseCache : IIdempotencyResponseCache, I
             lease = (RedisValue)completed.LeaseExpiresAt.ToUnixTimeMilliseconds(),
             expires = (RedisValue)completed.ExpiresAt.ToUnixTimeMilliseconds(),
             status = (RedisValue)response.StatusCode,
-            headers = (RedisValue)ResponseCodec.EncodeHeaders(response.Headers),
+            headers = (RedisValue)StoredResponseHeaders.Encode(response.Headers),
             body = (RedisValue)response.Body.ToArray(),
             omitted = (RedisValue)(response.BodyOmitted ? 1 : 0),
         };

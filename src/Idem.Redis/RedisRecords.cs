@@ -37,7 +37,7 @@ internal static class RedisRecords
             byte[] body = values[7]!;
             response = new StoredResponse(
                 int.Parse((string)values[5]!, NumberStyles.Integer, CultureInfo.InvariantCulture),
-                headers is { Length: > 0 } ? ResponseCodec.DecodeHeaders(headers) : [],
+                headers is { Length: > 0 } ? StoredResponseHeaders.Decode(headers) : [],
                 body ?? [])
             {
                 BodyOmitted = (string?)values[8] == "1",

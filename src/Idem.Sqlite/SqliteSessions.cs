@@ -109,7 +109,7 @@ internal sealed class SqliteStatements
         StoredResponse? response = null;
         if (state == IdempotencyRecordState.Completed)
         {
-            var headers = reader.IsDBNull(7) ? [] : ResponseCodec.DecodeHeaders(reader.GetFieldValue<byte[]>(7));
+            var headers = reader.IsDBNull(7) ? [] : StoredResponseHeaders.Decode(reader.GetFieldValue<byte[]>(7));
             var body = reader.IsDBNull(8) ? [] : reader.GetFieldValue<byte[]>(8);
             response = new StoredResponse(reader.GetInt32(6), headers, body) { BodyOmitted = reader.GetInt64(9) != 0 };
         }

@@ -123,7 +123,7 @@ internal sealed class SqliteClaimOperation(ClaimRequest request) : SqliteWriteOp
 internal sealed class SqliteCompleteOperation(string key, Guid owner, StoredResponse response, TimeSpan retention) : SqliteWriteOperation<bool>
 {
     // Encoded by the caller, off the writer loop.
-    private readonly byte[] _headers = ResponseCodec.EncodeHeaders(response.Headers);
+    private readonly byte[] _headers = StoredResponseHeaders.Encode(response.Headers);
     private readonly byte[] _body = AsArray(response.Body);
 
     protected override bool Run(SqliteWriteSession s, TimeProvider timeProvider)

@@ -594,7 +594,7 @@ public sealed class IdempotencyExecutor
 
     private IdempotencyOutcome Finish(Activity? activity, string outcomeTag, IdempotencyOutcome outcome)
     {
-        _metrics.Request(outcomeTag);
+        _metrics.CountRequest(outcomeTag);
         activity?.SetTag(IdempotencyMetrics.OutcomeTag, outcomeTag);
         return outcome;
     }

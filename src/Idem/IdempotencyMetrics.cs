@@ -64,8 +64,25 @@ public sealed class IdempotencyMetrics
             description: "Recovery points, by outcome: recorded (the phase ran and was recorded), resumed (a takeover skipped a phase an earlier owner finished).");
     }
 
-    /// <summary>Counts one request with the given outcome.</summary>
-    public void Request(string outcome)
+    /// <summary>Counts one request with the given outcome, one of a closed set (the executor counts its own outcomes).</summary>
+    /// <param name="outcome">The outcome; its tag value is the matching <see cref="IdempotencyOutcomes"/> constant.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="outcome"/> is not a defined value.</exception>
+    public void Request(IdempotencyRequestOutcome outcome) => CountRequest(outcome switch
+    {
+        IdempotencyRequestOutcome.Executed => IdempotencyOutcomes.Executed,
+        IdempotencyRequestOutcome.Replayed => IdempotencyOutcomes.Replayed,
+        IdempotencyRequestOutcome.Waited => IdempotencyOutcomes.Waited,
+        IdempotencyRequestOutcome.Conflicted => IdempotencyOutcomes.Conflicted,
+        IdempotencyRequestOutcome.Mismatched => IdempotencyOutcomes.Mismatched,
+        IdempotencyRequestOutcome.Rejected => IdempotencyOutcomes.Rejected,
+        IdempotencyRequestOutcome.StoreError => IdempotencyOutcomes.StoreError,
+        IdempotencyRequestOutcome.Unprotected => IdempotencyOutcomes.Unprotected,
+        IdempotencyRequestOutcome.NoKey => IdempotencyOutcomes.NoKey,
+        _ => throw new ArgumentOutOfRangeException(nameof(outcome), outcome, "Unknown request outcome."),
+    });
+
+    // Only ever called with an IdempotencyOutcomes constant, so the tag stays bounded.
+    internal void CountRequest(string outcome)
     {
         if (_requests.Enabled)
         {
@@ -126,7 +143,38 @@ public sealed class IdempotencyMetrics
     }
 }
 
-/// <summary>The bounded set of values of <see cref="IdempotencyMetrics.OutcomeTag"/>.</summary>
+/// <summary>The outcome of one request under protection, as counted by <see cref="IdempotencyMetrics.Request"/>.</summary>
+public enum IdempotencyRequestOutcome
+{
+    /// <summary>The operation ran and its outcome was settled (<c>executed</c>).</summary>
+    Executed,
+
+    /// <summary>A stored response was replayed (<c>replayed</c>).</summary>
+    Replayed,
+
+    /// <summary>A stored response was replayed after waiting for an in-flight owner (<c>waited</c>).</summary>
+    Waited,
+
+    /// <summary>Answered 409 because the key was in flight (<c>conflicted</c>).</summary>
+    Conflicted,
+
+    /// <summary>Answered 422 because the fingerprint differed (<c>mismatched</c>).</summary>
+    Mismatched,
+
+    /// <summary>Answered 400/413 for an invalid, missing-when-required or oversized request (<c>rejected</c>).</summary>
+    Rejected,
+
+    /// <summary>Answered 503 because the store could not answer (<c>store_error</c>).</summary>
+    StoreError,
+
+    /// <summary>Ran without protection because the store could not answer and the policy fails open (<c>unprotected</c>).</summary>
+    Unprotected,
+
+    /// <summary>Passed through because no key was sent and none is required (<c>no_key</c>).</summary>
+    NoKey,
+}
+
+/// <summary>The bounded set of values of <see cref="IdempotencyMetrics.OutcomeTag"/>, one per <see cref="IdempotencyRequestOutcome"/>.</summary>
 public static class IdempotencyOutcomes
 {
     /// <summary>The operation ran and its outcome was settled.</summary>

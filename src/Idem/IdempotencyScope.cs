@@ -25,7 +25,12 @@ public static class IdempotencyScope
     /// (<c>POST /orders</c>), without building that string: the same key as
     /// <see cref="ComputeStoreKey(string, string, string)"/> with the joined operation.
     /// </summary>
-    internal static string ComputeHttpStoreKey(string principal, string method, string route, string key)
+    /// <param name="principal">Who sent the request; an empty string for anonymous callers.</param>
+    /// <param name="method">The HTTP method, for example <c>POST</c>.</param>
+    /// <param name="route">The route template or path the key applies to, for example <c>/orders</c>.</param>
+    /// <param name="key">The client's idempotency key.</param>
+    /// <returns>A 64-character lowercase hexadecimal SHA-256 digest.</returns>
+    public static string ComputeHttpStoreKey(string principal, string method, string route, string key)
     {
         ArgumentNullException.ThrowIfNull(route);
         return Compute(principal, method, route, key);

@@ -12,19 +12,44 @@ namespace Idem.AspNetCore.Tests;
 /// <summary>API hygiene by reflection, and the telemetry surfaces that have no other test.</summary>
 public sealed class ApiTests
 {
-    public static TheoryData<string> Assemblies => new()
-    {
+    // Every shipped package (src/*): a new package is added here and referenced by this project, or the test below fails.
+    private static readonly string[] AssemblyNames =
+    [
         typeof(IdempotencyExecutor).Assembly.GetName().Name!,
         typeof(IdempotencyOptions).Assembly.GetName().Name!,
         typeof(Idem.Sqlite.SqliteIdempotencyStore).Assembly.GetName().Name!,
         typeof(Idem.PostgreSql.PostgreSqlIdempotencyStore).Assembly.GetName().Name!,
-    };
+        typeof(Idem.Redis.RedisIdempotencyStore).Assembly.GetName().Name!,
+        typeof(Idem.Gateway.GatewayHost).Assembly.GetName().Name!,
+        "Idem.Cli",
+    ];
+
+    public static TheoryData<string> Assemblies => new(AssemblyNames);
+
+    [Fact]
+    public void Every_shipped_package_in_src_is_covered_by_these_tests()
+    {
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (root is not null && !File.Exists(Path.Combine(root.FullName, "Idem.slnx")))
+        {
+            root = root.Parent;
+        }
+
+        Assert.NotNull(root);
+        var shipped = Directory.GetFiles(Path.Combine(root.FullName, "src"), "*.csproj", SearchOption.AllDirectories)
+            .Select(Path.GetFileNameWithoutExtension)
+            .Order(StringComparer.Ordinal)
+            .ToArray();
+        Assert.Contains("Idem.AspNetCore", shipped); // the scan found the packages
+        Assert.Equal([], shipped.Except(AssemblyNames, StringComparer.Ordinal));
+        Assert.All(AssemblyNames, name => Assert.NotNull(Assembly.Load(name)));
+    }
 
     [Theory]
     [MemberData(nameof(Assemblies))]
     public void Public_classes_are_sealed_static_or_abstract_by_design(string assemblyName)
     {
-        var open = Assembly.Load(assemblyName).GetExportedTypes()
+        var open = ExportedTypes(assemblyName)
             .Where(t => t.IsClass && !t.IsSealed && !t.IsAbstract)
             .Select(t => t.FullName)
             .ToList();
@@ -36,7 +61,7 @@ public sealed class ApiTests
     [MemberData(nameof(Assemblies))]
     public void Public_async_methods_take_a_cancellation_token(string assemblyName)
     {
-        var missing = Assembly.Load(assemblyName).GetExportedTypes()
+        var missing = ExportedTypes(assemblyName)
             .SelectMany(t => t.GetMethods(BindingFlags.Public | BindingFlags.Instance | BindingFlags.Static | BindingFlags.DeclaredOnly))
             .Where(m => typeof(Task).IsAssignableFrom(m.ReturnType) || m.ReturnType.Name.StartsWith("ValueTask", StringComparison.Ordinal))
             .Where(m => m.Name != "DisposeAsync" && !m.IsSpecialName && !ImplementsFrameworkInterface(m))
@@ -45,6 +70,13 @@ public sealed class ApiTests
             .ToList();
 
         Assert.Empty(missing);
+    }
+
+    // An executable's entry point (the Program class ASP.NET Core makes public for test hosts) is not API.
+    private static IEnumerable<Type> ExportedTypes(string assemblyName)
+    {
+        var assembly = Assembly.Load(assemblyName);
+        return assembly.GetExportedTypes().Where(t => t != assembly.EntryPoint?.DeclaringType);
     }
 
     // Framework contracts (an MVC filter, say) fix their own signatures.
@@ -58,7 +90,7 @@ public sealed class ApiTests
     public void Public_types_live_in_the_idem_or_framework_registration_namespaces(string assemblyName)
     {
         var allowed = new[] { "Idem", "Microsoft.Extensions.DependencyInjection", "Microsoft.AspNetCore.Builder" };
-        var stray = Assembly.Load(assemblyName).GetExportedTypes()
+        var stray = ExportedTypes(assemblyName)
             .Where(t => !allowed.Any(ns => t.Namespace == ns || t.Namespace!.StartsWith(ns + ".", StringComparison.Ordinal)))
             .Select(t => t.FullName)
             .ToList();

@@ -52,13 +52,23 @@ public sealed class SqliteAppTests : IDisposable
     }
 
     [Fact]
-    public async Task AddIdempotency_without_a_store_uses_sqlite_in_the_content_root()
+    public async Task AddIdempotency_with_UseSqliteStore_and_no_path_uses_sqlite_in_the_content_root()
     {
         var services = new ServiceCollection();
         services.AddLogging();
-        services.AddIdempotency();
+        services.AddIdempotency().UseSqliteStore();
         await using var provider = services.BuildServiceProvider();
 
         Assert.IsType<Idem.Sqlite.SqliteIdempotencyStore>(provider.GetRequiredService<IIdempotencyStore>());
+    }
+
+    [Fact]
+    public async Task An_app_without_a_store_fails_at_startup_naming_the_calls_that_choose_one()
+    {
+        var ex = await Assert.ThrowsAnyAsync<Exception>(() =>
+            TestApp.StartAsync(app => app.MapPost("/orders", () => "created").RequireIdempotency(), store: _ => { }));
+
+        Assert.Contains(".UseSqliteStore()", ex.Message);
+        Assert.Contains(".UseInMemoryStore()", ex.Message);
     }
 }

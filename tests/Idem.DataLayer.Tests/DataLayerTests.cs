@@ -4,6 +4,7 @@ using System.Diagnostics.Metrics;
 using System.Text.RegularExpressions;
 using Idem.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.Extensions.Logging;
 using Xunit;
 using Xunit.Abstractions;
 
@@ -21,6 +22,9 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
     protected static readonly TimeSpan NaiveWork = TimeSpan.FromMilliseconds(10);
 
     protected ITestOutputHelper Output { get; } = output;
+
+    /// <summary>Receives the slug definitions' logs.</summary>
+    protected ListLogger SlugLogger { get; } = new();
 
     public abstract Task InitializeAsync();
 
@@ -117,6 +121,11 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.Equal(100L, await CountAsync("SELECT count(*) FROM communities"));
         Assert.Equal(100, counters.Created);
         Output.WriteLine($"helper: 100 distinct slugs, 0 errors, {counters.SlugAttempts} statements ({counters.SlugAttempts / 100.0:0.00} per create)");
+        Assert.Equal(100 + counters.Conflicts, counters.SlugAttempts);
+
+        // Each taken candidate is logged once, at Debug: a resolved conflict is not an error.
+        Assert.Equal(counters.Conflicts, SlugLogger.Entries.Count);
+        Assert.All(SlugLogger.Entries, e => Assert.Equal((LogLevel.Debug, 6002), (e.Level, e.EventId.Id)));
 
         // The naive variant: while exists(slug) slug++, then insert.
         var naive = await RaceAsync(100, async (connection, _) =>
@@ -380,4 +389,18 @@ public sealed class DataCounters : IDisposable
     public int SlugAttempts => Volatile.Read(ref _slugAttempts);
 
     public void Dispose() => _listener.Dispose();
+}
+
+/// <summary>A logger that keeps every entry.</summary>
+public sealed class ListLogger : ILogger
+{
+    public ConcurrentQueue<(LogLevel Level, EventId EventId, string Message)> Entries { get; } = new();
+
+    public IDisposable? BeginScope<TState>(TState state)
+        where TState : notnull => null;
+
+    public bool IsEnabled(LogLevel logLevel) => true;
+
+    public void Log<TState>(LogLevel logLevel, EventId eventId, TState state, Exception? exception, Func<TState, Exception?, string> formatter) =>
+        Entries.Enqueue((logLevel, eventId, formatter(state, exception)));
 }

@@ -43,7 +43,7 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
 
     protected override Task<(long Id, string Slug)> InsertCommunityAsync(DbConnection connection, DbTransaction? transaction, string name, SlugOptions options) =>
         ((NpgsqlConnection)connection).InsertWithUniqueSlugAsync(
-            new UniqueSlugDefinition("communities", "slug", columns: ["name"], returning: ["id", "slug"]) { Options = options },
+            new UniqueSlugDefinition("communities", "slug", columns: ["name"], returning: ["id", "slug"]) { Options = options, Logger = SlugLogger },
             name, [name], r => (r.GetInt64(0), r.GetString(1)), (NpgsqlTransaction?)transaction);
 
     protected override bool IsUniqueViolation(Exception exception) => exception.IsUniqueViolation();

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Net;
 using System.Net.Http.Json;
 using System.Security.Cryptography;
@@ -102,7 +103,14 @@ public sealed class GatewayFeatureTests
         var report2 = await gateway.Client.SendAsync(Http.Post("/reports", reportKey));
         var busyKey = Http.NewKey();
         var slow = gateway.Client.SendAsync(Http.Post("/other?delayMs=1000", busyKey));
-        await Task.Delay(300);
+        // The upstream sees the request only once the gateway has claimed its key: from then on the key is in flight.
+        var claimed = Stopwatch.StartNew();
+        while (upstream.Started("other") == 0)
+        {
+            Assert.True(claimed.Elapsed < TimeSpan.FromSeconds(10), "The slow request never reached the upstream.");
+            await Task.Delay(10);
+        }
+
         var rejected = await gateway.Client.SendAsync(Http.Post("/other?delayMs=1000", busyKey));
         await slow;
 

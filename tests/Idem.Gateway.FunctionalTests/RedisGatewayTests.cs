@@ -58,7 +58,7 @@ public sealed class RedisGatewayTests(RedisServer redis, PostgreSqlServer postgr
     [Fact]
     public async Task A_tiered_gateway_whose_Redis_is_dead_still_executes_a_same_key_storm_once()
     {
-        // Incident 5 end to end: Redis goes away; the gateway gets slower, never duplicates and never fails a request.
+        // A cache outage must never read as "new request", end to end: Redis goes away; the gateway gets slower, never duplicates and never fails a request.
         await using var upstream = await CountingUpstream.StartAsync();
         await using var privateRedis = await RedisServer.StartPrivateAsync();
         var connectionString = await postgres.CreateDatabaseAsync();

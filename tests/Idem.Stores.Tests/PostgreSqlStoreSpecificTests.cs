@@ -288,8 +288,20 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
     public async Task Idle_listener_health_checks_keep_the_same_connection()
     {
         var store = await NewStoreAsync(options => options.ListenerHealthCheckInterval = TimeSpan.FromMilliseconds(30));
+        var defaultInterval = await NewStoreAsync(migrate: false); // the default interval: no check within this test
         var pid = await WaitUntilListeningAsync(store);
-        await Task.Delay(400);
+        await WaitUntilListeningAsync(defaultInterval);
+        var checks = store.ListenerHealthChecks;
+
+        // Observe the checks themselves: a test that only slept would pass with none at all.
+        var stopwatch = Stopwatch.StartNew();
+        while (store.ListenerHealthChecks < checks + 5)
+        {
+            Assert.True(stopwatch.Elapsed < TimeSpan.FromSeconds(10), "The idle listener ran no health checks.");
+            await Task.Delay(20);
+        }
+
+        Assert.Equal(0, defaultInterval.ListenerHealthChecks);
         Assert.Equal(pid, store.ListenerProcessId);
     }
 

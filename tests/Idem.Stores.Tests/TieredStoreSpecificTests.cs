@@ -10,7 +10,7 @@ namespace Idem.Stores.Tests;
 
 /// <summary>
 /// The tiered store's own promises, on real PostgreSQL and Redis: replays come from Redis without touching PostgreSQL,
-/// durable answers are written back, and a Redis outage costs speed, never a duplicate (incident 5).
+/// durable answers are written back, and a Redis outage costs speed, never a duplicate (a cache outage read as "new request" is a known cause of duplicates).
 /// </summary>
 [Collection(TieredServersGroup.Name)]
 public sealed class TieredStoreSpecificTests(PostgreSqlServer postgres, RedisServer redis) : IAsyncLifetime

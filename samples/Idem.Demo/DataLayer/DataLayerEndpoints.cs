@@ -50,9 +50,9 @@ internal static class DataLayerEndpoints
             {
                 Slug.FromName(input.Name);
             }
-            catch (ArgumentException e)
+            catch (ArgumentException)
             {
-                return Results.ValidationProblem(new Dictionary<string, string[]> { ["name"] = [e.Message] });
+                return Results.ValidationProblem(new Dictionary<string, string[]> { ["name"] = ["Needs at least one letter or digit to make a slug of."] });
             }
 
             var user = context.Request.Headers["X-User"].FirstOrDefault() ?? "demo-user";

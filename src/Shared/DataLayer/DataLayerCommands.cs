@@ -55,6 +55,7 @@ internal static class DataLayerCommands
             for (var statement = 0; statement <= MaxReads; statement++)
             {
                 command.CommandText = sql[statement == 0 ? 0 : 1];
+                await PrepareAsync(command, dialect, cancellationToken).ConfigureAwait(false);
                 await using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
                 if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
                 {
@@ -121,6 +122,7 @@ internal static class DataLayerCommands
             Add(command, DataLayerSql.MaxLengthParameter, options.MaxLength);
             Add(command, DataLayerSql.PatternParameter, pattern);
             var offset = Add(command, DataLayerSql.OffsetParameter, 0L);
+            await PrepareAsync(command, dialect, cancellationToken).ConfigureAwait(false);
             for (var attempt = 0; attempt < options.MaxAttempts; attempt++)
             {
                 DataLayerMetrics.SlugAttempt(definition.Table);
@@ -163,6 +165,13 @@ internal static class DataLayerCommands
             DataLayerLog.ConflictResolved(logger, definition.Table);
         }
     }
+
+    /// <summary>
+    /// On PostgreSQL the statement is prepared: Npgsql keeps it prepared on each physical connection across pool
+    /// returns, so only the first call on a connection parses and plans it (as Idem's store does with its own).
+    /// </summary>
+    private static Task PrepareAsync(DbCommand command, SqlDialect dialect, CancellationToken cancellationToken) =>
+        dialect == SqlDialect.PostgreSql ? command.PrepareAsync(cancellationToken) : Task.CompletedTask;
 
     private static void CheckValues(IReadOnlyList<object?> values, int columns)
     {
