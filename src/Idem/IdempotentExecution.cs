@@ -90,10 +90,12 @@ public sealed class IdempotentExecution
     /// </summary>
     /// <param name="cancellationToken">Cancels opening the connection and beginning the transaction.</param>
     /// <exception cref="InvalidOperationException">The policy has no joined transaction.</exception>
+#pragma warning disable RS0027 // The short overload is the common one; the long one takes its token explicitly.
     public ValueTask<DbTransaction> GetTransactionAsync(CancellationToken cancellationToken = default) =>
         _transaction is { } current
             ? ValueTask.FromResult(current)
             : BeginAsync(null, null, cancellationToken);
+#pragma warning restore RS0027
 
     /// <summary>
     /// The joined transaction on the caller's own connection (for example a <c>DbContext</c>'s, which
@@ -107,7 +109,7 @@ public sealed class IdempotentExecution
     /// The policy has no joined transaction, the transaction was already begun on another connection (a second
     /// connection's writes would commit outside it), or the connection reaches another database.
     /// </exception>
-    public ValueTask<DbTransaction> GetTransactionAsync(DbConnection connection, Func<DbTransaction?, CancellationToken, ValueTask>? transactionChanged, CancellationToken cancellationToken = default)
+    public ValueTask<DbTransaction> GetTransactionAsync(DbConnection connection, Func<DbTransaction?, CancellationToken, ValueTask>? transactionChanged, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(connection);
         return BeginAsync(connection, transactionChanged, cancellationToken);

@@ -167,7 +167,7 @@ public sealed class JoinedTransactionTests : IDisposable
         await using var app = await StartAsync(async (context, transaction) =>
         {
             await using var other = new SqliteConnection($"Data Source={Path}");
-            await context.GetIdempotentExecution().GetTransactionAsync(other, null);
+            await context.GetIdempotentExecution().GetTransactionAsync(other, null, default);
             return Results.Ok();
         });
 
@@ -181,7 +181,7 @@ public sealed class JoinedTransactionTests : IDisposable
             async (context, _) =>
             {
                 await using var other = new SqliteConnection($"Data Source={System.IO.Path.Combine(_directory, "other.db")}");
-                await context.GetIdempotentExecution().GetTransactionAsync(other, null);
+                await context.GetIdempotentExecution().GetTransactionAsync(other, null, default);
                 return Results.Ok();
             },
             beginFirst: false);
