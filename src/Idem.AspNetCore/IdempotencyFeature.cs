@@ -13,6 +13,29 @@ public interface IIdempotencyFeature
     /// writes from an older owner. <see cref="Guid.Empty"/> when not protected.
     /// </summary>
     Guid OwnerToken { get; }
+
+    /// <summary>
+    /// The running execution: its joined transaction (<see cref="IdempotentExecution.GetTransactionAsync(CancellationToken)"/>)
+    /// and recovery points (<see cref="IdempotentExecution.RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, System.Text.Json.JsonSerializerOptions?)"/>).
+    /// <see langword="null"/> when not protected.
+    /// </summary>
+    IdempotentExecution? Execution { get; }
+}
+
+/// <summary>Reaches the running <see cref="IdempotentExecution"/> from a handler.</summary>
+public static class IdempotencyHttpContextExtensions
+{
+    /// <summary>The execution of this protected request (for its joined transaction and recovery points).</summary>
+    /// <param name="context">The request.</param>
+    /// <exception cref="InvalidOperationException">The request does not run under a claim (no key, unprotected method or endpoint).</exception>
+    public static IdempotentExecution GetIdempotentExecution(this HttpContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        return context.Features.Get<IIdempotencyFeature>()?.Execution
+            ?? throw new InvalidOperationException(
+                "This request does not run under an idempotency claim (no Idempotency-Key, an unprotected method, or an endpoint without RequireIdempotency), "
+                + "so it has no joined transaction or recovery points. Check IIdempotencyFeature.IsProtected first, or require a key on the endpoint.");
+    }
 }
 
 internal sealed class IdempotencyFeature : IIdempotencyFeature
@@ -20,6 +43,11 @@ internal sealed class IdempotencyFeature : IIdempotencyFeature
     public bool IsProtected { get; set; }
 
     public Guid OwnerToken { get; set; }
+
+    public IdempotentExecution? Execution { get; set; }
+
+    /// <summary>In a joined transaction: everything the handler wrote, held until the commit.</summary>
+    public MemoryStream? Held { get; set; }
 
     /// <summary>The response captured under the claim; its pooled buffer lives until the store has completed.</summary>
     public ResponseCaptureStream? Capture { get; set; }

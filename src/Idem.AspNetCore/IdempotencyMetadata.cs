@@ -42,6 +42,9 @@ public sealed class IdempotentAttribute : Attribute, IIdempotencyEndpointMetadat
     /// <summary>Run unprotected (counted) instead of answering 503 when the store is down.</summary>
     public bool FailOpen { get; set; }
 
+    /// <summary>Run the action in a joined transaction (see <see cref="IdempotencyEndpointOptions.JoinedTransaction"/>).</summary>
+    public bool JoinedTransaction { get; set; }
+
     /// <inheritdoc />
     public IdempotencyEndpointOptions Options => _options ??= new IdempotencyEndpointOptions
     {
@@ -52,6 +55,7 @@ public sealed class IdempotentAttribute : Attribute, IIdempotencyEndpointMetadat
         Methods = Methods,
         MaxStoredBodyBytes = MaxStoredBodyBytes > 0 ? MaxStoredBodyBytes : null,
         StoreFailureMode = FailOpen ? StoreFailureMode.FailOpen : null,
+        JoinedTransaction = JoinedTransaction ? true : null,
     };
 
     /// <inheritdoc />

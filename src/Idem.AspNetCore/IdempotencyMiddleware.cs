@@ -168,6 +168,28 @@ internal sealed class IdempotencyMiddleware
         }
 
         Log.Outcome(_logger, requestId, outcome.Kind, storeKey);
+        if (feature.Held is { } held)
+        {
+            // A joined transaction: the handler's response was held, never sent. It leaves only now that the outcome is
+            // known; any other outcome (the commit failed, or this owner lost the key and the winner is replayed) replaces it.
+            feature.Held = null;
+            if (outcome.Kind == IdempotencyOutcomeKind.Executed)
+            {
+                if (held.Length > 0 && !HttpMethods.IsHead(context.Request.Method))
+                {
+                    await context.Response.Body.WriteAsync(held.GetBuffer().AsMemory(0, (int)held.Length), CancellationToken.None).ConfigureAwait(false);
+                }
+
+                return;
+            }
+
+            if (!context.Response.HasStarted)
+            {
+                context.Response.Clear();
+                context.Response.Headers[_options.CorrelationIdHeader] = requestId;
+            }
+        }
+
         switch (outcome.Kind)
         {
             case IdempotencyOutcomeKind.Executed:
@@ -201,12 +223,24 @@ internal sealed class IdempotencyMiddleware
     {
         feature.IsProtected = true;
         feature.OwnerToken = execution.OwnerToken;
+        feature.Execution = execution;
 
         var originalBody = context.Features.GetRequiredFeature<IHttpResponseBodyFeature>();
         var originalLifetime = context.Features.GetRequiredFeature<IHttpRequestLifetimeFeature>();
-        var capture = new ResponseCaptureStream(originalBody.Stream, policy.MaxStoredBodyBytes);
+
+        // In a joined transaction nothing reaches the client before the commit: a success that is then rolled back
+        // must never have been seen. The whole response is held (headers too: nothing starts the real response).
+        var target = originalBody;
+        if (policy.JoinedTransaction)
+        {
+            var held = new MemoryStream();
+            feature.Held = held;
+            target = new HeldResponseBodyFeature(held);
+        }
+
+        var capture = new ResponseCaptureStream(target.Stream, policy.MaxStoredBodyBytes);
         feature.Capture = capture;
-        var captureBody = new ResponseCaptureFeature(originalBody, capture);
+        var captureBody = new ResponseCaptureFeature(target, capture);
         context.Features.Set<IHttpResponseBodyFeature>(captureBody);
         context.Features.Set<IHttpRequestLifetimeFeature>(new DetachedRequestLifetimeFeature(originalLifetime, execution.CancellationToken));
         try
@@ -378,6 +412,33 @@ internal sealed class IdempotencyMiddleware
                 RequireKey = endpoint.RequireKey ?? app.RequireKey,
                 ImplicitPolicy = endpoint.ImplicitKeyWindow is { } window ? policy with { Retention = window } : null,
             };
+        }
+    }
+
+    /// <summary>The response body of a joined transaction's handler: kept in memory, and nothing starts the real response.</summary>
+    private sealed class HeldResponseBodyFeature(MemoryStream held) : IHttpResponseBodyFeature
+    {
+        private PipeWriter? _writer;
+
+        public Stream Stream => held;
+
+        public PipeWriter Writer => _writer ??= PipeWriter.Create(held, new StreamPipeWriterOptions(leaveOpen: true));
+
+        public void DisableBuffering()
+        {
+        }
+
+        public Task StartAsync(CancellationToken cancellationToken = default) => Task.CompletedTask;
+
+        public Task SendFileAsync(string path, long offset, long? count, CancellationToken cancellationToken = default) =>
+            SendFileFallback.SendFileAsync(held, path, offset, count, cancellationToken);
+
+        public async Task CompleteAsync()
+        {
+            if (_writer is not null)
+            {
+                await _writer.FlushAsync().ConfigureAwait(false);
+            }
         }
     }
 

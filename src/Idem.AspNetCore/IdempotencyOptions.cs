@@ -155,6 +155,13 @@ public sealed class IdempotencyEndpointOptions
     public StoreFailureMode? StoreFailureMode { get; set; }
 
     /// <summary>
+    /// Runs the handler in a joined transaction (see <see cref="IdempotencyPolicy.JoinedTransaction"/>): its writes
+    /// through <c>HttpContext.GetIdempotentExecution().GetTransactionAsync()</c> (or an Idem.EntityFrameworkCore
+    /// <c>DbContext</c>) and the key's completion commit together, and the response is held until that commit succeeded.
+    /// </summary>
+    public bool? JoinedTransaction { get; set; }
+
+    /// <summary>
     /// Opt-in protection for clients that send no key: the key is derived from the principal, method, route and
     /// request fingerprint and kept for this window only, so a double-click or two tabs still execute once while a
     /// deliberate repeat after the window executes again. <see langword="null"/> (the default) lets keyless requests pass.
@@ -243,6 +250,7 @@ public sealed class IdempotencyEndpointOptions
             ShouldStore = ShouldStore ?? (StoredStatuses is null ? defaults.ShouldStore : ParseStatuses(StoredStatuses)),
             MaxStoredBodyBytes = MaxStoredBodyBytes ?? defaults.MaxStoredBodyBytes,
             StoreFailureMode = StoreFailureMode ?? defaults.StoreFailureMode,
+            JoinedTransaction = JoinedTransaction ?? defaults.JoinedTransaction,
         };
         policy.Validate();
         if (ImplicitKeyWindow is { } window && window <= TimeSpan.Zero)

@@ -11,21 +11,22 @@ namespace Idem.PostgreSql;
 /// with <c>NOTIFY</c> and heard by one shared <c>LISTEN</c> connection per store instance, which reconnects by itself;
 /// while it is down, waiters simply time out and the executor polls.
 /// </summary>
-public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
+public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore, IAsyncDisposable, IDisposable
 {
-    private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted";
+    private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases";
     private const int MaxClaimAttempts = 16;
 
     private readonly PostgreSqlIdempotencyStoreOptions _options;
     private readonly NpgsqlDataSource _dataSource;
     private readonly NpgsqlDataSource _listenerDataSource;
+    private NpgsqlDataSource? _joinedDataSource;
     private readonly bool _multiplexing;
     private readonly bool _ownsDataSource;
     private readonly ILogger _logger;
     private readonly KeyChangeSignals _signals = new();
     private readonly CancellationTokenSource _disposing = new();
     private readonly Task _listener;
-    private readonly string _claimSql, _completeSql, _releaseSql, _renewSql, _getSql, _isUnchangedSql, _purgeSql;
+    private readonly string _claimSql, _completeSql, _releaseSql, _renewSql, _getSql, _isUnchangedSql, _purgeSql, _recordPhasesSql;
     private Task? _schemaReady;
     private volatile int _listenerProcessId;
     private int _disposed;
@@ -84,7 +85,8 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsy
                     state = 'in_flight', fingerprint = EXCLUDED.fingerprint, owner_token = EXCLUDED.owner_token,
                     took_over = r.expires_at > clock_timestamp(), has_waiters = false,
                     lease_expires_at = clock_timestamp() + $4, expires_at = clock_timestamp() + $5, purge_after = clock_timestamp() + $5,
-                    status_code = NULL, headers = NULL, body = NULL, body_omitted = false
+                    status_code = NULL, headers = NULL, body = NULL, body_omitted = false,
+                    phases = CASE WHEN r.expires_at <= clock_timestamp() THEN NULL ELSE r.phases END
                 WHERE r.expires_at <= clock_timestamp()
                    OR (r.state = 'in_flight' AND r.lease_expires_at <= clock_timestamp() AND r.fingerprint = EXCLUDED.fingerprint)
                 RETURNING {Columns}
@@ -101,20 +103,31 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsy
             WITH done AS (
                 UPDATE {table} SET state = 'completed', expires_at = clock_timestamp() + $3,
                     purge_after = LEAST(purge_after, clock_timestamp() + $3),
-                    status_code = $4, headers = $5, body = $6, body_omitted = $7
+                    status_code = $4, headers = $5, body = $6, body_omitted = $7, phases = NULL
                 WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()
                 RETURNING key, has_waiters
             )
             SELECT CASE WHEN has_waiters THEN pg_notify($8, key)::text END FROM done
             """;
 
-        // $1 key, $2 owner, $3 channel.
+        // $1 key, $2 owner, $3 channel. A record with recovery points is not deleted: its lease ends, so the retry takes
+        // it over and resumes after the last finished phase.
         _releaseSql = $"""
             WITH gone AS (
-                DELETE FROM {table} WHERE key = $1 AND owner_token = $2 AND state = 'in_flight'
+                DELETE FROM {table} WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND phases IS NULL
+                RETURNING key, has_waiters
+            ), ended AS (
+                UPDATE {table} SET lease_expires_at = clock_timestamp()
+                WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND phases IS NOT NULL
                 RETURNING key, has_waiters
             )
-            SELECT CASE WHEN has_waiters THEN pg_notify($3, key)::text END FROM gone
+            SELECT CASE WHEN has_waiters THEN pg_notify($3, key)::text END FROM (SELECT * FROM gone UNION ALL SELECT * FROM ended) AS released
+            """;
+
+        // $1 key, $2 owner, $3 phases.
+        _recordPhasesSql = $"""
+            UPDATE {table} SET phases = $3
+            WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()
             """;
 
         // $1 key, $2 owner, $3 lease.
@@ -285,6 +298,166 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsy
     }
 
     /// <inheritdoc />
+    public async ValueTask<bool> RecordPhasesAsync(string key, Guid ownerToken, ReadOnlyMemory<byte> phases, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        var connection = await _dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+        await using (connection.ConfigureAwait(false))
+        {
+            using var command = new NpgsqlCommand(_recordPhasesSql, connection);
+            AddPhaseParameters(command, key, ownerToken, phases);
+            return await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == 1;
+        }
+    }
+
+    /// <inheritdoc />
+    /// <remarks>A connection from the store's data source; prefer passing the application's own (see <see cref="BeginTransactionAsync"/>).</remarks>
+    public async ValueTask<System.Data.Common.DbConnection> OpenConnectionAsync(CancellationToken cancellationToken)
+    {
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        return await JoinedDataSource().OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    // A transaction holds its connection from begin to commit, which a multiplexing data source does not lend; and a
+    // joined transaction's connection is reset on close, as any application connection.
+    private NpgsqlDataSource JoinedDataSource()
+    {
+        if (!_multiplexing)
+        {
+            return _dataSource;
+        }
+
+        if (Volatile.Read(ref _joinedDataSource) is { } existing)
+        {
+            return existing;
+        }
+
+        var created = NpgsqlDataSource.Create(new NpgsqlConnectionStringBuilder(_dataSource.ConnectionString) { Multiplexing = false, NoResetOnClose = false });
+        if (Interlocked.CompareExchange(ref _joinedDataSource, created, null) is { } raced)
+        {
+            created.Dispose();
+            return raced;
+        }
+
+        return created;
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// The connection must reach the same server and database as the store (host, port and database of its connection
+    /// string); the store's table is addressed by its schema-qualified name, so the connection's search path does not matter.
+    /// </remarks>
+    public async ValueTask<System.Data.Common.DbTransaction> BeginTransactionAsync(System.Data.Common.DbConnection connection, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        if (connection is not NpgsqlConnection npgsql)
+        {
+            throw new InvalidOperationException($"The PostgreSQL idempotency store joins only an Npgsql connection, not {connection.GetType().Name}.");
+        }
+
+        await EnsureSchemaAsync(cancellationToken).ConfigureAwait(false);
+        var store = new NpgsqlConnectionStringBuilder(_dataSource.ConnectionString);
+        var other = new NpgsqlConnectionStringBuilder(npgsql.ConnectionString);
+        if (!string.Equals(store.Host, other.Host, StringComparison.OrdinalIgnoreCase) || store.Port != other.Port
+            || !string.Equals(store.Database ?? store.Username, other.Database ?? other.Username, StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException(
+                $"A joined transaction must be on the idempotency store's own database ({store.Host}:{store.Port}/{store.Database}), but the connection reaches "
+                + $"{other.Host}:{other.Port}/{other.Database}. Keep the business tables and the idempotency table in one database, or turn JoinedTransaction off.");
+        }
+
+        if (npgsql.State != System.Data.ConnectionState.Open)
+        {
+            await npgsql.OpenAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        return await npgsql.BeginTransactionAsync(cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>The completion's <c>NOTIFY</c> is part of the transaction: waiters on other nodes hear it at the commit.</remarks>
+    public async ValueTask<bool> CompleteAsync(System.Data.Common.DbTransaction transaction, string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(response);
+        var (connection, npgsql) = Joined(transaction);
+        using var command = new NpgsqlCommand(_completeSql, connection, npgsql);
+        AddCompleteParameters(command, key, ownerToken, response, retention);
+        return await ReturnsRowAsync(command, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<bool> RecordPhasesAsync(System.Data.Common.DbTransaction transaction, string key, Guid ownerToken, ReadOnlyMemory<byte> phases, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        var (connection, npgsql) = Joined(transaction);
+        using var command = new NpgsqlCommand(_recordPhasesSql, connection, npgsql);
+        AddPhaseParameters(command, key, ownerToken, phases);
+        return await command.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false) == 1;
+    }
+
+    /// <inheritdoc />
+    public void OnCompletionCommitted(string key) => _signals.Signal(key);
+
+    /// <inheritdoc />
+    public bool IsCompleted(System.Data.Common.DbTransaction transaction)
+    {
+        if (transaction is not NpgsqlTransaction { Connection: not null } npgsql)
+        {
+            return true;
+        }
+
+        try
+        {
+            // Npgsql's completed flag is not public; a completed transaction refuses to tell its isolation level.
+            _ = npgsql.IsolationLevel;
+            return false;
+        }
+        catch (InvalidOperationException)
+        {
+            return true;
+        }
+    }
+
+    private static (NpgsqlConnection Connection, NpgsqlTransaction Transaction) Joined(System.Data.Common.DbTransaction transaction)
+    {
+        ArgumentNullException.ThrowIfNull(transaction);
+        if (transaction is not NpgsqlTransaction { Connection: { } connection } npgsql)
+        {
+            throw new InvalidOperationException("The joined transaction is not an open Npgsql transaction (it was committed or rolled back, or comes from another provider).");
+        }
+
+        return (connection, npgsql);
+    }
+
+    private static void AddPhaseParameters(NpgsqlCommand command, string key, Guid ownerToken, ReadOnlyMemory<byte> phases)
+    {
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+        command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = ownerToken });
+        command.Parameters.Add(new NpgsqlParameter<ReadOnlyMemory<byte>> { TypedValue = phases });
+    }
+
+    private void AddCompleteParameters(NpgsqlCommand command, string key, Guid ownerToken, StoredResponse response, TimeSpan retention)
+    {
+        var headers = new string[response.Headers.Count * 2];
+        for (var i = 0; i < response.Headers.Count; i++)
+        {
+            headers[2 * i] = response.Headers[i].Key;
+            headers[(2 * i) + 1] = response.Headers[i].Value;
+        }
+
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+        command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = ownerToken });
+        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = retention });
+        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = response.StatusCode });
+        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = headers });
+        command.Parameters.Add(new NpgsqlParameter<ReadOnlyMemory<byte>> { TypedValue = response.Body });
+        command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = response.BodyOmitted });
+        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NotificationChannel });
+    }
+
+    /// <inheritdoc />
     public async ValueTask<bool> RenewAsync(string key, Guid ownerToken, TimeSpan lease, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(key);
@@ -386,6 +559,11 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsy
         }
 
         _disposing.Dispose();
+        if (_joinedDataSource is not null)
+        {
+            await _joinedDataSource.DisposeAsync().ConfigureAwait(false);
+        }
+
         if (_ownsDataSource)
         {
             await _dataSource.DisposeAsync().ConfigureAwait(false);
@@ -405,6 +583,7 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsy
         }
 
         _disposing.Cancel();
+        _joinedDataSource?.Dispose();
         if (_ownsDataSource)
         {
             _dataSource.Dispose();
@@ -482,6 +661,7 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStore, IAsy
             LeaseExpiresAt = reader.GetFieldValue<DateTimeOffset>(5),
             ExpiresAt = reader.GetFieldValue<DateTimeOffset>(6),
             Response = response,
+            Phases = await reader.IsDBNullAsync(11, cancellationToken).ConfigureAwait(false) ? default : reader.GetFieldValue<byte[]>(11),
         };
         return (record, reader.GetBoolean(4));
     }

@@ -30,10 +30,10 @@ namespace Idem.Sqlite;
 /// changes made by another process are noticed by re-reading the row every <see cref="SqliteIdempotencyStoreOptions.PollInterval"/>.
 /// </para>
 /// </remarks>
-public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDisposable
+public sealed partial class SqliteIdempotencyStore : ITransactionalIdempotencyStore, IAsyncDisposable
 {
     /// <summary>The schema version this release creates and understands, kept in <c>PRAGMA user_version</c>.</summary>
-    public const int SchemaVersion = 1;
+    public const int SchemaVersion = 2;
 
     // The most writes one group transaction applies; more wait for the next group.
     private const int MaxGroup = 256;
@@ -42,6 +42,8 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
     private const int MaxIdleReaders = 16;
 
     private readonly string _connectionString;
+    private readonly string _joinedConnectionString;
+    private readonly string _databasePath;
     private readonly string _table;
     private readonly TimeSpan _pollInterval;
     private readonly TimeProvider _timeProvider;
@@ -74,6 +76,11 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
         // This instance keeps its connections open for its lifetime, so Microsoft.Data.Sqlite's pool has nothing to add.
         builder.Pooling = false;
         _connectionString = builder.ConnectionString;
+
+        // Joined transactions open and close a connection per operation: pooled.
+        builder.Pooling = true;
+        _joinedConnectionString = builder.ConnectionString;
+        _databasePath = builder.DataSource.StartsWith("file:", StringComparison.OrdinalIgnoreCase) ? builder.DataSource : System.IO.Path.GetFullPath(builder.DataSource);
         _timeProvider = timeProvider;
         _pollInterval = options.PollInterval;
         _table = options.TableName;
@@ -159,6 +166,108 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
 
         _signals.Signals.Signal(key);
         return true;
+    }
+
+    /// <inheritdoc />
+    public async ValueTask<bool> RecordPhasesAsync(string key, Guid ownerToken, ReadOnlyMemory<byte> phases, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        cancellationToken.ThrowIfCancellationRequested();
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
+        return await WriteAsync(new SqliteRecordPhasesOperation(key, ownerToken, phases.ToArray()), cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>A pooled connection to the store's file, with the store's busy timeout.</remarks>
+    public async ValueTask<System.Data.Common.DbConnection> OpenConnectionAsync(CancellationToken cancellationToken)
+    {
+        cancellationToken.ThrowIfCancellationRequested();
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
+        return _sql.Open(_joinedConnectionString);
+    }
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// <c>BEGIN IMMEDIATE</c>: the transaction holds SQLite's one write lock from here to its commit, so every other write
+    /// to the file (other requests' claims, this request's lease renewal) waits for it, up to the busy timeout. Keep
+    /// slow work that needs no write before the first call, or in a phase of its own.
+    /// </remarks>
+    public async ValueTask<System.Data.Common.DbTransaction> BeginTransactionAsync(System.Data.Common.DbConnection connection, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(connection);
+        if (connection is not SqliteConnection sqlite)
+        {
+            throw new InvalidOperationException($"The SQLite idempotency store joins only a Microsoft.Data.Sqlite connection, not {connection.GetType().Name}.");
+        }
+
+        await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
+        if (sqlite.State != System.Data.ConnectionState.Open)
+        {
+            await sqlite.OpenAsync(cancellationToken).ConfigureAwait(false);
+        }
+
+        var path = sqlite.DataSource;
+        if (!string.Equals(string.IsNullOrEmpty(path) ? path : System.IO.Path.GetFullPath(path), _databasePath, StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException(
+                $"A joined transaction must be on the idempotency store's own database file ({_databasePath}), but the connection is on '{path}'. "
+                + "Keep the business tables and the idempotency table in one SQLite file, or turn JoinedTransaction off.");
+        }
+
+        return sqlite.BeginTransaction(deferred: false);
+    }
+
+    /// <inheritdoc />
+    public ValueTask<bool> CompleteAsync(System.Data.Common.DbTransaction transaction, string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(response);
+        var (connection, sqlite) = Joined(transaction);
+        var now = _timeProvider.GetUtcNow();
+        using var command = connection.CreateCommand();
+        command.Transaction = sqlite;
+        command.CommandText = _sql.Complete;
+        command.Parameters.AddWithValue("$key", key);
+        command.Parameters.AddWithValue("$owner", SqliteStatements.Owner(ownerToken));
+        command.Parameters.AddWithValue("$now", now.ToUnixTimeMilliseconds());
+        command.Parameters.AddWithValue("$expires", (now + retention).ToUnixTimeMilliseconds());
+        command.Parameters.AddWithValue("$status", response.StatusCode);
+        command.Parameters.AddWithValue("$headers", ResponseCodec.EncodeHeaders(response.Headers));
+        command.Parameters.AddWithValue("$body", response.Body.ToArray());
+        command.Parameters.AddWithValue("$omitted", response.BodyOmitted ? 1 : 0);
+        return ValueTask.FromResult(command.ExecuteNonQuery() != 0);
+    }
+
+    /// <inheritdoc />
+    public ValueTask<bool> RecordPhasesAsync(System.Data.Common.DbTransaction transaction, string key, Guid ownerToken, ReadOnlyMemory<byte> phases, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        var (connection, sqlite) = Joined(transaction);
+        using var command = connection.CreateCommand();
+        command.Transaction = sqlite;
+        command.CommandText = _sql.RecordPhases;
+        command.Parameters.AddWithValue("$key", key);
+        command.Parameters.AddWithValue("$owner", SqliteStatements.Owner(ownerToken));
+        command.Parameters.AddWithValue("$now", _timeProvider.GetUtcNow().ToUnixTimeMilliseconds());
+        command.Parameters.AddWithValue("$phases", phases.ToArray());
+        return ValueTask.FromResult(command.ExecuteNonQuery() != 0);
+    }
+
+    /// <inheritdoc />
+    public void OnCompletionCommitted(string key) => _signals.Signals.Signal(key);
+
+    /// <inheritdoc />
+    public bool IsCompleted(System.Data.Common.DbTransaction transaction) => transaction is not SqliteTransaction { Connection: not null };
+
+    private static (SqliteConnection Connection, SqliteTransaction Transaction) Joined(System.Data.Common.DbTransaction transaction)
+    {
+        ArgumentNullException.ThrowIfNull(transaction);
+        if (transaction is not SqliteTransaction { Connection: { } connection } sqlite)
+        {
+            throw new InvalidOperationException("The joined transaction is not an open Microsoft.Data.Sqlite transaction (it was committed or rolled back, or comes from another provider).");
+        }
+
+        return (connection, sqlite);
     }
 
     /// <inheritdoc />
@@ -594,6 +703,13 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
             }
 
             var t = Quote(_table);
+            if (version == 1)
+            {
+                // Version 2: recovery points of in-flight keys.
+                using var upgrade = Command(connection, transaction, $"ALTER TABLE {t} ADD COLUMN phases BLOB NULL;");
+                await upgrade.ExecuteNonQueryAsync().ConfigureAwait(false);
+            }
+
             using (var create = Command(connection, transaction, $"""
                 CREATE TABLE IF NOT EXISTS {t} (
                     key TEXT NOT NULL PRIMARY KEY,
@@ -606,7 +722,8 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStore, IAsyncDi
                     headers BLOB NULL,
                     body BLOB NULL,
                     body_omitted INTEGER NOT NULL DEFAULT 0,
-                    took_over INTEGER NOT NULL DEFAULT 0
+                    took_over INTEGER NOT NULL DEFAULT 0,
+                    phases BLOB NULL
                 );
                 CREATE INDEX IF NOT EXISTS {Quote("ix_" + _table + "_expires_at")} ON {t} (expires_at);
                 PRAGMA user_version = {SchemaVersion};

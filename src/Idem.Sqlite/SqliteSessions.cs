@@ -9,7 +9,7 @@ internal sealed class SqliteStatements
 {
     public const int InFlight = (int)IdempotencyRecordState.InFlight;
     public const int Completed = (int)IdempotencyRecordState.Completed;
-    private const string Columns = "key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body, body_omitted";
+    private const string Columns = "key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases";
 
     public SqliteStatements(string table, TimeSpan busyTimeout)
     {
@@ -24,6 +24,7 @@ internal sealed class SqliteStatements
                 state = {InFlight}, fingerprint = excluded.fingerprint, owner = excluded.owner,
                 lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at,
                 status_code = NULL, headers = NULL, body = NULL, body_omitted = 0,
+                phases = CASE WHEN {t}.expires_at <= $now THEN NULL ELSE {t}.phases END,
                 took_over = {t}.expires_at > $now
             WHERE {t}.expires_at <= $now
                OR ({t}.state = {InFlight} AND {t}.lease_expires_at <= $now AND {t}.fingerprint = excluded.fingerprint)
@@ -33,11 +34,17 @@ internal sealed class SqliteStatements
         Get = $"SELECT {Columns} FROM {t} WHERE key = $key AND expires_at > $now;";
         State = $"SELECT state, owner, lease_expires_at, expires_at FROM {t} WHERE key = $key;";
         Complete = $"""
-            UPDATE {t} SET state = {Completed}, expires_at = $expires, status_code = $status, headers = $headers, body = $body, body_omitted = $omitted
+            UPDATE {t} SET state = {Completed}, expires_at = $expires, status_code = $status, headers = $headers, body = $body, body_omitted = $omitted, phases = NULL
             WHERE key = $key AND owner = $owner AND state = {InFlight} AND expires_at > $now;
             """;
         Renew = $"UPDATE {t} SET lease_expires_at = $lease WHERE key = $key AND owner = $owner AND state = {InFlight} AND expires_at > $now;";
-        Release = $"DELETE FROM {t} WHERE key = $key AND owner = $owner AND state = {InFlight};";
+        // A record with recovery points is never deleted by its owner: its lease ends, and the retry takes it over and
+        // resumes after the last finished phase.
+        Release = $"""
+            DELETE FROM {t} WHERE key = $key AND owner = $owner AND state = {InFlight} AND phases IS NULL;
+            UPDATE {t} SET lease_expires_at = $now WHERE key = $key AND owner = $owner AND state = {InFlight} AND phases IS NOT NULL;
+            """;
+        RecordPhases = $"UPDATE {t} SET phases = $phases WHERE key = $key AND owner = $owner AND state = {InFlight} AND expires_at > $now;";
         Purge = $"DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE expires_at <= $now LIMIT $max);";
     }
 
@@ -56,6 +63,8 @@ internal sealed class SqliteStatements
     public string Renew { get; }
 
     public string Release { get; }
+
+    public string RecordPhases { get; }
 
     public string Purge { get; }
 
@@ -115,6 +124,7 @@ internal sealed class SqliteStatements
             LeaseExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(4)),
             ExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(5)),
             Response = response,
+            Phases = reader.IsDBNull(10) ? default : reader.GetFieldValue<byte[]>(10),
         };
     }
 
@@ -226,6 +236,12 @@ internal sealed class SqliteWriteSession : IDisposable
 
         Release = SqliteStatements.Prepare(_connection, sql.Release, out ReleaseKey);
         ReleaseOwner = SqliteStatements.Add(Release, "$owner", SqliteType.Blob);
+        ReleaseNow = SqliteStatements.Add(Release, "$now", SqliteType.Integer);
+
+        RecordPhases = SqliteStatements.Prepare(_connection, sql.RecordPhases, out RecordPhasesKey);
+        RecordPhasesOwner = SqliteStatements.Add(RecordPhases, "$owner", SqliteType.Blob);
+        RecordPhasesNow = SqliteStatements.Add(RecordPhases, "$now", SqliteType.Integer);
+        RecordPhasesValue = SqliteStatements.Add(RecordPhases, "$phases", SqliteType.Blob);
 
         Purge = _connection.CreateCommand();
         Purge.CommandText = sql.Purge;
@@ -234,7 +250,8 @@ internal sealed class SqliteWriteSession : IDisposable
     }
 
 #pragma warning disable CA1051, SA1401 // Plain fields: the write operations bind these directly, on the writer loop only.
-    public readonly SqliteCommand Claim, Select, Complete, Renew, Release, Purge;
+    public readonly SqliteCommand Claim, Select, Complete, Renew, Release, RecordPhases, Purge;
+    public readonly SqliteParameter ReleaseNow, RecordPhasesKey, RecordPhasesOwner, RecordPhasesNow, RecordPhasesValue;
     public readonly SqliteParameter ClaimKey, ClaimFingerprint, ClaimOwner, ClaimLease, ClaimExpires, ClaimNow, SelectKey;
     public readonly SqliteParameter CompleteKey, CompleteOwner, CompleteNow, CompleteExpires, CompleteStatus, CompleteHeaders, CompleteBody, CompleteOmitted;
     public readonly SqliteParameter RenewKey, RenewOwner, RenewNow, RenewLease, ReleaseKey, ReleaseOwner, PurgeNow, PurgeMax;
@@ -259,7 +276,7 @@ internal sealed class SqliteWriteSession : IDisposable
 
     public void Dispose()
     {
-        foreach (var command in new[] { _begin, _commit, _rollback, Claim, Select, Complete, Renew, Release, Purge })
+        foreach (var command in new[] { _begin, _commit, _rollback, Claim, Select, Complete, Renew, Release, RecordPhases, Purge })
         {
             command.Dispose();
         }

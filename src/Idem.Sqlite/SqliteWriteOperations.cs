@@ -165,7 +165,20 @@ internal sealed class SqliteReleaseOperation(string key, Guid owner) : SqliteWri
     {
         s.ReleaseKey.Value = key;
         s.ReleaseOwner.Value = SqliteStatements.Owner(owner);
+        s.ReleaseNow.Value = timeProvider.GetUtcNow().ToUnixTimeMilliseconds();
         return s.Release.ExecuteNonQuery() != 0;
+    }
+}
+
+internal sealed class SqliteRecordPhasesOperation(string key, Guid owner, byte[] phases) : SqliteWriteOperation<bool>
+{
+    protected override bool Run(SqliteWriteSession s, TimeProvider timeProvider)
+    {
+        s.RecordPhasesKey.Value = key;
+        s.RecordPhasesOwner.Value = SqliteStatements.Owner(owner);
+        s.RecordPhasesNow.Value = timeProvider.GetUtcNow().ToUnixTimeMilliseconds();
+        s.RecordPhasesValue.Value = phases;
+        return s.RecordPhases.ExecuteNonQuery() != 0;
     }
 }
 

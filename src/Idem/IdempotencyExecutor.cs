@@ -15,6 +15,9 @@ public sealed class IdempotencyExecutor
     private static readonly TimeSpan FirstPollInterval = TimeSpan.FromMilliseconds(50);
     private static readonly TimeSpan MaxPollInterval = TimeSpan.FromSeconds(1);
 
+    // How many times one call may lose its key to a newer owner and try again before it answers 409.
+    private const int MaxLostClaims = 3;
+
     [ThreadStatic]
     private static CancellationTokenSource? t_idleDeadline;
 
@@ -83,6 +86,12 @@ public sealed class IdempotencyExecutor
         ArgumentNullException.ThrowIfNull(fingerprint);
         ArgumentNullException.ThrowIfNull(policy);
         ArgumentNullException.ThrowIfNull(work);
+        if (policy.JoinedTransaction && _store is not ITransactionalIdempotencyStore)
+        {
+            throw new InvalidOperationException(
+                $"The policy asks for a joined transaction, but the idempotency store {_store.GetType().Name} cannot complete inside a database transaction "
+                + $"(it does not implement {nameof(ITransactionalIdempotencyStore)}). Use the SQLite or PostgreSQL store on the same database as the data, or turn JoinedTransaction off.");
+        }
 
         using var activity = IdempotencyDiagnostics.Source.HasListeners() ? IdempotencyDiagnostics.Source.StartActivity("idem.execute") : null;
         activity?.SetTag("idem.key", storeKey);
@@ -90,6 +99,7 @@ public sealed class IdempotencyExecutor
         var started = Stopwatch.GetTimestamp();
         var ownerToken = OwnerTokens.Next();
         var claimRequest = new ClaimRequest(storeKey, fingerprint, ownerToken, policy.Lease, policy.Retention);
+        var lostClaims = 0;
         ClaimResult claim;
         try
         {
@@ -115,7 +125,30 @@ public sealed class IdempotencyExecutor
                         Log.TookOver(_logger, storeKey);
                     }
 
-                    return await RunClaimedAsync(storeKey, ownerToken, policy, state, work, claim.TookOver, activity).ConfigureAwait(false);
+                    var executed = await RunClaimedAsync(storeKey, claimRequest.OwnerToken, policy, state, work, claim.TookOver, activity).ConfigureAwait(false);
+                    if (executed is not null)
+                    {
+                        return executed;
+                    }
+
+                    // This owner lost the key while it worked and its joined transaction was rolled back: answer as a
+                    // later duplicate would be (replay the winner, wait for it, or 409), with a fresh owner token.
+                    if (++lostClaims > MaxLostClaims)
+                    {
+                        return Finish(activity, IdempotencyOutcomes.Conflicted, new IdempotencyOutcome(IdempotencyOutcomeKind.Conflict, retryAfter: TimeSpan.FromSeconds(1)));
+                    }
+
+                    claimRequest = claimRequest with { OwnerToken = OwnerTokens.Next() };
+                    try
+                    {
+                        claim = await CallStoreAsync(static (s, r, ct) => s.TryClaimAsync(r, ct), claimRequest, policy, cancellationToken).ConfigureAwait(false);
+                    }
+                    catch (Exception ex) when (IsStoreFailure(ex, cancellationToken))
+                    {
+                        return FailClosed(ex, storeKey, activity);
+                    }
+
+                    continue;
 
                 case ClaimStatus.Completed when claim.Record!.Fingerprint != fingerprint:
                 case ClaimStatus.InFlight when claim.Record!.Fingerprint != fingerprint:
@@ -215,7 +248,7 @@ public sealed class IdempotencyExecutor
         };
     }
 
-    private async ValueTask<IdempotencyOutcome> RunClaimedAsync<TState>(
+    private async ValueTask<IdempotencyOutcome?> RunClaimedAsync<TState>(
         string storeKey,
         Guid ownerToken,
         IdempotencyPolicy policy,
@@ -228,19 +261,36 @@ public sealed class IdempotencyExecutor
         // No timer of its own: the heartbeat's one timer also enforces the execution timeout.
         using var executionCts = new CancellationTokenSource();
         var heartbeat = new LeaseHeartbeat(this, storeKey, ownerToken, policy, executionCts);
+        var execution = new IdempotentExecution(this, policy, storeKey, ownerToken, tookOver, executionCts.Token);
 
         StoredResponse response;
         try
         {
-            response = await work(new IdempotentExecution(storeKey, ownerToken, executionCts.Token), state).ConfigureAwait(false);
+            execution.MakeCurrent();
+            response = await work(execution, state).ConfigureAwait(false);
+            execution.ThrowIfTransactionEscaped();
         }
         catch (Exception ex)
         {
+            // Rolled back first: on SQLite a renewal in progress waits for the write lock the transaction holds.
+            await execution.RollbackAsync().ConfigureAwait(false);
             await heartbeat.StopAsync().ConfigureAwait(false);
+            if (execution.LostClaim)
+            {
+                // Fenced: the newer owner holds the key; nothing of this owner's was committed. Not a release.
+                activity?.SetTag("idem.outcome", "lost_claim");
+                return null;
+            }
+
             Log.ReleasedAfterFailure(_logger, ex, storeKey);
             await TryReleaseAsync(storeKey, ownerToken, policy).ConfigureAwait(false);
             activity?.SetTag("idem.outcome", "failed");
             throw;
+        }
+
+        if (policy.JoinedTransaction)
+        {
+            return await CompleteJoinedAsync(storeKey, ownerToken, policy, execution, heartbeat, response, tookOver, activity).ConfigureAwait(false);
         }
 
         await heartbeat.StopAsync().ConfigureAwait(false);
@@ -252,16 +302,7 @@ public sealed class IdempotencyExecutor
             return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { TookOver = tookOver });
         }
 
-        var toStore = response;
-        if (response.BodyOmitted || response.Body.Length > policy.MaxStoredBodyBytes)
-        {
-            Log.BodyOmitted(_logger, storeKey, policy.MaxStoredBodyBytes);
-            toStore = response.WithoutBody();
-        }
-
-        // Replays link to this activity: its trace context travels with the record (see OriginTrace).
-        toStore = OriginTrace.Attach(toStore, activity);
-
+        var toStore = WithinStoredLimit(storeKey, response, policy, activity);
         var stored = false;
         try
         {
@@ -283,6 +324,88 @@ public sealed class IdempotencyExecutor
         }
 
         return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { Stored = stored, TookOver = tookOver });
+    }
+
+    /// <summary>
+    /// The joined transaction's end: the completion, fenced by the owner's token, in the operation's own transaction,
+    /// then one commit for both. A lost key rolls everything back (the caller is answered as a duplicate); a failed
+    /// commit rolls back and releases the key (503); a response that is not stored rolls back and releases.
+    /// </summary>
+    private async ValueTask<IdempotencyOutcome?> CompleteJoinedAsync(
+        string storeKey,
+        Guid ownerToken,
+        IdempotencyPolicy policy,
+        IdempotentExecution execution,
+        LeaseHeartbeat heartbeat,
+        StoredResponse response,
+        bool tookOver,
+        Activity? activity)
+    {
+        // Not awaited: on SQLite a renewal in progress waits for the write lock this transaction holds until its commit.
+        // The transaction's own fenced UPDATE decides ownership from here on.
+        heartbeat.StopWithoutWaiting();
+
+        if (!policy.ShouldStore(response.StatusCode))
+        {
+            // A failure status: nothing of it is kept, the writes included, and a retry runs again.
+            await execution.RollbackAsync().ConfigureAwait(false);
+            Log.ReleasedAfterStatus(_logger, storeKey, response.StatusCode);
+            await TryReleaseAsync(storeKey, ownerToken, policy).ConfigureAwait(false);
+            return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { TookOver = tookOver });
+        }
+
+        var toStore = WithinStoredLimit(storeKey, response, policy, activity);
+        bool committed;
+        try
+        {
+            committed = await execution.CommitWithCompletionAsync(toStore, policy.Retention).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            await execution.RollbackAsync().ConfigureAwait(false);
+            _metrics.StoreError("commit");
+            Log.JoinedCommitFailed(_logger, ex, storeKey);
+            await TryReleaseAsync(storeKey, ownerToken, policy).ConfigureAwait(false);
+            return Finish(activity, IdempotencyOutcomes.StoreError, new IdempotencyOutcome(IdempotencyOutcomeKind.StoreUnavailable, retryAfter: TimeSpan.FromSeconds(1)));
+        }
+
+        if (!committed)
+        {
+            OnStaleOwnerRolledBack(storeKey);
+            return null;
+        }
+
+        return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { Stored = true, TookOver = tookOver });
+    }
+
+    private StoredResponse WithinStoredLimit(string storeKey, StoredResponse response, IdempotencyPolicy policy, Activity? activity)
+    {
+        if (response.BodyOmitted || response.Body.Length > policy.MaxStoredBodyBytes)
+        {
+            Log.BodyOmitted(_logger, storeKey, policy.MaxStoredBodyBytes);
+            response = response.WithoutBody();
+        }
+
+        // Replays link to this activity: its trace context travels with the record (see OriginTrace).
+        return OriginTrace.Attach(response, activity);
+    }
+
+    internal void OnStaleOwnerRolledBack(string storeKey)
+    {
+        _metrics.StaleOwnerRolledBack();
+        Log.StaleOwnerRolledBack(_logger, storeKey);
+    }
+
+    internal void OnPhaseSkipped(string storeKey, string phase)
+    {
+        _metrics.Phase("resumed");
+        Log.PhaseSkipped(_logger, storeKey, phase);
+    }
+
+    internal void OnPhaseRecorded(string storeKey, string phase)
+    {
+        _metrics.Phase("recorded");
+        Log.PhaseRecorded(_logger, storeKey, phase);
     }
 
     /// <summary>
@@ -339,6 +462,20 @@ public sealed class IdempotencyExecutor
             _stopCts.Dispose();
         }
 
+        /// <summary>Stops renewing without waiting for a renewal in progress, which is cancelled and stays silent.</summary>
+        public void StopWithoutWaiting()
+        {
+            CancellationTokenSource? stop;
+            lock (_gate)
+            {
+                _stopped = true;
+                stop = _stopCts;
+            }
+
+            _timer.Dispose();
+            stop?.Cancel();
+        }
+
         private void OnDue()
         {
             lock (_gate)
@@ -361,6 +498,14 @@ public sealed class IdempotencyExecutor
             _executionCts.Cancel();
         }
 
+        private bool IsStopped()
+        {
+            lock (_gate)
+            {
+                return _stopped;
+            }
+        }
+
         private async Task RenewAsync(CancellationToken stop)
         {
             bool renewed;
@@ -376,6 +521,10 @@ public sealed class IdempotencyExecutor
             {
                 return; // The work finished.
             }
+            catch (Exception) when (IsStopped())
+            {
+                return; // The work finished; its own transaction decides ownership.
+            }
             catch (Exception ex)
             {
                 _executor._metrics.StoreError("renew");
@@ -384,10 +533,15 @@ public sealed class IdempotencyExecutor
                 return;
             }
 
-            if (!renewed)
+            if (!renewed && !IsStopped())
             {
                 Log.LeaseLost(_executor._logger, null, _storeKey);
                 await _executionCts.CancelAsync().ConfigureAwait(false);
+                return;
+            }
+
+            if (!renewed)
+            {
                 return;
             }
 

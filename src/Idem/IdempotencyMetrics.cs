@@ -34,6 +34,8 @@ public sealed class IdempotencyMetrics
     {
         HistogramBucketBoundaries = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
     };
+    private readonly Counter<long> _staleRollbacks;
+    private readonly Counter<long> _phases;
 
     /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>.</summary>
     public IdempotencyMetrics(IMeterFactory meterFactory)
@@ -80,6 +82,14 @@ public sealed class IdempotencyMetrics
             "idem.replays.not_retained",
             unit: "{replay}",
             description: "Replays of a request whose response was larger than the stored-body limit: answered 409 'not retained' (the request is never run again).");
+        _staleRollbacks = meter.CreateCounter<long>(
+            "idem.stale_owner.rollbacks",
+            unit: "{rollback}",
+            description: "Owners that lost their key to a newer owner while they worked and whose writes were rolled back (joined transaction or recovery point).");
+        _phases = meter.CreateCounter<long>(
+            "idem.phases",
+            unit: "{phase}",
+            description: "Recovery points, by outcome: recorded (the phase ran and was recorded), resumed (a takeover skipped a phase an earlier owner finished).");
     }
 
     /// <summary>Counts one request with the given outcome, one of a closed set (the executor counts its own outcomes).</summary>
@@ -109,6 +119,22 @@ public sealed class IdempotencyMetrics
     }
 
     internal void StoreError(string operation) => CountOperation(_storeErrors, operation);
+
+    internal void StaleOwnerRolledBack()
+    {
+        if (_staleRollbacks.Enabled)
+        {
+            _staleRollbacks.Add(1);
+        }
+    }
+
+    internal void Phase(string outcome)
+    {
+        if (_phases.Enabled)
+        {
+            _phases.Add(1, new KeyValuePair<string, object?>(OutcomeTag, outcome));
+        }
+    }
 
     internal void CacheHit()
     {

@@ -50,26 +50,3 @@ public sealed class IdempotencyOutcome
     /// <summary>For executed outcomes: whether the claim took over an expired lease of a crashed owner.</summary>
     public bool TookOver { get; init; }
 }
-
-/// <summary>What the operation is given while it runs under a claim.</summary>
-public sealed class IdempotentExecution
-{
-    internal IdempotentExecution(string key, Guid ownerToken, CancellationToken cancellationToken)
-    {
-        Key = key;
-        OwnerToken = ownerToken;
-        CancellationToken = cancellationToken;
-    }
-
-    /// <summary>The store key being executed.</summary>
-    public string Key { get; }
-
-    /// <summary>
-    /// The owner's fencing token: a handler that writes elsewhere can record it and refuse writes from an older owner.
-    /// <see cref="Guid.Empty"/> when running unprotected (fail-open).
-    /// </summary>
-    public Guid OwnerToken { get; }
-
-    /// <summary>Fires on the execution timeout or when the lease is lost; never because a caller went away.</summary>
-    public CancellationToken CancellationToken { get; }
-}

@@ -70,6 +70,15 @@ public sealed record IdempotencyPolicy
     /// <value>Status below 500, except 408 and 429.</value>
     public Func<int, bool> ShouldStore { get; init; } = DefaultShouldStore;
 
+    /// <summary>
+    /// Runs the operation in a <em>joined transaction</em>: its database writes and the completion of its key commit in one
+    /// transaction on the store's database, fenced by the owner's token, and the response is released only after that
+    /// commit. Needs a store that implements <see cref="ITransactionalIdempotencyStore"/> (SQLite, PostgreSQL) and business
+    /// data in the same database; the operation writes through <see cref="IdempotentExecution.GetTransactionAsync(CancellationToken)"/>.
+    /// </summary>
+    /// <value><see langword="false"/>: the completion is a separate commit after the operation's own.</value>
+    public bool JoinedTransaction { get; init; }
+
     /// <summary>The default <see cref="ShouldStore"/>: below 500, except 408 and 429.</summary>
     public static bool DefaultShouldStore(int statusCode) => statusCode < 500 && statusCode != 408 && statusCode != 429;
 
@@ -99,6 +108,13 @@ public sealed record IdempotencyPolicy
         if (!Enum.IsDefined(StoreFailureMode))
         {
             throw new ArgumentOutOfRangeException(nameof(StoreFailureMode), StoreFailureMode, "Unknown store failure mode.");
+        }
+
+        if (JoinedTransaction && StoreFailureMode == StoreFailureMode.FailOpen)
+        {
+            // The store and the data share one database: when the store cannot answer, neither can the data, and an
+            // unprotected run would have no transaction to join.
+            throw new ArgumentException("A joined transaction cannot fail open: the store and the business data share one database.", nameof(StoreFailureMode));
         }
     }
 

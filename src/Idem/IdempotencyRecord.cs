@@ -33,4 +33,10 @@ public sealed class IdempotencyRecord
 
     /// <summary>The stored response, once completed.</summary>
     public StoredResponse? Response { get; init; }
+
+    /// <summary>
+    /// The recovery points recorded by the owners of this key (see <see cref="IRecoveryPointStore"/>), in the executor's
+    /// encoding; empty when none.
+    /// </summary>
+    public ReadOnlyMemory<byte> Phases { get; init; }
 }

@@ -14,7 +14,7 @@ namespace Idem;
 /// made every collection trace and copy them all. The table decides that a key is new without reading any record, so a
 /// new key touches no cold memory however many are retained. Space is reclaimed as records expire and are purged.
 /// </remarks>
-public sealed class InMemoryIdempotencyStore : IIdempotencyStore
+public sealed class InMemoryIdempotencyStore : IRecoveryPointStore
 {
     private const int ShardCount = 64;
 
@@ -62,6 +62,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             if (!exists || slot.ExpiresTicks <= now.UtcTicks)
             {
                 shard.Clear(ref slot);
+                shard.Phases?.Remove(request.Key);
                 shard.Claim(ref slot, request, leaseExpires, expires);
                 return ValueTask.FromResult(ClaimResult.NewClaim);
             }
@@ -106,6 +107,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             ResponseCodec.WriteCompact(response.Headers, asciiHeaders, destination);
             response.Body.Span.CopyTo(destination[headersLength..]);
             slot.State = SlotState.Completed;
+            shard.Phases?.Remove(key);
             slot.StatusCode = response.StatusCode;
             slot.BodyOmitted = response.BodyOmitted;
             slot.ExpiresTicks = expires;
@@ -129,11 +131,40 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
                 return ValueTask.FromResult(false);
             }
 
-            shard.Remove(hashed);
+            if (shard.Phases?.ContainsKey(key) == true)
+            {
+                // Finished phases must never run again: the record stays, its lease ended, for the retry to take over.
+                slot.LeaseExpiresTicks = _timeProvider.GetUtcNow().UtcTicks;
+            }
+            else
+            {
+                shard.Remove(hashed);
+            }
         }
 
         _signals.Signal(key);
         return ValueTask.FromResult(true);
+    }
+
+    /// <inheritdoc />
+    public ValueTask<bool> RecordPhasesAsync(string key, Guid ownerToken, ReadOnlyMemory<byte> phases, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        cancellationToken.ThrowIfCancellationRequested();
+        var now = _timeProvider.GetUtcNow().UtcTicks;
+        var copy = phases.ToArray();
+        var shard = ShardFor(key, out var hashed);
+        lock (shard.Gate)
+        {
+            ref var slot = ref shard.Records.GetValueRefOrNullRef(hashed.Key, hashed.Hash);
+            if (Unsafe.IsNullRef(ref slot) || !IsOwnedInFlight(in slot, ownerToken, now))
+            {
+                return ValueTask.FromResult(false);
+            }
+
+            (shard.Phases ??= new Dictionary<string, byte[]>(StringComparer.Ordinal))[key] = copy;
+            return ValueTask.FromResult(true);
+        }
     }
 
     /// <inheritdoc />
@@ -187,6 +218,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
             lock (shard.Gate)
             {
                 purged += shard.PurgeExpired(now, maxRecords - purged);
+                shard.ForgetPhasesOfRemovedKeys();
             }
         }
 
@@ -280,6 +312,31 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
 
         public RecordTable<Slot> Records { get; }
 
+        /// <summary>Recovery points of in-flight keys, by key; rare, so kept beside the table rather than in every slot.</summary>
+        public Dictionary<string, byte[]>? Phases { get; set; }
+
+        public void ForgetPhasesOfRemovedKeys()
+        {
+            if (Phases is not { Count: > 0 } phases)
+            {
+                return;
+            }
+
+            List<string>? gone = null;
+            foreach (var key in phases.Keys)
+            {
+                if (Unsafe.IsNullRef(ref Records.GetValueRefOrNullRef(key, key.GetHashCode(StringComparison.Ordinal))))
+                {
+                    (gone ??= []).Add(key);
+                }
+            }
+
+            foreach (var key in gone ?? [])
+            {
+                phases.Remove(key);
+            }
+        }
+
         /// <summary>Frees what a slot held and empties it for reuse; a new slot (all defaults) holds nothing.</summary>
         public void Clear(ref Slot slot)
         {
@@ -306,6 +363,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
         public void Remove(HashedKey key)
         {
             // The table frees the key's characters; the record's own bytes are freed here.
+            Phases?.Remove(key.Key);
             if (Records.Remove(key.Key, key.Hash, out var slot))
             {
                 FreeBytes(in slot);
@@ -358,6 +416,7 @@ public sealed class InMemoryIdempotencyStore : IIdempotencyStore
                 LeaseExpiresAt = new DateTimeOffset(slot.LeaseExpiresTicks, TimeSpan.Zero),
                 ExpiresAt = new DateTimeOffset(slot.ExpiresTicks, TimeSpan.Zero),
                 Response = slot.State == SlotState.Completed ? DecodeResponse(in slot) : null,
+                Phases = slot.State == SlotState.InFlight && Phases is not null && Phases.TryGetValue(key.Key, out var phases) ? phases : default,
             };
 
             if (slot.State == SlotState.Completed)

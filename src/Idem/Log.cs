@@ -3,7 +3,7 @@ using Microsoft.Extensions.Logging;
 namespace Idem;
 
 /// <summary>
-/// Event ids: 1000s claim and execution, 2000s store, 3000s HTTP (in Idem.AspNetCore).
+/// Event ids: 1000s claim and execution (1101-1199 joined transaction and recovery points), 2000s store, 3000s HTTP (in Idem.AspNetCore).
 /// Store keys are hashes, safe to log; raw client keys and principals never are.
 /// </summary>
 internal static partial class Log
@@ -37,6 +37,18 @@ internal static partial class Log
 
     [LoggerMessage(1010, LogLevel.Information, "The response of {StoreKey} exceeds the stored-body limit of {Limit} bytes; recorded as done without its body.", EventName = "BodyOmitted")]
     public static partial void BodyOmitted(ILogger logger, string storeKey, int limit);
+
+    [LoggerMessage(1101, LogLevel.Warning, "The owner of {StoreKey} lost it to a newer owner while it worked; its joined transaction was rolled back and the caller is answered as a duplicate.", EventName = "StaleOwnerRolledBack")]
+    public static partial void StaleOwnerRolledBack(ILogger logger, string storeKey);
+
+    [LoggerMessage(1102, LogLevel.Error, "The joined transaction of {StoreKey} failed to commit; rolled back and released the key, answering 503.", EventName = "JoinedCommitFailed")]
+    public static partial void JoinedCommitFailed(ILogger logger, Exception exception, string storeKey);
+
+    [LoggerMessage(1103, LogLevel.Information, "Resuming {StoreKey}: phase {Phase} was finished by an earlier owner; skipped, its recorded result returned.", EventName = "PhaseSkipped")]
+    public static partial void PhaseSkipped(ILogger logger, string storeKey, string phase);
+
+    [LoggerMessage(1104, LogLevel.Debug, "Recorded phase {Phase} of {StoreKey}.", EventName = "PhaseRecorded")]
+    public static partial void PhaseRecorded(ILogger logger, string storeKey, string phase);
 
     [LoggerMessage(2001, LogLevel.Error, "The idempotency store failed during {Operation} of {StoreKey}.", EventName = "StoreFailed")]
     public static partial void StoreFailed(ILogger logger, Exception exception, string operation, string storeKey);

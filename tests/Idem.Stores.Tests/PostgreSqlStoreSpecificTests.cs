@@ -331,9 +331,9 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
         {
             var options = new PostgreSqlIdempotencyStoreOptions { SchemaName = _schema };
             var applied = await Task.WhenAll(migrators.Select(ds => Task.Run(() => new PostgreSqlIdempotencyMigrator(ds, options).MigrateAsync(CancellationToken.None))));
-            Assert.Equal(1, applied.Sum());
+            Assert.Equal(PostgreSqlIdempotencyMigrator.LatestVersion, applied.Sum()); // each version applied once
             Assert.Equal(0, await new PostgreSqlIdempotencyMigrator(migrators[0], options).MigrateAsync(CancellationToken.None));
-            Assert.Equal(1L, await server.ExecuteAsync($"SELECT count(*) FROM \"{_schema}\".idem_records_schema_version"));
+            Assert.Equal((long)PostgreSqlIdempotencyMigrator.LatestVersion, await server.ExecuteAsync($"SELECT count(*) FROM \"{_schema}\".idem_records_schema_version"));
             Assert.Equal(1L, await server.ExecuteAsync($"SELECT count(*) FROM pg_indexes WHERE schemaname = '{_schema}' AND indexname = 'idem_records_purge_after_idx'"));
         }
         finally
@@ -360,7 +360,7 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
         var results = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => Task.Run(() =>
             store.TryClaimAsync(new ClaimRequest("k" + i, "fp", Guid.NewGuid(), TimeSpan.FromSeconds(30), Day), CancellationToken.None).AsTask())));
         Assert.All(results, r => Assert.Equal(ClaimStatus.Claimed, r.Status));
-        Assert.Equal(1L, await server.ExecuteAsync($"SELECT count(*) FROM \"{_schema}\".idem_records_schema_version"));
+        Assert.Equal((long)PostgreSqlIdempotencyMigrator.LatestVersion, await server.ExecuteAsync($"SELECT count(*) FROM \"{_schema}\".idem_records_schema_version"));
     }
 
     [Fact]
@@ -374,7 +374,8 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
     [Fact]
     public async Task Shipped_script_is_plain_sql_with_psql_variables()
     {
-        Assert.Equal(1, PostgreSqlIdempotencyMigrator.LatestVersion);
+        Assert.Equal(2, PostgreSqlIdempotencyMigrator.LatestVersion); // 2: recovery points (issue 20)
+        Assert.Contains("ADD COLUMN IF NOT EXISTS phases bytea", PostgreSqlIdempotencyMigrator.GetScript(2), StringComparison.Ordinal);
         var script = PostgreSqlIdempotencyMigrator.GetScript(1);
         Assert.Contains("CREATE TABLE IF NOT EXISTS :\"schema\".:\"table\"", script, StringComparison.Ordinal);
         Assert.Contains("(purge_after)", script, StringComparison.Ordinal);
