@@ -46,7 +46,7 @@ public static class PostgreSqlDataLayerExtensions
         CreateOrGetDefinition definition,
         IReadOnlyList<object?> values,
         Func<DbDataReader, T> read,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(dataSource);
         var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
@@ -99,7 +99,7 @@ public static class PostgreSqlDataLayerExtensions
         string name,
         IReadOnlyList<object?> values,
         Func<DbDataReader, T> read,
-        CancellationToken cancellationToken = default)
+        CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(dataSource);
         var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);

@@ -54,8 +54,8 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
     [Fact]
     public async Task The_data_source_overload_and_a_named_constraint_are_recognised()
     {
-        var first = await _dataSource!.CreateOrGetAsync(Chats, ["mallory,oscar", "t"], r => r.GetInt64(0));
-        var second = await _dataSource!.CreateOrGetAsync(Chats, [NaturalKey.FromSet(["oscar", "mallory"]), "t"], r => r.GetInt64(0));
+        var first = await _dataSource!.CreateOrGetAsync(Chats, ["mallory,oscar", "t"], r => r.GetInt64(0), CancellationToken.None);
+        var second = await _dataSource!.CreateOrGetAsync(Chats, [NaturalKey.FromSet(["oscar", "mallory"]), "t"], r => r.GetInt64(0), CancellationToken.None);
         Assert.True(first.Created);
         Assert.False(second.Created);
         Assert.Equal(first.Value, second.Value);
