@@ -22,6 +22,7 @@ public sealed class ApiTests
         typeof(Idem.Redis.RedisIdempotencyStore).Assembly.GetName().Name!,
         typeof(Idem.Gateway.GatewayHost).Assembly.GetName().Name!,
         "Idem.Cli",
+        typeof(Idem.EntityFrameworkCore.DbSetDataLayerExtensions).Assembly.GetName().Name!,
     ];
 
     public static TheoryData<string> Assemblies => new(AssemblyNames);
