@@ -69,8 +69,9 @@ internal sealed class DriverBaseline : IAsyncDisposable
         {
             // The store is created for its data source and its statements, and to create the schema; its listener runs
             // as it does in the Idem cases.
-            store = new PostgreSqlIdempotencyStore(new PostgreSqlIdempotencyStoreOptions { ConnectionString = postgres, CreateSchemaAutomatically = true });
-            await store.MigrateAsync(CancellationToken.None);
+            var storeOptions = new PostgreSqlIdempotencyStoreOptions { ConnectionString = postgres, CreateSchemaAutomatically = true };
+            store = new PostgreSqlIdempotencyStore(storeOptions);
+            await new PostgreSqlIdempotencyMigrator(store.DataSource, storeOptions).MigrateAsync(CancellationToken.None);
         }
 
         ConnectionMultiplexer? multiplexer = null;

@@ -232,7 +232,7 @@ public sealed partial class SqliteIdempotencyStore : ITransactionalIdempotencySt
         command.Parameters.AddWithValue("$now", now.ToUnixTimeMilliseconds());
         command.Parameters.AddWithValue("$expires", (now + retention).ToUnixTimeMilliseconds());
         command.Parameters.AddWithValue("$status", response.StatusCode);
-        command.Parameters.AddWithValue("$headers", ResponseCodec.EncodeHeaders(response.Headers));
+        command.Parameters.AddWithValue("$headers", StoredResponseHeaders.Encode(response.Headers));
         command.Parameters.AddWithValue("$body", response.Body.ToArray());
         command.Parameters.AddWithValue("$omitted", response.BodyOmitted ? 1 : 0);
         return ValueTask.FromResult(command.ExecuteNonQuery() != 0);

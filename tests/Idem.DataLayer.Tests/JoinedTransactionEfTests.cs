@@ -183,8 +183,9 @@ public sealed class PostgreSqlJoinedTransactionEfTests(PostgreSqlServer server) 
     public override async Task InitializeAsync()
     {
         await server.ExecuteAsync($"CREATE SCHEMA \"{_schema}\"; CREATE TABLE \"{_schema}\".communities (id bigserial PRIMARY KEY, name text NOT NULL, slug text NOT NULL UNIQUE); CREATE TABLE \"{_schema}\".chats (id bigserial PRIMARY KEY, participants_key text NOT NULL UNIQUE, title text)");
-        _store = new PostgreSqlIdempotencyStore(new PostgreSqlIdempotencyStoreOptions { ConnectionString = server.ConnectionString, SchemaName = _schema, NotificationChannel = _schema + "_changed" });
-        await _store.MigrateAsync(CancellationToken.None);
+        var storeOptions = new PostgreSqlIdempotencyStoreOptions { ConnectionString = server.ConnectionString, SchemaName = _schema, NotificationChannel = _schema + "_changed" };
+        _store = new PostgreSqlIdempotencyStore(storeOptions);
+        await new PostgreSqlIdempotencyMigrator(_store.DataSource, storeOptions).MigrateAsync(CancellationToken.None);
     }
 
     public override async Task DisposeAsync()

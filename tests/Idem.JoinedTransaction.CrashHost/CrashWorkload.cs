@@ -123,11 +123,12 @@ public sealed class CrashWorkload(string database, string connection, string sch
         return response;
     }
 
-    public async Task CreateSchemaAsync(IIdempotencyStore store)
+    public async Task CreateSchemaAsync(IIdempotencyStore store, string schema)
     {
         if (store is PostgreSqlIdempotencyStore postgres)
         {
-            await postgres.MigrateAsync(CancellationToken.None);
+            var options = new PostgreSqlIdempotencyStoreOptions { SchemaName = schema, NotificationChannel = schema + "_changed" };
+            await new PostgreSqlIdempotencyMigrator(postgres.DataSource, options).MigrateAsync(CancellationToken.None);
         }
         else
         {

@@ -152,7 +152,7 @@ public sealed class CrashTests(PostgreSqlServer server, ITestOutputHelper output
             }
 
             var run = new CrashRun(database, connection, schema, joined, server, directory, foreign);
-            await run._workload.CreateSchemaAsync(run._store);
+            await run._workload.CreateSchemaAsync(run._store, schema);
             return run;
         }
 
