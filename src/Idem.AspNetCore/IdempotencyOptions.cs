@@ -197,6 +197,7 @@ public sealed class IdempotencyEndpointOptions
         MaxStoredBodyBytes = overrides.MaxStoredBodyBytes ?? MaxStoredBodyBytes,
         StoreFailureMode = overrides.StoreFailureMode ?? StoreFailureMode,
         ImplicitKeyWindow = overrides.ImplicitKeyWindow ?? ImplicitKeyWindow,
+        JoinedTransaction = overrides.JoinedTransaction ?? JoinedTransaction,
     };
 
     private IdempotencyEndpointOptions Copy() => (IdempotencyEndpointOptions)MemberwiseClone();

@@ -15,7 +15,7 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStoreAdmin
         await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
         var t = Quote(_table);
         var sql = new System.Text.StringBuilder(
-            $"SELECT key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body, body_omitted FROM {t} WHERE 1 = 1");
+            $"SELECT key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases FROM {t} WHERE 1 = 1");
         var connection = _sql.Open(_connectionString);
         await using (connection.ConfigureAwait(false))
         {

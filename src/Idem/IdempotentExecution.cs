@@ -139,10 +139,14 @@ public sealed class IdempotentExecution
     /// <param name="name">The phase's name, unique within the operation and stable across releases.</param>
     /// <param name="work">The phase.</param>
     /// <param name="jsonOptions">How the result is serialized.</param>
+    /// <param name="cancellationToken">
+    /// Cancels the phase's work together with the execution's own token (<see cref="IdempotentPhase"/> carries both).
+    /// A phase whose work finished is recorded regardless: its effects happened.
+    /// </param>
     /// <returns>The phase's result, fresh or recorded.</returns>
     /// <exception cref="IdempotencyOwnershipLostException">This owner lost the key to a newer one; its writes were rolled back. Do not catch it.</exception>
     /// <exception cref="NotSupportedException">The store records no recovery points.</exception>
-    public async ValueTask<T> RunPhaseAsync<T>(string name, Func<IdempotentPhase, ValueTask<T>> work, JsonSerializerOptions? jsonOptions = null)
+    public async ValueTask<T> RunPhaseAsync<T>(string name, Func<IdempotentPhase, ValueTask<T>> work, JsonSerializerOptions? jsonOptions = null, CancellationToken cancellationToken = default)
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(work);
@@ -164,7 +168,13 @@ public sealed class IdempotentExecution
             }
         }
 
-        var result = await work(new IdempotentPhase(name, GetPhaseKey(name), _transaction, CancellationToken)).ConfigureAwait(false);
+        cancellationToken.ThrowIfCancellationRequested();
+        T result;
+        using (var linked = cancellationToken.CanBeCanceled ? CancellationTokenSource.CreateLinkedTokenSource(CancellationToken, cancellationToken) : null)
+        {
+            result = await work(new IdempotentPhase(name, GetPhaseKey(name), _transaction, linked?.Token ?? CancellationToken)).ConfigureAwait(false);
+        }
+
         var bytes = JsonSerializer.SerializeToUtf8Bytes(result, jsonOptions);
         phases.Add(new(name, bytes));
         var encoded = PhaseCodec.Encode(phases);

@@ -66,6 +66,7 @@ public sealed class EndpointOptionsShapeTests
             ["MaxStoredBodyBytes"] = "1000",
             ["StoreFailureMode"] = "FailOpen",
             ["ImplicitKeyWindow"] = "00:00:10",
+            ["JoinedTransaction"] = "false", // true would be refused beside FailOpen; bound either way
         };
 
         var bound = new ConfigurationBuilder().AddInMemoryCollection(values).Build()
@@ -168,5 +169,6 @@ public sealed class EndpointOptionsShapeTests
         MaxStoredBodyBytes = 1000,
         StoreFailureMode = StoreFailureMode.FailOpen,
         ImplicitKeyWindow = TimeSpan.FromSeconds(10),
+        JoinedTransaction = true,
     };
 }

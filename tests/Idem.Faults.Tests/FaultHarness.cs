@@ -60,6 +60,12 @@ public sealed record FaultRun
     /// <summary>How long a client keeps retrying one key once the faults stopped, on top of one lease.</summary>
     public TimeSpan RetryBudget { get; init; } = TimeSpan.FromSeconds(20);
 
+    /// <summary>
+    /// Shortest and longest time a fault is held, in milliseconds. A broken configuration that only shows while a store
+    /// call times out (fail-open) needs faults longer than the store's 2 s command timeout to bite every run.
+    /// </summary>
+    public (int Min, int Max) HoldMs { get; init; } = (300, 2500);
+
     /// <summary>Extra gateway arguments: how a deliberately broken configuration is run under the same harness.</summary>
     public string[] GatewayArgs { get; init; } = [];
 }
@@ -252,7 +258,7 @@ public sealed class FaultHarness
         for (var step = 0; step < 1000 && !faulting.IsCancellationRequested; step++)
         {
             var kind = _run.Kinds[_random.Next(_run.Kinds.Length)];
-            var hold = TimeSpan.FromMilliseconds(_random.Next(300, 2500));
+            var hold = TimeSpan.FromMilliseconds(_random.Next(_run.HoldMs.Min, _run.HoldMs.Max));
             var gap = TimeSpan.FromMilliseconds(_random.Next(200, 1200));
             var target = _random.Next(_nodes.Length);
             _injected.AddOrUpdate(kind, 1, static (_, n) => n + 1);

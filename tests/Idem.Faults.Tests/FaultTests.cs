@@ -51,7 +51,8 @@ public sealed class FaultTests(ITestOutputHelper output)
         var run = broken switch
         {
             "claims-in-Redis" => new FaultRun { Seed = Seed(), Store = "Redis", Kinds = [kind] },
-            "fail-open" => new FaultRun { Seed = Seed(), Kinds = [kind], GatewayArgs = ["--Idem:Default:StoreFailureMode", "FailOpen"] },
+            // Held past the 2 s command timeout: a shorter freeze only delays the claims, so fail-open never shows.
+            "fail-open" => new FaultRun { Seed = Seed(), Kinds = [kind], HoldMs = (2600, 4000), GatewayArgs = ["--Idem:Default:StoreFailureMode", "FailOpen"] },
             "lease-for-retention" => new FaultRun { Seed = Seed(), Kinds = [kind], Lease = TimeSpan.FromMinutes(10), RetryBudget = TimeSpan.FromSeconds(5) },
             "claims-in-Redis-fail-open" => new FaultRun { Seed = Seed(), Store = "Redis", Kinds = [kind], GatewayArgs = ["--Idem:Default:StoreFailureMode", "FailOpen"] },
             _ => throw new ArgumentOutOfRangeException(nameof(broken)),
