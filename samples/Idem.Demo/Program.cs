@@ -9,8 +9,10 @@ builder.Services.AddIdempotency().UseSqliteStore(); // SQLite in ./idem.db (pack
 builder.Services.AddOpenApi();
 builder.Services.AddHealthChecks().AddIdempotencyStore();
 builder.AddDemoData(); // communities, chats, builds: EF Core on demo.db, or PostgreSQL with ConnectionStrings:Demo
+builder.Services.AddSingleton<IdemCounters>(); // idem.requests by outcome, for /stats and the page (MeterListener)
 
 var app = builder.Build();
+app.Services.GetRequiredService<IdemCounters>().Start();
 // The demo page at / (wwwroot and clients/js, copied beside the binary at build time).
 var page = new Microsoft.Extensions.FileProviders.PhysicalFileProvider(Path.Combine(AppContext.BaseDirectory, "wwwroot"));
 app.UseDefaultFiles(new DefaultFilesOptions { FileProvider = page });
@@ -39,7 +41,7 @@ app.MapPost("/orders", async (NewOrder input, HttpContext context) =>
 
 app.MapGet("/orders/{id:guid}", (Guid id) => orders.TryGetValue(id, out var order) ? Results.Ok(order) : Results.NotFound());
 app.MapDataLayerEndpoints();
-app.MapGet("/stats", async (DemoDb db, CancellationToken ct) =>
+app.MapGet("/stats", async (DemoDb db, IdemCounters idem, CancellationToken ct) =>
 {
     var data = await DataLayerEndpoints.CountAsync(db, ct);
     return new
@@ -51,6 +53,7 @@ app.MapGet("/stats", async (DemoDb db, CancellationToken ct) =>
         subscriptions = data.Subscriptions,
         chats = data.Chats,
         projects = data.Projects,
+        idem = idem.Snapshot(), // the server's idem.requests by idem.outcome
     };
 });
 

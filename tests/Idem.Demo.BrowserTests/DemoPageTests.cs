@@ -155,6 +155,7 @@ public sealed class DemoPageTests(DemoFixture demo)
         var (context, page) = await demo.OpenAsync();
         await using var _ = context;
         var before = await demo.StatAsync("communities");
+        var idemBefore = (await demo.StatsAsync()).GetProperty("idem");
         await page.FillAsync($"{Form} input[name=name]", Unique("Raw"));
 
         await page.ClickAsync("#misbehave-raw");
@@ -162,6 +163,14 @@ public sealed class DemoPageTests(DemoFixture demo)
         await Expect(page.Locator("#log")).ToContainTextAsync("1 replayed", Slow);
         await ExpectOneMoreRow(page, "communities", before);
         await Expect(page.Locator("#client-requests")).ToHaveTextAsync("2");
+
+        // The server's Idem counters (/stats.idem) say the same: one execution, one answer from the stored response.
+        var after = (await demo.StatsAsync()).GetProperty("idem");
+        Assert.Equal(idemBefore.GetProperty("executed").GetInt64() + 1, after.GetProperty("executed").GetInt64());
+        Assert.Equal(
+            idemBefore.GetProperty("replayed").GetInt64() + idemBefore.GetProperty("waited").GetInt64() + 1,
+            after.GetProperty("replayed").GetInt64() + after.GetProperty("waited").GetInt64());
+        await Expect(page.Locator("#idem-executed")).ToHaveTextAsync(after.GetProperty("executed").GetInt64().ToString(), SlowText);
     }
 
     [Fact]

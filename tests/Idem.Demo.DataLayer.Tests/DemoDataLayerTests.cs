@@ -151,6 +151,29 @@ public abstract class DemoDataLayerTests(ITestOutputHelper output) : IAsyncLifet
     }
 
     [Fact]
+    public async Task Stats_shows_the_servers_idem_counters_by_outcome_one_executed_and_one_replayed_for_a_key_sent_twice()
+    {
+        var before = (await StatsAsync()).GetProperty("idem");
+        var key = Guid.NewGuid().ToString();
+        var first = await PostCommunityAsync("Counted Club", key);
+        var replay = await PostCommunityAsync("Counted Club", key);
+        Assert.Equal(HttpStatusCode.Created, first.StatusCode);
+        Assert.Equal(first.Body.GetProperty("id").GetGuid(), replay.Body.GetProperty("id").GetGuid());
+
+        var after = await StatsAsync();
+        var idem = after.GetProperty("idem");
+        output.WriteLine($"idem before {before}, after {idem}");
+        Assert.Equal(1, idem.GetProperty("executed").GetInt64() - before.GetProperty("executed").GetInt64());
+        Assert.Equal(1, idem.GetProperty("replayed").GetInt64() - before.GetProperty("replayed").GetInt64());
+        foreach (var outcome in new[] { "waited", "conflicted", "mismatched", "rejected", "store_error", "unprotected", "no_key" })
+        {
+            Assert.Equal(before.GetProperty(outcome).GetInt64(), idem.GetProperty(outcome).GetInt64());
+        }
+
+        Assert.Equal(1, after.GetProperty("communities").GetInt32()); // the existing fields are still there
+    }
+
+    [Fact]
     public async Task A_chat_posted_50_times_at_once_in_any_order_without_a_key_is_one_chat_and_plain_inserts_collide()
     {
         var responses = await Task.WhenAll(Enumerable.Range(0, 50).Select(async i =>

@@ -1,5 +1,5 @@
 // The demo page's script: clients/js as it is (served at /js/idem.js), a guard on each form, and buttons that
-// misbehave on purpose. Counters: what this tab sent, and what the server created (GET /stats).
+// misbehave on purpose. Counters: what this tab sent, what the server created and the server's Idem outcomes (GET /stats).
 import { IdemClient, guardForm, TimeoutError, HttpError } from './js/idem.js';
 
 const counters = { requests: 0, retries: 0, replays: 0 };
@@ -164,6 +164,20 @@ async function refreshStats() {
       }
       document.getElementById(`stat-${name}`).textContent = String(value);
       document.getElementById(`new-${name}`).textContent = `+${value - (baseline[name] ?? 0)}`;
+    }
+    // The server's idem.requests counter by outcome (an object outcome → count), in its own table.
+    for (const [outcome, value] of Object.entries(stats.idem ?? {})) {
+      if (typeof value !== 'number') continue;
+      if (!document.getElementById(`idem-${outcome}`)) {
+        const row = document.createElement('tr');
+        row.innerHTML = '<th scope="row"></th><td></td><td></td>';
+        row.children[0].textContent = outcome;
+        row.children[1].id = `idem-${outcome}`;
+        row.children[2].id = `idem-new-${outcome}`;
+        $('#idem-stats').append(row);
+      }
+      document.getElementById(`idem-${outcome}`).textContent = String(value);
+      document.getElementById(`idem-new-${outcome}`).textContent = `+${value - (baseline.idem?.[outcome] ?? 0)}`;
     }
   } catch {
     // the next poll tries again
