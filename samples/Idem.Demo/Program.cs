@@ -1,14 +1,14 @@
-// A small order API protected by Idem on its embedded default store (SQLite, idem.db): double-clicks,
+// A small order API protected by Idem, its store in the demo's own database (SQLite demo.db, or PostgreSQL): double-clicks,
 // retries after timeouts and parallel tabs each create one order. See the README for a curl walk-through.
-using System.Collections.Concurrent;
 using Idem.AspNetCore;
 using Idem.Demo.DataLayer;
+using Microsoft.EntityFrameworkCore;
 
 var builder = WebApplication.CreateBuilder(args);
-builder.Services.AddIdempotency().UseSqliteStore(); // SQLite in ./idem.db (package Idem.Sqlite)
+var idempotency = builder.Services.AddIdempotency(); // the store: in the demo's database (AddDemoData, below)
 builder.Services.AddOpenApi();
 builder.Services.AddHealthChecks().AddIdempotencyStore();
-builder.AddDemoData(); // communities, chats, builds: EF Core on demo.db, or PostgreSQL with ConnectionStrings:Demo
+builder.AddDemoData(idempotency); // orders, communities, chats, builds: EF Core on demo.db, or PostgreSQL with ConnectionStrings:Demo
 builder.Services.AddSingleton<IdemCounters>(); // idem.requests by outcome, for /stats and the page (MeterListener)
 
 var app = builder.Build();
@@ -22,10 +22,10 @@ app.UseIdempotency();
 app.MapOpenApi();
 app.MapIdempotencyHealthChecks("/healthz");   // JSON report by tier, /healthz/live, /healthz/ready
 
-var orders = new ConcurrentDictionary<Guid, Order>();
 var executions = 0;
 
-app.MapPost("/orders", async (NewOrder input, HttpContext context) =>
+// Issue 20: the order row and the stored response commit in one transaction (the joined transaction).
+app.MapPost("/orders", async (NewOrder input, DemoDb db, HttpContext context) =>
 {
     if (input.Amount <= 0)
     {
@@ -33,13 +33,16 @@ app.MapPost("/orders", async (NewOrder input, HttpContext context) =>
     }
 
     Interlocked.Increment(ref executions);
-    await Task.Delay(TimeSpan.FromMilliseconds(input.DelayMs ?? 0), context.RequestAborted); // simulate slow work
-    var order = new Order(Guid.NewGuid(), input.Item, input.Amount, DateTimeOffset.UtcNow);
-    orders[order.Id] = order;
+    var now = DateTimeOffset.UtcNow;
+    var order = new Order { Id = Guid.NewGuid(), Item = input.Item, Amount = input.Amount, CreatedAt = now.AddTicks(-(now.Ticks % 10)) }; // microseconds, as PostgreSQL keeps them
+    db.Orders.Add(order);
+    await db.SaveChangesAsync(context.RequestAborted); // joins Idem's transaction (AddIdempotencyJoinedTransaction); Idem commits it
+    await Task.Delay(TimeSpan.FromMilliseconds(input.DelayMs ?? 0), context.RequestAborted); // simulated slow work, after the write
     return Results.Created($"/orders/{order.Id}", order);
-}).RequireIdempotency();
+}).RequireIdempotency(o => o.JoinedTransaction = true);
 
-app.MapGet("/orders/{id:guid}", (Guid id) => orders.TryGetValue(id, out var order) ? Results.Ok(order) : Results.NotFound());
+app.MapGet("/orders/{id:guid}", async (Guid id, DemoDb db, CancellationToken ct) =>
+    await db.Orders.AsNoTracking().SingleOrDefaultAsync(o => o.Id == id, ct) is { } order ? Results.Ok(order) : Results.NotFound());
 app.MapDataLayerEndpoints();
 app.MapGet("/stats", async (DemoDb db, IdemCounters idem, CancellationToken ct) =>
 {
@@ -47,7 +50,7 @@ app.MapGet("/stats", async (DemoDb db, IdemCounters idem, CancellationToken ct) 
     return new
     {
         executions = Volatile.Read(ref executions),
-        orders = orders.Count,
+        orders = data.Orders,
         communities = data.Communities,
         memberships = data.Memberships,
         subscriptions = data.Subscriptions,
@@ -60,5 +63,3 @@ app.MapGet("/stats", async (DemoDb db, IdemCounters idem, CancellationToken ct) 
 app.Run();
 
 internal sealed record NewOrder(string Item, decimal Amount, int? DelayMs);
-
-internal sealed record Order(Guid Id, string Item, decimal Amount, DateTimeOffset CreatedAt);

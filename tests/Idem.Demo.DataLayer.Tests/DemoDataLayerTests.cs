@@ -273,6 +273,55 @@ public abstract class DemoDataLayerTests(ITestOutputHelper output) : IAsyncLifet
         Assert.All(naiveErrors, e => Assert.True(IsUniqueViolation(e), e.ToString()));
     }
 
+    [Fact]
+    public async Task A_keyed_community_and_order_commit_with_their_stored_response_and_a_keyless_one_commits_before_its_slow_work()
+    {
+        // Issue 20, item 4: with a key, the rows and the stored response commit together after the handler's slow work
+        // (delayMs), so no reader sees the rows before the response; the idempotency table is in the demo's database.
+        var key = Guid.NewGuid().ToString();
+        var (keyedSeenEarly, keyed) = await WatchWhilePostingAsync("/communities", new { name = "Joined Club", delayMs = 1500 }, key, "communities", 1500);
+        Assert.Equal(HttpStatusCode.Created, keyed);
+        Assert.False(keyedSeenEarly, "a keyed community was visible before its response: it committed outside the joined transaction");
+        Assert.Equal(1, (await StatsAsync()).GetProperty("communities").GetInt32());
+        var (orderSeenEarly, order) = await WatchWhilePostingAsync("/orders", new { item = "lamp", amount = 3, delayMs = 1500 }, Guid.NewGuid().ToString(), "orders", 1500);
+        Assert.Equal(HttpStatusCode.Created, order);
+        Assert.False(orderSeenEarly, "a keyed order was visible before its response");
+        Assert.Equal(1, (await StatsAsync()).GetProperty("orders").GetInt32());
+        Assert.Equal(2, await WithDbAsync(db => db.Database.SqlQueryRaw<int>(
+            db.Database.IsSqlite() ? "SELECT count(*) AS \"Value\" FROM idem_records" : "SELECT count(*)::int AS \"Value\" FROM idem_records").SingleAsync()));
+        Assert.False(File.Exists(Path.Combine(_root, "idem.db")), "the store must share the demo's database, not keep idem.db");
+
+        // The variant that is not joined: a keyless request commits its own transaction, then does its slow work.
+        var (keylessSeenEarly, keyless) = await WatchWhilePostingAsync("/communities", new { name = "Own Club", delayMs = 3000 }, key: null, "communities", 3000);
+        Assert.Equal(HttpStatusCode.Created, keyless);
+        Assert.True(keylessSeenEarly, "the keyless community's own commit should be visible during its slow work");
+    }
+
+    // Posts and, until the answer arrives, polls /stats (bounded): whether the count grew in a read that ended before
+    // the handler can have finished its slow work (delayMs after the request was sent), so before any joined commit.
+    private async Task<(bool SeenEarly, HttpStatusCode Status)> WatchWhilePostingAsync(string path, object body, string? key, string stat, int delayMs)
+    {
+        var before = (await StatsAsync()).GetProperty(stat).GetInt32();
+        using var request = new HttpRequestMessage(HttpMethod.Post, path) { Content = JsonContent.Create(body) };
+        if (key is not null)
+        {
+            request.Headers.Add("Idempotency-Key", key);
+        }
+
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        var post = Client.SendAsync(request);
+        var seenEarly = false;
+        for (var i = 0; i < 200 && !post.IsCompleted; i++)
+        {
+            var count = (await StatsAsync()).GetProperty(stat).GetInt32();
+            seenEarly |= count > before && clock.ElapsedMilliseconds < delayMs;
+            await Task.Delay(50);
+        }
+
+        using var response = await post;
+        return (seenEarly, response.StatusCode);
+    }
+
     private async Task<(HttpStatusCode StatusCode, JsonElement Body)> PostCommunityAsync(string name, string key, string? user = null)
     {
         using var request = new HttpRequestMessage(HttpMethod.Post, "/communities") { Content = JsonContent.Create(new { name }) };

@@ -14,12 +14,23 @@ internal static class DataLayerEndpoints
 {
     /// <summary>
     /// The demo's database: PostgreSQL when <c>ConnectionStrings:Demo</c> is set, otherwise the SQLite file
-    /// <c>Demo:SqlitePath</c> (default <c>demo.db</c> in the content root).
+    /// <c>Demo:SqlitePath</c> (default <c>demo.db</c> in the content root). The idempotency store lives in the same
+    /// database (its <c>idem_records</c> table beside the demo's tables), so <c>/communities</c> and <c>/orders</c>
+    /// commit their rows and the stored response in one transaction (issue 20's joined transaction).
     /// </summary>
-    public static void AddDemoData(this WebApplicationBuilder builder)
+    public static void AddDemoData(this WebApplicationBuilder builder, IIdempotencyBuilder idempotency)
     {
         var postgres = builder.Configuration.GetConnectionString("Demo");
-        var sqlitePath = builder.Configuration["Demo:SqlitePath"] ?? Path.Combine(builder.Environment.ContentRootPath, "demo.db");
+        var sqlitePath = Path.GetFullPath(builder.Configuration["Demo:SqlitePath"] ?? "demo.db", builder.Environment.ContentRootPath);
+        if (!string.IsNullOrEmpty(postgres))
+        {
+            idempotency.UsePostgreSqlStore(postgres, o => o.CreateSchemaAutomatically = true);
+        }
+        else
+        {
+            idempotency.UseSqliteStore(sqlitePath);
+        }
+
         builder.Services.AddDbContext<DemoDb>(options =>
         {
             if (!string.IsNullOrEmpty(postgres))
@@ -30,6 +41,9 @@ internal static class DataLayerEndpoints
             {
                 options.UseSqlite($"Data Source={sqlitePath};Default Timeout=30");
             }
+
+            // SaveChangesAsync joins Idem's transaction under a key; writes outside it are refused, not left outside.
+            options.AddIdempotencyJoinedTransaction();
         });
         builder.Services.AddSingleton(Channel.CreateUnbounded<string>());
         builder.Services.AddSingleton<BuildProjects>();
@@ -58,8 +72,9 @@ internal static class DataLayerEndpoints
             var user = context.Request.Headers["X-User"].FirstOrDefault() ?? "demo-user";
             var ct = context.RequestAborted; // fires on Idem's execution timeout, not on a client's disconnect
 
-            // One transaction for the community, its owner's membership and subscription: all three or none.
-            await using var transaction = await db.Database.BeginTransactionAsync(ct);
+            // One transaction for the community, its owner's membership and subscription, and (with a key) the stored
+            // response: Idem's joined transaction, which Idem commits with the key's completion after the handler returns.
+            await using var own = await db.BeginWritesAsync(context, ct);
             Community community;
             try
             {
@@ -74,11 +89,15 @@ internal static class DataLayerEndpoints
             db.Memberships.Add(new Membership { CommunityId = community.Id, UserId = user, Role = "owner" });
             db.Subscriptions.Add(new Subscription { CommunityId = community.Id, UserId = user });
             await db.SaveChangesAsync(ct);
-            await transaction.CommitAsync(ct);
+            if (own is not null)
+            {
+                await own.CommitAsync(ct);
+            }
 
-            await Task.Delay(TimeSpan.FromMilliseconds(input.DelayMs ?? 0), ct); // simulated slow work after the rows are written
+            // Simulated slow work after the rows are written, before they commit (on SQLite the write lock is held meanwhile).
+            await Task.Delay(TimeSpan.FromMilliseconds(input.DelayMs ?? 0), ct);
             return Results.Created($"/communities/{community.Id}", new { id = community.Id, name = community.Name, slug = community.Slug });
-        }).RequireIdempotency();
+        }).RequireIdempotency(o => o.JoinedTransaction = true);
 
         app.MapPost("/chats", async (NewChat input, DemoDb db, CancellationToken ct) =>
         {
@@ -119,8 +138,25 @@ internal static class DataLayerEndpoints
                 is { } project ? Results.Ok(project) : Results.NotFound());
     }
 
+    /// <summary>
+    /// Puts the request's writes in a transaction: Idem's joined transaction when the request has a key (Idem commits
+    /// it with the stored response; returns <see langword="null"/>), or a transaction of its own for a keyless request,
+    /// which the caller commits.
+    /// </summary>
+    public static async Task<IDbContextTransaction?> BeginWritesAsync(this DemoDb db, HttpContext context, CancellationToken ct)
+    {
+        if (context.Features.Get<IIdempotencyFeature>()?.Execution is { } execution)
+        {
+            await db.JoinIdempotentTransactionAsync(execution, ct);
+            return null;
+        }
+
+        return await db.Database.BeginTransactionAsync(ct);
+    }
+
     /// <summary>The row counts <c>/stats</c> reports, read from the database.</summary>
     public static async Task<DataCounts> CountAsync(DemoDb db, CancellationToken ct) => new(
+        await db.Orders.CountAsync(ct),
         await db.Communities.CountAsync(ct),
         await db.Memberships.CountAsync(ct),
         await db.Subscriptions.CountAsync(ct),
@@ -128,7 +164,7 @@ internal static class DataLayerEndpoints
         await db.Projects.CountAsync(ct));
 }
 
-internal sealed record DataCounts(int Communities, int Memberships, int Subscriptions, int Chats, int Projects);
+internal sealed record DataCounts(int Orders, int Communities, int Memberships, int Subscriptions, int Chats, int Projects);
 
 internal sealed record NewCommunity(string? Name, int? DelayMs);
 
@@ -202,18 +238,26 @@ internal sealed class DemoSchema(IServiceScopeFactory scopes) : IHostedService
             await db.Database.ExecuteSqlRawAsync("PRAGMA journal_mode = WAL", cancellationToken);
         }
 
-        if (!await TableExistsAsync(db, cancellationToken))
+        if (!await TableExistsAsync(db, "communities", cancellationToken))
         {
             await creator.CreateTablesAsync(cancellationToken);
+        }
+        else if (!await TableExistsAsync(db, "orders", cancellationToken))
+        {
+            // A database from before orders moved into it (issue 20): add the one missing table.
+            foreach (var statement in db.Database.GenerateCreateScript().Split(';').Where(s => s.Contains("CREATE TABLE \"orders\"", StringComparison.Ordinal)))
+            {
+                await db.Database.ExecuteSqlRawAsync(statement, cancellationToken);
+            }
         }
     }
 
     public Task StopAsync(CancellationToken cancellationToken) => Task.CompletedTask;
 
     // Asks the catalog rather than probing the table, so a fresh database logs no failed command.
-    private static async Task<bool> TableExistsAsync(DemoDb db, CancellationToken cancellationToken) =>
+    private static async Task<bool> TableExistsAsync(DemoDb db, string table, CancellationToken cancellationToken) =>
         await db.Database.SqlQueryRaw<int>(db.Database.IsSqlite()
-            ? "SELECT count(*) AS \"Value\" FROM sqlite_master WHERE type = 'table' AND name = 'communities'"
-            : "SELECT count(*)::int AS \"Value\" FROM information_schema.tables WHERE table_name = 'communities' AND table_schema = current_schema()")
+            ? "SELECT count(*) AS \"Value\" FROM sqlite_master WHERE type = 'table' AND name = {0}"
+            : "SELECT count(*)::int AS \"Value\" FROM information_schema.tables WHERE table_name = {0} AND table_schema = current_schema()", table)
             .SingleAsync(cancellationToken) > 0;
 }

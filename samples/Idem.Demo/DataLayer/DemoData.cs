@@ -1,9 +1,21 @@
-// The demo's own data (issue 19): communities with unique slugs, their memberships and subscriptions, chats found by
-// their participants, and the project of each build. EF Core on a SQLite file (demo.db) by default, or PostgreSQL when
-// ConnectionStrings:Demo is set.
+// The demo's own data: orders (issue 20: in the database, so each commits with its stored response), communities with
+// unique slugs, their memberships and subscriptions, chats found by their participants, and the project of each build
+// (issue 19). EF Core on a SQLite file (demo.db) by default, or PostgreSQL when ConnectionStrings:Demo is set.
 using Microsoft.EntityFrameworkCore;
 
 namespace Idem.Demo.DataLayer;
+
+/// <summary>An order of <c>POST /orders</c>; serialized as the response (<c>id</c>, <c>item</c>, <c>amount</c>, <c>createdAt</c>).</summary>
+internal sealed class Order
+{
+    public Guid Id { get; set; }
+
+    public required string Item { get; set; }
+
+    public decimal Amount { get; set; }
+
+    public DateTimeOffset CreatedAt { get; set; }
+}
 
 internal sealed class Community
 {
@@ -59,6 +71,8 @@ internal sealed class ProjectVersion
 
 internal sealed class DemoDb(DbContextOptions<DemoDb> options) : DbContext(options)
 {
+    public DbSet<Order> Orders => Set<Order>();
+
     public DbSet<Community> Communities => Set<Community>();
 
     public DbSet<Membership> Memberships => Set<Membership>();
@@ -74,6 +88,7 @@ internal sealed class DemoDb(DbContextOptions<DemoDb> options) : DbContext(optio
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
         // The unique indexes are what make the helpers safe: the database, not the code, refuses the second copy.
+        modelBuilder.Entity<Order>(e => e.ToTable("orders"));
         modelBuilder.Entity<Community>(e =>
         {
             e.ToTable("communities");
