@@ -16,7 +16,7 @@ public interface IIdempotencyFeature
 
     /// <summary>
     /// The running execution: its joined transaction (<see cref="IdempotentExecution.GetTransactionAsync(CancellationToken)"/>)
-    /// and recovery points (<see cref="IdempotentExecution.RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, System.Text.Json.JsonSerializerOptions?)"/>).
+    /// and recovery points (<see cref="IdempotentExecution.RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, System.Text.Json.JsonSerializerOptions?, CancellationToken)"/>).
     /// <see langword="null"/> when not protected.
     /// </summary>
     IdempotentExecution? Execution { get; }

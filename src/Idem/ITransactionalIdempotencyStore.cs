@@ -50,7 +50,7 @@ public interface ITransactionalIdempotencyStore : IRecoveryPointStore
 }
 
 /// <summary>
-/// A store that records recovery points (finished phases, see <see cref="IdempotentExecution.RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, System.Text.Json.JsonSerializerOptions?)"/>)
+/// A store that records recovery points (finished phases, see <see cref="IdempotentExecution.RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, System.Text.Json.JsonSerializerOptions?, CancellationToken)"/>)
 /// against an in-flight key, so the owner that takes over after a crash skips them.
 /// </summary>
 /// <remarks>

@@ -8,7 +8,7 @@ namespace Idem;
 /// <remarks>
 /// With <see cref="IdempotencyPolicy.JoinedTransaction"/>, the operation writes through <see cref="GetTransactionAsync(CancellationToken)"/>
 /// and never commits: Idem commits the writes together with the key's completion. Work that calls other systems runs
-/// in <see cref="RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, JsonSerializerOptions?)"/>.
+/// in <see cref="RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, JsonSerializerOptions?, CancellationToken)"/>.
 /// </remarks>
 public sealed class IdempotentExecution
 {
@@ -378,7 +378,7 @@ public sealed class IdempotentExecution
     }
 }
 
-/// <summary>What a phase is given (see <see cref="IdempotentExecution.RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, JsonSerializerOptions?)"/>).</summary>
+/// <summary>What a phase is given (see <see cref="IdempotentExecution.RunPhaseAsync{T}(string, Func{IdempotentPhase, ValueTask{T}}, JsonSerializerOptions?, CancellationToken)"/>).</summary>
 public sealed class IdempotentPhase
 {
     internal IdempotentPhase(string name, string idempotencyKey, DbTransaction? transaction, CancellationToken cancellationToken)
