@@ -4,13 +4,28 @@ using Microsoft.AspNetCore.Http;
 
 namespace Idem.AspNetCore;
 
-/// <summary>Idem's own answers, as <c>application/problem+json</c> (RFC 9457). They are never stored.</summary>
-internal static class IdempotencyProblems
+/// <summary>
+/// Idem's own answers, as <c>application/problem+json</c> (RFC 9457). They are never stored. Public so that a host
+/// answering for Idem (the gateway, about its upstream) writes them in exactly the same form.
+/// </summary>
+public static class IdempotencyProblems
 {
+    /// <summary>The media type of every answer: <c>application/problem+json</c>.</summary>
     public const string ContentType = "application/problem+json";
 
-    public static Task WriteAsync(HttpContext context, int status, string title, string detail, TimeSpan? retryAfter = null)
+    /// <summary>
+    /// Writes the answer: status, <c>Cache-Control: no-store</c>, <c>Retry-After</c> when given, and a body with
+    /// <c>type</c>, <c>title</c>, <c>status</c>, <c>detail</c>, <c>instance</c> and the request's correlation id.
+    /// </summary>
+    /// <param name="context">The request being answered; nothing may have been written to its response yet.</param>
+    /// <param name="status">The status code.</param>
+    /// <param name="title">A short, fixed summary of the problem.</param>
+    /// <param name="detail">What happened to this request and what the client can do.</param>
+    /// <param name="retryAfter">When the client may retry; rounded up to whole seconds, at least 1.</param>
+    /// <param name="cancellationToken">Cancels writing the body (Idem's own callers pass none: the answer is small).</param>
+    public static Task WriteAsync(HttpContext context, int status, string title, string detail, TimeSpan? retryAfter = null, CancellationToken cancellationToken = default)
     {
+        ArgumentNullException.ThrowIfNull(context);
         var response = context.Response;
         response.StatusCode = status;
         response.ContentType = ContentType;
@@ -38,7 +53,7 @@ internal static class IdempotencyProblems
         }
 
         response.ContentLength = buffer.Length;
-        return response.Body.WriteAsync(buffer.GetBuffer(), 0, (int)buffer.Length, CancellationToken.None);
+        return response.Body.WriteAsync(buffer.GetBuffer(), 0, (int)buffer.Length, cancellationToken);
     }
 
     private static string TypeFor(int status) => status switch

@@ -85,7 +85,7 @@ internal sealed class GatewayForwardingMiddleware(RequestDelegate next, GatewayD
             var detail = $"The gateway got no response from the upstream ({error.Error})." + (isProtected
                 ? " Nothing was stored for this idempotency key: a retry with the same key runs the request again."
                 : string.Empty);
-            await GatewayProblems.WriteAsync(context, context.Response.StatusCode, "Upstream request failed", detail).ConfigureAwait(false);
+            await IdempotencyProblems.WriteAsync(context, context.Response.StatusCode, "Upstream request failed", detail).ConfigureAwait(false);
         }
     }
 
