@@ -53,6 +53,8 @@ internal sealed partial class GatewayDrain(IHostApplicationLifetime lifetime, IO
 /// </summary>
 internal sealed class GatewayForwardingMiddleware(RequestDelegate next, GatewayDrain drain)
 {
+    private static readonly TimeSpan RetryAfter = TimeSpan.FromSeconds(1);
+
     public async Task InvokeAsync(HttpContext context)
     {
         var original = context.Features.GetRequiredFeature<IHttpRequestLifetimeFeature>();
@@ -72,7 +74,22 @@ internal sealed class GatewayForwardingMiddleware(RequestDelegate next, GatewayD
             return;
         }
 
-        var isProtected = context.Features.Get<IIdempotencyFeature>() is { IsProtected: true };
+        var idempotency = context.Features.Get<IIdempotencyFeature>();
+        var isProtected = idempotency is { IsProtected: true };
+        if (!context.Response.HasStarted
+            && idempotency?.Execution is { CancellationToken.IsCancellationRequested: true }
+            && !drain.Token.IsCancellationRequested)
+        {
+            // Idem stopped the forward (a client that goes away does not: the forward runs detached), not a drain: the claim's lease could not be renewed (the store
+            // was out of reach) or the execution timed out. The store's failure, not the upstream's: 503 with
+            // Retry-After, like every other store failure, and not stored, so the key is released.
+            context.Response.Clear();
+            await IdempotencyProblems.WriteAsync(context, StatusCodes.Status503ServiceUnavailable, "Idempotency claim lost",
+                "The gateway stopped forwarding because its claim on this idempotency key could not be kept (the idempotency store was unreachable, or the execution timed out). Retry with the same key.",
+                RetryAfter).ConfigureAwait(false);
+            return;
+        }
+
         if (context.Response.StatusCode < 500 && isProtected)
         {
             throw new GatewayForwardingException($"Forwarding failed after the upstream's status {context.Response.StatusCode} was copied ({error.Error}); the response is incomplete and will not be stored.", error.Exception);

@@ -18,6 +18,12 @@ public sealed class IdempotencyExecutor
     // How many times one call may lose its key to a newer owner and try again before it answers 409.
     private const int MaxLostClaims = 3;
 
+    // A completion the store could not take is tried again (RetryCompletionAsync): at most this many attempts, within
+    // one lease of the first failure, waiting from the first delay, doubled each time, up to the longest.
+    internal const int MaxCompletionAttempts = 12;
+    private static readonly TimeSpan FirstCompletionRetryDelay = TimeSpan.FromMilliseconds(100);
+    private static readonly TimeSpan MaxCompletionRetryDelay = TimeSpan.FromSeconds(1);
+
     [ThreadStatic]
     private static CancellationTokenSource? t_idleDeadline;
 
@@ -303,10 +309,22 @@ public sealed class IdempotencyExecutor
         }
 
         var toStore = WithinStoredLimit(storeKey, response, policy, activity);
-        var stored = false;
+        var stored = await CompleteAsync(storeKey, ownerToken, toStore, policy).ConfigureAwait(false);
+
+        return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { Stored = stored, TookOver = tookOver });
+    }
+
+    /// <summary>
+    /// Stores the response under the owner's token. A completion the store could not take (unreachable, restarting,
+    /// timed out) is tried again in the background (<see cref="RetryCompletionAsync"/>): the operation has run and its
+    /// response exists, and a key left claimed would let a retry run it again once the lease runs out. The caller is
+    /// answered at once with the response it caused (<see cref="IdempotencyOutcome.Stored"/> false).
+    /// </summary>
+    private async ValueTask<bool> CompleteAsync(string storeKey, Guid ownerToken, StoredResponse toStore, IdempotencyPolicy policy)
+    {
         try
         {
-            stored = await CallStoreAsync(
+            var stored = await CallStoreAsync(
                 static (s, a, ct) => s.CompleteAsync(a.storeKey, a.ownerToken, a.toStore, a.Retention, ct),
                 (storeKey, ownerToken, toStore, policy.Retention),
                 policy,
@@ -315,15 +333,105 @@ public sealed class IdempotencyExecutor
             {
                 Log.CompletionFenced(_logger, storeKey);
             }
+
+            return stored;
         }
         catch (Exception ex) when (IsStoreFailure(ex, CancellationToken.None))
         {
-            // The caller still gets the response it caused; the key stays claimed until its lease runs out.
             _metrics.StoreError("complete");
+            Log.CompletionRetrying(_logger, ex, storeKey, 1, FirstCompletionRetryDelay);
+
+            // The body may live in a pooled buffer that goes back to its pool when the caller has been answered.
+            var copy = new StoredResponse(toStore.StatusCode, toStore.Headers, toStore.Body.ToArray()) { BodyOmitted = toStore.BodyOmitted };
+            _ = RetryCompletionAsync(storeKey, ownerToken, copy, policy);
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Tries a completion again after the store could not take it: at most <see cref="MaxCompletionAttempts"/> attempts
+    /// in all, within one lease of the first failure, the delay doubling from 100 ms up to 1 s. Between attempts the
+    /// lease is renewed once a third of it has passed, so a duplicate that arrives meanwhile finds the key in flight,
+    /// waits, and gets the replay instead of taking over. A renewal or completion refused by the store's fencing (a
+    /// newer owner took over while the store was out of reach) ends it: nothing of this owner's is stored. Never throws;
+    /// it holds no lock and owns nothing but the copy of the response. A process that stops meanwhile loses it: the key
+    /// then stays claimed until its lease runs out, as without the retry.
+    /// </summary>
+    private async Task RetryCompletionAsync(string storeKey, Guid ownerToken, StoredResponse toStore, IdempotencyPolicy policy)
+    {
+        try
+        {
+            var delay = FirstCompletionRetryDelay;
+            var giveUpAt = _timeProvider.GetUtcNow() + policy.Lease;
+            var extendedAt = _timeProvider.GetUtcNow() - policy.Lease; // unknown: renew at the first chance
+            for (var attempt = 2; ; attempt++)
+            {
+                await Task.Delay(delay, _timeProvider).ConfigureAwait(false);
+                delay = Min(delay * 2, MaxCompletionRetryDelay);
+                if (_timeProvider.GetUtcNow() - extendedAt >= policy.Lease / 3)
+                {
+                    try
+                    {
+                        var renewed = await CallStoreAsync(
+                            static (s, a, ct) => s.RenewAsync(a.storeKey, a.ownerToken, a.Lease, ct),
+                            (storeKey, ownerToken, policy.Lease),
+                            policy,
+                            CancellationToken.None).ConfigureAwait(false);
+                        if (!renewed)
+                        {
+                            // Taken over while the store was out of reach: the newer owner decides.
+                            _metrics.CompletionRetried("fenced");
+                            Log.CompletionFenced(_logger, storeKey);
+                            return;
+                        }
+
+                        extendedAt = _timeProvider.GetUtcNow();
+                    }
+                    catch (Exception ex) when (IsStoreFailure(ex, CancellationToken.None))
+                    {
+                        _metrics.StoreError("renew");
+                    }
+                }
+
+                try
+                {
+                    var stored = await CallStoreAsync(
+                        static (s, a, ct) => s.CompleteAsync(a.storeKey, a.ownerToken, a.toStore, a.Retention, ct),
+                        (storeKey, ownerToken, toStore, policy.Retention),
+                        policy,
+                        CancellationToken.None).ConfigureAwait(false);
+                    _metrics.CompletionRetried(stored ? "stored" : "fenced");
+                    Log.CompletionRetried(_logger, storeKey, attempt, stored);
+                    if (!stored)
+                    {
+                        Log.CompletionFenced(_logger, storeKey);
+                    }
+
+                    return;
+                }
+                catch (Exception ex) when (IsStoreFailure(ex, CancellationToken.None))
+                {
+                    _metrics.StoreError("complete");
+                    if (attempt >= MaxCompletionAttempts || _timeProvider.GetUtcNow() + delay >= giveUpAt)
+                    {
+                        // The key stays claimed until its lease runs out; then a retry runs the operation again.
+                        _metrics.CompletionRetried("abandoned");
+                        Log.StoreFailed(_logger, ex, "complete", storeKey);
+                        Log.CompletionAbandoned(_logger, storeKey, attempt);
+                        return;
+                    }
+
+                    Log.CompletionRetrying(_logger, ex, storeKey, attempt, delay);
+                }
+            }
+        }
+        catch (Exception ex)
+        {
+            // Nothing may escape a task nobody awaits; a failure here is the store's or the logger's, already counted.
+            _metrics.CompletionRetried("abandoned");
+            Log.CompletionAbandoned(_logger, storeKey, 0);
             Log.StoreFailed(_logger, ex, "complete", storeKey);
         }
-
-        return Finish(activity, IdempotencyOutcomes.Executed, new IdempotencyOutcome(IdempotencyOutcomeKind.Executed, response) { Stored = stored, TookOver = tookOver });
     }
 
     /// <summary>

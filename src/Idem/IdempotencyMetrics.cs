@@ -36,6 +36,7 @@ public sealed class IdempotencyMetrics
     };
     private readonly Counter<long> _staleRollbacks;
     private readonly Counter<long> _phases;
+    private readonly Counter<long> _completionRetries;
 
     /// <summary>Creates the instruments on a meter from <paramref name="meterFactory"/>.</summary>
     public IdempotencyMetrics(IMeterFactory meterFactory)
@@ -90,6 +91,10 @@ public sealed class IdempotencyMetrics
             "idem.phases",
             unit: "{phase}",
             description: "Recovery points, by outcome: recorded (the phase ran and was recorded), resumed (a takeover skipped a phase an earlier owner finished).");
+        _completionRetries = meter.CreateCounter<long>(
+            "idem.completion.retries",
+            unit: "{completion}",
+            description: "Completions the store could not take at first and that were tried again, by outcome: stored, fenced (a newer owner took the key), abandoned (attempts or one lease used up; the key stays claimed until its lease runs out).");
     }
 
     /// <summary>Counts one request with the given outcome, one of a closed set (the executor counts its own outcomes).</summary>
@@ -125,6 +130,14 @@ public sealed class IdempotencyMetrics
         if (_staleRollbacks.Enabled)
         {
             _staleRollbacks.Add(1);
+        }
+    }
+
+    internal void CompletionRetried(string outcome)
+    {
+        if (_completionRetries.Enabled)
+        {
+            _completionRetries.Add(1, new KeyValuePair<string, object?>(OutcomeTag, outcome));
         }
     }
 

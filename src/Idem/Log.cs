@@ -53,6 +53,15 @@ internal static partial class Log
     [LoggerMessage(2001, LogLevel.Error, "The idempotency store failed during {Operation} of {StoreKey}.", EventName = "StoreFailed")]
     public static partial void StoreFailed(ILogger logger, Exception exception, string operation, string storeKey);
 
+    [LoggerMessage(2003, LogLevel.Warning, "The idempotency store could not take the completion of {StoreKey} (attempt {Attempt}); trying again in {Delay}, the key stays claimed meanwhile.", EventName = "CompletionRetrying")]
+    public static partial void CompletionRetrying(ILogger logger, Exception exception, string storeKey, int attempt, TimeSpan delay);
+
+    [LoggerMessage(2004, LogLevel.Information, "Completion of {StoreKey} ended after {Attempts} attempts; stored: {Stored}.", EventName = "CompletionRetried")]
+    public static partial void CompletionRetried(ILogger logger, string storeKey, int attempts, bool stored);
+
+    [LoggerMessage(2005, LogLevel.Error, "Gave up completing {StoreKey} after {Attempts} attempts: the key stays claimed until its lease runs out, then a retry runs the operation again.", EventName = "CompletionAbandoned")]
+    public static partial void CompletionAbandoned(ILogger logger, string storeKey, int attempts);
+
     [LoggerMessage(2002, LogLevel.Warning, "The idempotency store is unavailable; running {StoreKey} UNPROTECTED because the policy fails open.", EventName = "ExecutingUnprotected")]
     public static partial void ExecutingUnprotected(ILogger logger, string storeKey);
 

@@ -68,6 +68,14 @@ public sealed record FaultRun
 
     /// <summary>Extra gateway arguments: how a deliberately broken configuration is run under the same harness.</summary>
     public string[] GatewayArgs { get; init; } = [];
+
+    /// <summary>
+    /// Whether the counting upstream is itself protected by Idem and honours the Idempotency-Key the gateway forwards, as
+    /// a real upstream would. A gateway SIGKILLed after the upstream answered and before its completion was stored can
+    /// only be covered there: the retry's forward is answered with the first response. Off, the upstream counts every
+    /// forward that completed as an execution, which is how the broken builds are judged.
+    /// </summary>
+    public bool UpstreamHonoursKey { get; init; }
 }
 
 /// <summary>What the checker found, with the history kept on disk when anything is wrong.</summary>
@@ -85,6 +93,7 @@ public sealed class FaultHarness
     private readonly ConcurrentQueue<HistoryEvent> _history = new();
     private readonly Stopwatch _clock = Stopwatch.StartNew();
     private readonly ConcurrentDictionary<FaultKind, int> _injected = new();
+    private readonly ConcurrentQueue<string> _killedNodeLogs = new();
     private GatewayProcess?[] _nodes = [];
     private List<string> _gatewayArgs = [];
     private int _roundRobin;
@@ -99,7 +108,7 @@ public sealed class FaultHarness
     {
         await using var postgres = await PostgreSqlServer.StartPrivateAsync();
         var redis = await RedisServer.StartPrivateAsync();
-        await using var upstream = await CountingUpstream.StartAsync();
+        await using var upstream = await CountingUpstream.StartAsync(_run.UpstreamHonoursKey);
         await using var pgProxy = new FaultProxy(new IPEndPoint(IPAddress.Loopback, postgres.Port));
         await using var redisProxy = new FaultProxy(IPEndPoint.Parse(redis.Endpoint));
         try
@@ -271,6 +280,7 @@ public sealed class FaultHarness
                         _nodes[target] = null;
                         victim.Kill();
                         await victim.DisposeAsync();
+                        _killedNodeLogs.Enqueue(victim.Logs);
                         await Task.Delay(hold, CancellationToken.None);
                         _nodes[target] = await GatewayProcess.StartAsync(GatewayProcess.GatewayDll, _gatewayArgs, TimeSpan.FromSeconds(60));
                     }
@@ -346,12 +356,14 @@ public sealed class FaultHarness
         var events = _history.ToList();
         var requests = events.Where(e => e.Kind is "request" or "mismatch").ToList();
         var budget = _run.PromisedLease + _run.RetryBudget;
+        var duplicates = 0;
         foreach (var group in requests.Where(e => e.Kind == "request").GroupBy(e => e.Key!))
         {
             var executions = upstream.Completed(group.Key);
             var successes = group.Where(e => e.Status is >= 200 and < 300).ToList();
             if (executions > 1)
             {
+                duplicates++;
                 violations.Add($"key {group.Key}: executed {executions} times at the upstream");
             }
 
@@ -402,15 +414,24 @@ public sealed class FaultHarness
             }
         }
 
+        // What the gateways logged: completions retried (events 2004/2005) and anything at Error or above, kept with the
+        // history of a failed run (an unexplained 5xx is read from here).
+        var logLines = _killedNodeLogs.Concat(_nodes.Where(n => n is not null).Select(n => n!.Logs))
+            .SelectMany(l => l.Split('\n')).ToList();
+        var retriedStored = logLines.Count(l => l.Contains("\"EventId\":2004", StringComparison.Ordinal) && l.Contains("stored: True", StringComparison.Ordinal));
+        var abandoned = logLines.Count(l => l.Contains("\"EventId\":2005", StringComparison.Ordinal));
+        var errorLines = logLines.Where(l => l.Contains("\"LogLevel\":\"Error\"", StringComparison.Ordinal) || l.Contains("\"LogLevel\":\"Critical\"", StringComparison.Ordinal)).Take(300).ToList();
+        var keysForwardedTwice = _run.UpstreamHonoursKey ? upstream.ArrivedOperations.Count(op => upstream.Arrived(op) > 1 && upstream.Completed(op) >= 1) : 0;
+
         var summary = string.Create(CultureInfo.InvariantCulture,
-            $"seed {_run.Seed}, store {_run.Store}: {requests.Count} requests, {requests.Count(e => e.Status is >= 200 and < 300)} 2xx, {requests.Count(e => e.Status == 503)} 503, {requests.Count(e => e.Status == 409)} 409, {requests.Count(e => e.Status == 422)} 422, {requests.Count(e => e.Error is not null)} connection errors; faults {string.Join(", ", _injected.OrderBy(p => p.Key).Select(p => $"{p.Key}×{p.Value}"))}; longest time to a final answer {longest.TotalSeconds:F1} s; {violations.Count} violations");
+            $"seed {_run.Seed}, store {_run.Store}{(_run.UpstreamHonoursKey ? " (upstream honours the forwarded key)" : "")}, lease {_run.Lease.TotalSeconds} s: {requests.Count} requests, {requests.Count(e => e.Status is >= 200 and < 300)} 2xx, {requests.Count(e => e.Status == 503)} 503, {requests.Count(e => e.Status == 409)} 409, {requests.Count(e => e.Status == 422)} 422, {requests.Count(e => e.Error is not null)} connection errors, {duplicates} duplicates; faults {string.Join(", ", _injected.OrderBy(p => p.Key).Select(p => $"{p.Key}×{p.Value}"))}; longest time to a final answer {longest.TotalSeconds:F1} s; completions retried and stored {retriedStored}, abandoned {abandoned}{(_run.UpstreamHonoursKey ? $"; keys forwarded again after a lost completion and answered by the upstream's own Idem {keysForwardedTwice}" : "")}; {violations.Count} violations");
         string? path = null;
         if (violations.Count > 0)
         {
             var dir = Path.Combine(Path.GetTempPath(), "idem-faults");
             Directory.CreateDirectory(dir);
             path = Path.Combine(dir, $"history-seed{_run.Seed}-{_run.Store}-{Guid.NewGuid().ToString("N")[..6]}.jsonl");
-            File.WriteAllLines(path, [summary, .. violations.Select(v => "# " + v), .. events.OrderBy(e => e.At).Select(e => JsonSerializer.Serialize(e))]);
+            File.WriteAllLines(path, [summary, .. violations.Select(v => "# " + v), .. events.OrderBy(e => e.At).Select(e => JsonSerializer.Serialize(e)), "# gateway log lines at Error and above:", .. errorLines]);
         }
 
         return new FaultReport(_run.Seed, violations, path, summary);

@@ -1,6 +1,8 @@
 using System.Collections.Concurrent;
 using System.Net;
 using System.Security.Cryptography;
+using Idem;
+using Idem.AspNetCore;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
@@ -21,6 +23,7 @@ public sealed class CountingUpstream : IAsyncDisposable
     private readonly ConcurrentDictionary<string, int> _started = new();
     private readonly ConcurrentDictionary<string, int> _completed = new();
     private readonly ConcurrentDictionary<string, int> _cancelled = new();
+    private readonly ConcurrentDictionary<string, int> _arrived = new();
 
     private CountingUpstream(WebApplication app) => _app = app;
 
@@ -34,16 +37,47 @@ public sealed class CountingUpstream : IAsyncDisposable
 
     public int Cancelled(string op) => _cancelled.GetValueOrDefault(op);
 
-    public static async Task<CountingUpstream> StartAsync()
+    /// <summary>Requests that reached the upstream for <paramref name="op"/>, replays by its own Idem included.</summary>
+    public int Arrived(string op) => _arrived.GetValueOrDefault(op);
+
+    /// <summary>All operations that reached the upstream at least once.</summary>
+    public IEnumerable<string> ArrivedOperations => _arrived.Keys;
+
+    /// <summary>
+    /// Starts the upstream. With <paramref name="honourIdempotencyKey"/> it is itself protected by Idem (in-memory store),
+    /// as a real upstream behind the gateway would be: a forward that reaches it twice with the same Idempotency-Key
+    /// (the gateway's completion was lost, for example to a SIGKILL) is answered with the first response and counted
+    /// once in <see cref="Started"/>/<see cref="Completed"/>; <see cref="Arrived"/> still counts every forward.
+    /// </summary>
+    public static async Task<CountingUpstream> StartAsync(bool honourIdempotencyKey = false)
     {
         var builder = WebApplication.CreateSlimBuilder();
         builder.WebHost.UseKestrel(o => o.Listen(IPAddress.Loopback, 0));
         builder.Logging.ClearProviders();
+        if (honourIdempotencyKey)
+        {
+            builder.Services.AddIdempotency().UseInMemoryStore();
+        }
+
         var app = builder.Build();
         var upstream = new CountingUpstream(app);
+        if (honourIdempotencyKey)
+        {
+            app.Use(async (context, next) =>
+            {
+                if (!HttpMethods.IsGet(context.Request.Method))
+                {
+                    upstream._arrived.AddOrUpdate(context.Request.Path.Value!.Split('/')[^1], 1, static (_, c) => c + 1);
+                }
+
+                await next(context);
+            });
+            app.UseRouting();
+            app.UseIdempotency();
+        }
 
         // POST /…/{op}?delayMs=N&failFirst=N: counts, optionally waits, answers 201 with a fresh id and the body's hash.
-        app.MapMethods("/{**path}", ["POST", "PUT", "PATCH", "DELETE"], async (HttpContext context, string path, int? delayMs, int? failFirst) =>
+        var writes = app.MapMethods("/{**path}", ["POST", "PUT", "PATCH", "DELETE"], async (HttpContext context, string path, int? delayMs, int? failFirst) =>
         {
             var op = path.Split('/')[^1];
             var n = upstream._started.AddOrUpdate(op, 1, static (_, c) => c + 1);
@@ -79,6 +113,11 @@ public sealed class CountingUpstream : IAsyncDisposable
                 requestId = context.Request.Headers["X-Request-Id"].ToString(),
             }, statusCode: 201);
         });
+        if (honourIdempotencyKey)
+        {
+            writes.RequireIdempotency();
+        }
+
         app.MapGet("/{**path}", (string path) => Results.Json(new { path, started = upstream.Started(path.Split('/')[^1]) }));
 
         await app.StartAsync();

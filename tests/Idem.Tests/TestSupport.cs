@@ -66,18 +66,24 @@ internal sealed class ObservedTimeProvider : TimeProvider
     private SemaphoreSlim Created(TimeSpan dueTime) => _created.GetOrAdd(dueTime, static _ => new SemaphoreSlim(0));
 }
 
-/// <summary>A store wrapper whose claim and renewal can be replaced.</summary>
+/// <summary>A store wrapper whose claim, renewal and completion can be replaced.</summary>
 internal sealed class HookStore(IIdempotencyStore inner) : IIdempotencyStore
 {
     public Func<ClaimRequest, CancellationToken, ValueTask<ClaimResult>>? OnClaim { get; set; }
 
     public Func<string, Guid, TimeSpan, CancellationToken, ValueTask<bool>>? OnRenew { get; set; }
 
+    /// <summary>Runs before each completion; it may throw to play an unreachable store.</summary>
+    public Action<string, Guid>? BeforeComplete { get; set; }
+
     public ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken) =>
         OnClaim is { } hook ? hook(request, cancellationToken) : inner.TryClaimAsync(request, cancellationToken);
 
-    public ValueTask<bool> CompleteAsync(string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken) =>
-        inner.CompleteAsync(key, ownerToken, response, retention, cancellationToken);
+    public ValueTask<bool> CompleteAsync(string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken)
+    {
+        BeforeComplete?.Invoke(key, ownerToken);
+        return inner.CompleteAsync(key, ownerToken, response, retention, cancellationToken);
+    }
 
     public ValueTask<bool> ReleaseAsync(string key, Guid ownerToken, CancellationToken cancellationToken) =>
         inner.ReleaseAsync(key, ownerToken, cancellationToken);
