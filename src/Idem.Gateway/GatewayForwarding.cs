@@ -80,30 +80,35 @@ internal sealed class GatewayForwardingMiddleware(RequestDelegate next, GatewayD
             && idempotency?.Execution is { CancellationToken.IsCancellationRequested: true }
             && !drain.Token.IsCancellationRequested)
         {
-            // Idem stopped the forward (a client that goes away does not: the forward runs detached), not a drain: the claim's lease could not be renewed (the store
-            // was out of reach) or the execution timed out. The store's failure, not the upstream's: 503 with
-            // Retry-After, like every other store failure, and not stored, so the key is released.
-            context.Response.Clear();
+            // Idem stopped the forward (a client that goes away does not: the forward runs detached), not a drain: the
+            // claim's lease could not be renewed (the store was out of reach) or the execution timed out. The store's
+            // failure, not the upstream's: 503 with Retry-After like every other one, not stored, so the key is released.
             await IdempotencyProblems.WriteAsync(context, StatusCodes.Status503ServiceUnavailable, "Idempotency claim lost",
                 "The gateway stopped forwarding because its claim on this idempotency key could not be kept (the idempotency store was unreachable, or the execution timed out). Retry with the same key.",
                 RetryAfter).ConfigureAwait(false);
             return;
         }
 
-        if (context.Response.StatusCode < 500 && isProtected)
+        if (context.Response.HasStarted)
         {
-            throw new GatewayForwardingException($"Forwarding failed after the upstream's status {context.Response.StatusCode} was copied ({error.Error}); the response is incomplete and will not be stored.", error.Exception);
+            if (context.Response.StatusCode < 500 && isProtected)
+            {
+                // Part of the response is on its way to the client: the connection is reset (YARP did), and the claim
+                // must be released, not completed with a truncated response.
+                throw new GatewayForwardingException($"Forwarding failed after the upstream's status {context.Response.StatusCode} was copied ({error.Error}); the response is incomplete and will not be stored.", error.Exception);
+            }
+
+            return;
         }
 
-        if (context.Response.StatusCode >= 500 && !context.Response.HasStarted)
-        {
-            // YARP answers its own 502/503/504 with an empty body; say what happened, like Idem's other answers. The
-            // status is not stored, so the key is released either way.
-            var detail = $"The gateway got no response from the upstream ({error.Error})." + (isProtected
-                ? " Nothing was stored for this idempotency key: a retry with the same key runs the request again."
-                : string.Empty);
-            await IdempotencyProblems.WriteAsync(context, context.Response.StatusCode, "Upstream request failed", detail).ConfigureAwait(false);
-        }
+        // Nothing reached the client yet, so it gets an answer, never an exception's bare 500. YARP answers its own errors
+        // with an empty body and, for some (a request body it could not copy), a 4xx that Idem would store as the
+        // key's outcome: a protected request's failed forward is a 502 (not stored, the key is released).
+        var status = context.Response.StatusCode >= 500 || !isProtected ? context.Response.StatusCode : StatusCodes.Status502BadGateway;
+        var detail = $"The gateway got no complete response from the upstream ({error.Error})." + (isProtected
+            ? " Nothing was stored for this idempotency key: a retry with the same key runs the request again."
+            : string.Empty);
+        await IdempotencyProblems.WriteAsync(context, status, "Upstream request failed", detail).ConfigureAwait(false);
     }
 
     private sealed class LinkedRequestLifetimeFeature(IHttpRequestLifetimeFeature original, CancellationToken token) : IHttpRequestLifetimeFeature
