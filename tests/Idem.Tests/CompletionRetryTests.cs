@@ -7,8 +7,8 @@ namespace Idem.Tests;
 /// The operation ran, then the store could not take its completion (unreachable, restarting, timed out). Without a
 /// retry the key stays claimed until its lease runs out and the client's retry runs the operation a second time; with
 /// it (in the background: the caller is answered at once), a transient outage ends in a stored response that the
-/// retry replays. Real time (a three-second lease, long enough that a loaded machine does not expire it between two steps): the
-/// retry's backoff and the lease run on the system clock, and the tests count executions, never durations.
+/// retry replays. Real time: the retry's backoff and the lease (three seconds, long enough that a loaded machine does
+/// not expire it between two steps) run on the system clock, and the tests count executions, never durations.
 /// </summary>
 public sealed class CompletionRetryTests : IDisposable
 {
