@@ -38,7 +38,7 @@ if [ "${1:-}" = "--broken-builds" ]; then
     echo '```'
   } >"$out"
   rm -f "$raw"
-  echo "wrote $out: $(grep -c ': CAUGHT' "$out" 2>/dev/null || echo 0) caught, $(grep -c ': MISSED' "$out" 2>/dev/null || echo 0) missed"
+  echo "wrote $out: $(grep -c '^broken .*: CAUGHT' "$out" || true) caught, $(grep -c '^broken .*: MISSED' "$out" || true) missed"
   exit 0
 fi
 
