@@ -415,12 +415,12 @@ public sealed class FaultHarness
         }
 
         // What the gateways logged: completions retried (events 2004/2005) and anything at Error or above, kept with the
-        // history of a failed run (an unexplained 5xx is read from here).
+        // history of a failed run (an unexplained 5xx or a wedge is read from here: the last 300, nearest the end of the run).
         var logLines = _killedNodeLogs.Concat(_nodes.Where(n => n is not null).Select(n => n!.Logs))
             .SelectMany(l => l.Split('\n')).ToList();
         var retriedStored = logLines.Count(l => l.Contains("\"EventId\":2004", StringComparison.Ordinal) && l.Contains("stored: True", StringComparison.Ordinal));
         var abandoned = logLines.Count(l => l.Contains("\"EventId\":2005", StringComparison.Ordinal));
-        var errorLines = logLines.Where(l => l.Contains("\"LogLevel\":\"Error\"", StringComparison.Ordinal) || l.Contains("\"LogLevel\":\"Critical\"", StringComparison.Ordinal)).Take(300).ToList();
+        var errorLines = logLines.Where(l => l.Contains("\"LogLevel\":\"Error\"", StringComparison.Ordinal) || l.Contains("\"LogLevel\":\"Critical\"", StringComparison.Ordinal)).TakeLast(300).ToList();
         var keysForwardedTwice = _run.UpstreamHonoursKey ? upstream.ArrivedOperations.Count(op => upstream.Arrived(op) > 1 && upstream.Completed(op) >= 1) : 0;
 
         var summary = string.Create(CultureInfo.InvariantCulture,
