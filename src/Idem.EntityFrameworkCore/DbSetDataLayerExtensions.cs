@@ -19,10 +19,16 @@ public static class DbSetDataLayerExtensions
 {
     /// <summary>
     /// Inserts <paramref name="entity"/> unless a row with the same natural key exists, and returns the one row either
-    /// way: one <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c> and, only when it met an existing row, one
-    /// read by the key. Never check-then-insert, never a table lock. A unique index on exactly the key's columns must
-    /// exist (<c>HasIndex(e => e.Key).IsUnique()</c>).
+    /// way, with <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>. Never check-then-insert, never a table lock:
+    /// the unique index decides. A unique index on exactly the key's columns must exist
+    /// (<c>HasIndex(e => e.Key).IsUnique()</c>).
     /// </summary>
+    /// <remarks>
+    /// On PostgreSQL one statement inserts or reads the existing row; one more read only when a concurrent insert of the
+    /// key committed while it ran. On SQLite outside a transaction a read by the key goes first (an existing row costs a
+    /// read, not an attempt at SQLite's single write lock), then the conflict-safe insert, then a read only when that
+    /// met a row inserted concurrently; inside a transaction the insert goes first and the read follows only on conflict.
+    /// </remarks>
     /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
     /// <param name="set">The set.</param>
     /// <param name="entity">
@@ -57,22 +63,64 @@ public static class DbSetDataLayerExtensions
         }
 
         var keyColumns = keyOrdinals.Select(i => row.Columns[i]).ToArray();
-        var insertSql = DataLayerSql.InsertOrNothing(mapping.Table, row.Columns, keyColumns, mapping.AllColumns);
-        var inserted = await FirstAsync(set, insertSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false);
-        if (inserted is not null)
+        var readSql = DataLayerSql.Read(mapping.Table, keyColumns, keyOrdinals, mapping.AllColumns, createdColumn: false);
+        var conflict = false;
+        if (mapping.Dialect == SqlDialect.PostgreSql)
         {
-            DataLayerMetrics.Created(mapping.TableName);
-            return new CreateOrGetResult<TEntity>(inserted, Created: true);
+            // One statement: the insert with the read of an existing row (an inserted row comes back twice).
+            var rows = await ListAsync(set, DataLayerSql.CreateOrGetRows(mapping.Table, row.Columns, keyColumns, keyOrdinals, mapping.AllColumns), mapping.Parameters(row), 2, cancellationToken).ConfigureAwait(false);
+            if (rows.Count > 0)
+            {
+                return Answer(mapping, rows[0], created: rows.Count == 2, conflict: false);
+            }
+
+            // Nothing: a concurrent insert of the key committed after the statement's snapshot; its row is read below.
+            conflict = true;
+        }
+        else
+        {
+            // SQLite outside a transaction reads first (see DataLayerCommands: a read is a shared lock, any insert
+            // attempt takes the single write lock); the insert below is still the conflict-safe one and the unique
+            // index decides. Inside a transaction the insert goes first, as a read could pin a snapshot the insert
+            // could not upgrade.
+            if (set.GetService<ICurrentDbContext>().Context.Database.CurrentTransaction is null
+                && await FirstAsync(set, readSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } found)
+            {
+                return Answer(mapping, found, created: false, conflict: false);
+            }
+
+            var insertSql = DataLayerSql.InsertOrNothing(mapping.Table, row.Columns, keyColumns, mapping.AllColumns);
+            if (await FirstAsync(set, insertSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
+            {
+                return Answer(mapping, inserted, created: true, conflict: false);
+            }
+
+            conflict = true;
         }
 
-        var readSql = DataLayerSql.Read(mapping.Table, keyColumns, keyOrdinals, mapping.AllColumns, createdColumn: false);
         var existing = await FirstAsync(set, readSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException(
                 $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", keyColumns)}).");
-        DataLayerMetrics.Found(mapping.TableName);
-        DataLayerMetrics.ConflictResolved(mapping.TableName, "create_or_get");
-        DataLayerLog.ConflictResolved(mapping.Logger, mapping.TableName);
-        return new CreateOrGetResult<TEntity>(existing, Created: false);
+        return Answer(mapping, existing, created: false, conflict);
+    }
+
+    private static CreateOrGetResult<TEntity> Answer<TEntity>(EntityTableMapping mapping, TEntity entity, bool created, bool conflict)
+    {
+        if (created)
+        {
+            DataLayerMetrics.Created(mapping.TableName);
+        }
+        else
+        {
+            DataLayerMetrics.Found(mapping.TableName);
+            if (conflict)
+            {
+                DataLayerMetrics.ConflictResolved(mapping.TableName, "create_or_get");
+                DataLayerLog.ConflictResolved(mapping.Logger, mapping.TableName);
+            }
+        }
+
+        return new CreateOrGetResult<TEntity>(entity, created);
     }
 
     /// <summary>
@@ -137,6 +185,22 @@ public static class DbSetDataLayerExtensions
 
         DataLayerLog.SlugExhausted(mapping.Logger, mapping.TableName, baseSlug, options.MaxAttempts);
         throw new SlugAllocationException(baseSlug, options.MaxAttempts);
+    }
+
+    private static async Task<List<TEntity>> ListAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, int max, CancellationToken cancellationToken)
+        where TEntity : class
+    {
+        var rows = new List<TEntity>(max);
+        await foreach (var entity in set.FromSqlRaw(sql, [.. parameters]).IgnoreQueryFilters().AsAsyncEnumerable().WithCancellation(cancellationToken).ConfigureAwait(false))
+        {
+            rows.Add(entity);
+            if (rows.Count == max)
+            {
+                break;
+            }
+        }
+
+        return rows;
     }
 
     private static async Task<TEntity?> FirstAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, CancellationToken cancellationToken)
