@@ -21,6 +21,8 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
         await using var command = _dataSource.CreateCommand("""
             CREATE TABLE chats (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, participants_key text NOT NULL UNIQUE, title text CHECK (title <> 'forbidden'));
             CREATE TABLE communities (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL, slug text COLLATE "C" NOT NULL UNIQUE);
+            CREATE TABLE tags (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL UNIQUE);
+            CREATE TABLE shipments (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, reference text NOT NULL UNIQUE, destination_city text NOT NULL);
             """);
         await command.ExecuteNonQueryAsync();
     }
