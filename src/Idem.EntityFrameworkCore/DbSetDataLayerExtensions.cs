@@ -127,8 +127,9 @@ public static class DbSetDataLayerExtensions
     /// Inserts <paramref name="entity"/> with a unique slug made from <paramref name="name"/> in the property
     /// <paramref name="slug"/> (<c>my-community</c>, then <c>my-community-1</c>, <c>-2</c>…; <c>"Café Zürich"</c> →
     /// <c>cafe-zurich</c>). One statement finds the next free suffix and inserts; the unique index on the slug column
-    /// decides, and only when a concurrent insert took the same candidate is another statement tried (at most
-    /// <see cref="SlugOptions.MaxAttempts"/>, each spreading its candidate wider, so suffixes may skip numbers under
+    /// decides. On PostgreSQL a candidate a concurrent insert took sends the statement on to the next one (up to 8 in
+    /// one statement); only when all were taken is another statement tried (at most
+    /// <see cref="SlugOptions.MaxAttempts"/>, each spreading its candidates wider, so suffixes may skip numbers under
     /// contention). No lock is taken. The row is inserted at once (not at <c>SaveChanges</c>), in the current transaction.
     /// </summary>
     /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
@@ -163,7 +164,7 @@ public static class DbSetDataLayerExtensions
         var row = mapping.Values(entity, exclude: slugProperty);
         var slugColumn = mapping.Column(slugProperty);
         var sql = DataLayerSql.InsertWithSlug(mapping.Dialect, mapping.Table, slugColumn, row.Columns, mapping.AllColumns);
-        var pattern = DataLayerSql.SlugPattern(baseSlug, options.MaxLength);
+        var pattern = DataLayerSql.SlugPattern(mapping.Dialect, baseSlug, options.MaxLength);
         for (var attempt = 0; attempt < options.MaxAttempts; attempt++)
         {
             DataLayerMetrics.SlugAttempt(mapping.TableName);

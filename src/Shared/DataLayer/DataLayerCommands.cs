@@ -120,7 +120,7 @@ internal static class DataLayerCommands
         var options = definition.Options;
         var baseSlug = Slug.FromName(name, options);
         var sql = SlugSql.GetValue(definition, d => DataLayerSql.InsertWithSlug(dialect, DataLayerSql.Table(d.Table, d.Schema), d.SlugColumn, d.Columns, d.Returning));
-        var pattern = DataLayerSql.SlugPattern(baseSlug, options.MaxLength);
+        var pattern = DataLayerSql.SlugPattern(dialect, baseSlug, options.MaxLength);
 
         var opened = await OpenAsync(connection, cancellationToken).ConfigureAwait(false);
         try

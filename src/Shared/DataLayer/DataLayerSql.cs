@@ -88,7 +88,7 @@ internal static class DataLayerSql
     /// read the same largest suffix queue on the unique index for the first candidate, and each loser moves on to the next
     /// in the same statement instead of a new round trip.
     /// </summary>
-    public const int PostgreSqlSlugCandidates = 16;
+    public const int PostgreSqlSlugCandidates = 8;
 
     /// <summary>
     /// One statement that picks the slug and inserts the row: the base slug when it is free, otherwise the base (cut so the
@@ -109,8 +109,15 @@ internal static class DataLayerSql
         var integer = dialect == SqlDialect.PostgreSql ? "bigint" : "INTEGER";
         var digits = $"(length(s.{slug}) - length(rtrim(s.{slug}, '0123456789')))";
         var headLength = $"{MaxLengthParameter} - 1 - {digits}";
+        // The rows that can carry a suffix start with the pattern. SQLite: LIKE 'prefix%'. PostgreSQL: a byte-order range
+        // [prefix, prefix || '~') (a counted slug is the prefix then [a-z0-9-], all below '~'), which a prepared
+        // statement's generic plan can still answer from a COLLATE "C" index; LIKE with a parameter cannot, so every call
+        // would be planned again.
+        var candidates = dialect == SqlDialect.Sqlite
+            ? $"s.{slug} LIKE {PatternParameter} ESCAPE '\\'"
+            : $"s.{slug} COLLATE \"C\" >= {PatternParameter} AND s.{slug} COLLATE \"C\" < {PatternParameter} || '~'";
         var largest = $"(SELECT coalesce(max(CAST(substr(s.{slug}, length(rtrim(s.{slug}, '0123456789')) + 1) AS {integer})), 0) FROM {table} AS s" +
-            $" WHERE s.{slug} LIKE {PatternParameter} ESCAPE '\\' AND {digits} BETWEEN 1 AND {Slug.MaxSuffixDigits}" +
+            $" WHERE {candidates} AND {digits} BETWEEN 1 AND {Slug.MaxSuffixDigits}" +
             $" AND rtrim(s.{slug}, '0123456789') = rtrim(substr({BaseParameter}, 1, CASE WHEN {headLength} > 0 THEN {headLength} ELSE 0 END), '-') || '-')";
         var baseFree = $"{OffsetParameter} = 0 AND NOT EXISTS (SELECT 1 FROM {table} WHERE {slug} = {BaseParameter})";
         string Candidate(string suffix) =>
@@ -132,9 +139,11 @@ internal static class DataLayerSql
 
         // idem_n: the first candidate's suffix (0 = the base) and the largest in use, read once from the snapshot.
         // Candidate i > 0: the base was free → largest + i; else first + i.
+        // idem_m is MATERIALIZED so that the search for the largest suffix runs once, not once per use.
         var sql = new StringBuilder()
-            .Append("WITH idem_n AS (SELECT CASE WHEN ").Append(baseFree).Append(" THEN 0 ELSE m.largest + 1 + ").Append(OffsetParameter)
-            .Append(" END AS first, m.largest FROM (SELECT ").Append(largest).Append(" AS largest) AS m)");
+            .Append("WITH idem_m AS MATERIALIZED (SELECT ").Append(largest).Append(" AS largest)")
+            .Append(", idem_n AS (SELECT CASE WHEN ").Append(baseFree).Append(" THEN 0 ELSE m.largest + 1 + ").Append(OffsetParameter)
+            .Append(" END AS first, m.largest FROM idem_m AS m)");
         for (var i = 0; i < PostgreSqlSlugCandidates; i++)
         {
             var suffix = i == 0 ? "n.first" : $"CASE WHEN n.first = 0 THEN n.largest + {i} ELSE n.first + {i} END";
@@ -157,14 +166,17 @@ internal static class DataLayerSql
     }
 
     /// <summary>
-    /// The LIKE pattern every slug counted for <paramref name="baseSlug"/> starts with: the base cut as short as the
-    /// longest suffix would cut it, then <c>%</c> (wildcards in the base are escaped).
+    /// What every slug counted for <paramref name="baseSlug"/> starts with: the base cut as short as the longest suffix
+    /// would cut it. SQLite: as a LIKE pattern (wildcards in the base escaped, then <c>%</c>); PostgreSQL: the prefix
+    /// itself, the lower bound of a range.
     /// </summary>
-    public static string SlugPattern(string baseSlug, int maxLength)
+    public static string SlugPattern(SqlDialect dialect, string baseSlug, int maxLength)
     {
         var shortest = Cut(baseSlug, maxLength - 1 - Slug.MaxSuffixDigits);
         var prefix = shortest.Length == baseSlug.Length ? baseSlug + "-" : shortest;
-        return prefix.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("%", "\\%", StringComparison.Ordinal).Replace("_", "\\_", StringComparison.Ordinal) + "%";
+        return dialect == SqlDialect.PostgreSql
+            ? prefix
+            : prefix.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("%", "\\%", StringComparison.Ordinal).Replace("_", "\\_", StringComparison.Ordinal) + "%";
     }
 
     /// <summary>Mirrors Slug.Cut in Idem: cut to a length (nothing when not positive), then trim trailing dashes.</summary>
