@@ -768,8 +768,15 @@ public sealed class IdempotencyExecutor
 
         using var timer = _timeProvider.CreateTimer(static state => ((CancellationTokenSource)state!).Cancel(), deadline, policy.StoreTimeout, Timeout.InfiniteTimeSpan);
         using var registration = cancellationToken.UnsafeRegister(static state => ((CancellationTokenSource)state!).Cancel(), deadline);
-        return await pending.ConfigureAwait(false);
+
+        // A store that honours its token ends at the deadline above. One that does not (a driver stuck on a dead
+        // connection, a third-party store) must not take the request down with it: a grace period after the deadline
+        // the call is abandoned and counts as a store failure, so the caller gets its 503 and the node stays live.
+        return await pending.AsTask().WaitAsync(policy.StoreTimeout + AbandonGrace, _timeProvider, cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>How long a store call may outlive its deadline before it is abandoned (see <see cref="CallStoreAsync"/>).</summary>
+    internal static readonly TimeSpan AbandonGrace = TimeSpan.FromSeconds(1);
 
     private static bool IsStoreFailure(Exception exception, CancellationToken callerToken) =>
         !(exception is OperationCanceledException && callerToken.IsCancellationRequested);

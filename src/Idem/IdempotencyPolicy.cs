@@ -52,6 +52,7 @@ public sealed record IdempotencyPolicy
     /// <summary>
     /// The deadline of each store call that waits; past it the store counts as unavailable. A store call that completes
     /// synchronously (an embedded database) is bounded by the store's own timeout instead, such as SQLite's busy timeout.
+    /// The call's cancellation token is cancelled at the deadline; a call that ignores it is abandoned one second later.
     /// </summary>
     /// <value>5 seconds.</value>
     public TimeSpan StoreTimeout { get; init; } = TimeSpan.FromSeconds(5);

@@ -589,6 +589,35 @@ public sealed class IdempotencyExecutorTests : IDisposable
     }
 
     [Fact]
+    public async Task A_store_call_that_ignores_its_cancellation_is_abandoned_after_a_grace_period()
+    {
+        // A driver stuck on a dead connection: the call never ends, whatever its token says.
+        var stuck = new TaskCompletionSource<ClaimResult>(TaskCreationOptions.RunContinuationsAsynchronously);
+        CancellationToken seen = default;
+        _h.Hooks.OnClaim = (_, ct) =>
+        {
+            seen = ct;
+            return new ValueTask<ClaimResult>(stuck.Task);
+        };
+
+        var storeTimeout = TimeSpan.FromSeconds(5);
+        var pending = Run(IdempotencyPolicy.Default with { StoreTimeout = storeTimeout });
+        await _h.Time.WaitForTimerAsync(storeTimeout);
+        _h.Time.Advance(storeTimeout);
+
+        // Naive: awaiting the store's own task after cancelling its token, as the executor once did, waits forever.
+        Assert.True(seen.IsCancellationRequested);
+        Assert.False(stuck.Task.IsCompleted);
+
+        _h.Time.Advance(IdempotencyExecutor.AbandonGrace);
+        var outcome = await pending.WaitAsync(Tests.Guard);
+
+        Assert.Equal(IdempotencyOutcomeKind.StoreUnavailable, outcome.Kind);
+        Assert.NotNull(outcome.RetryAfter);
+        Assert.Equal(0, _runs);
+    }
+
+    [Fact]
     public async Task Caller_cancellation_during_the_claim_is_not_a_store_failure()
     {
         using var caller = new CancellationTokenSource();
