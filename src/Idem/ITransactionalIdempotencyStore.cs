@@ -47,6 +47,18 @@ public interface ITransactionalIdempotencyStore : IRecoveryPointStore
 
     /// <summary>Called after a transaction holding a completion committed: wakes this process's waiters for <paramref name="key"/>.</summary>
     void OnCompletionCommitted(string key);
+
+    /// <summary>
+    /// Called when the operation returns, before its writes commit with the completion: throws when the store saw the
+    /// operation write to the store's database outside <paramref name="execution"/>'s joined transaction (for example
+    /// through another connection), so the misuse is refused at the first request instead of silently left outside.
+    /// By default a store sees nothing; the PostgreSQL store watches Npgsql's commands while a joined operation runs.
+    /// </summary>
+    /// <param name="execution">The execution whose operation just returned.</param>
+    /// <exception cref="InvalidOperationException">The operation wrote outside the joined transaction.</exception>
+    void ThrowIfWrittenOutside(IdempotentExecution execution)
+    {
+    }
 }
 
 /// <summary>

@@ -229,6 +229,7 @@ public sealed class IdempotentExecution
     /// <summary>Checks that the operation left the joined transaction to Idem; throws when it committed or rolled it back itself.</summary>
     internal void ThrowIfTransactionEscaped()
     {
+        _transactionalStore?.ThrowIfWrittenOutside(this);
         if (_transaction is { } transaction)
         {
             ThrowIfEscaped(transaction);
