@@ -409,7 +409,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
     /// operation is refused, its joined writes rolled back and the key released. Not seen: writes through another
     /// driver, through COPY (binary import), or from work that does not flow from the operation (a queued background job).
     /// </remarks>
-    public void ThrowIfWrittenOutside(IdempotentExecution execution)
+    public void ThrowIfWrittenOutside(IdempotentExecution execution, Exception? failure)
     {
         ArgumentNullException.ThrowIfNull(execution);
         var seen = OutsideWriteWatch.Seen(execution);
@@ -430,7 +430,8 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
                 $"The operation wrote to the idempotency store's database through another connection than its joined transaction's (backend process {write.ProcessId}: {write.Text}). "
                 + "That write was not part of the joined transaction: it committed on its own and stays if this operation is rolled back or retried. "
                 + "Under a joined transaction write only through the transaction Idem hands out (IdempotentExecution.GetTransactionAsync, or a DbContext "
-                + "joined with JoinIdempotentTransactionAsync / AddIdempotencyJoinedTransaction), or turn JoinedTransaction off for this operation.");
+                + "joined with JoinIdempotentTransactionAsync / AddIdempotencyJoinedTransaction), or turn JoinedTransaction off for this operation.",
+                failure);
         }
     }
 

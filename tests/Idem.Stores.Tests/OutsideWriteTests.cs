@@ -155,3 +155,107 @@ public sealed class PostgreSqlOutsideWriteTests(PostgreSqlServer server) : IAsyn
         public void Dispose() => _meters.ForEach(m => m.Dispose());
     }
 }
+
+/// <summary>
+/// Issue 20, item 1, on SQLite: the joined transaction holds the file's write lock, so a write through another
+/// connection cannot commit; it fails after its busy timeout and Idem answers with a clear error, nothing committed.
+/// Without the refusal the operation failed with a bare "database is locked". A write through another connection
+/// before the joined transaction begins is not seen (the documented limit): it commits on its own.
+/// </summary>
+public sealed class SqliteOutsideWriteTests : IAsyncLifetime
+{
+    private readonly string _path = Path.Combine(Path.GetTempPath(), "idem-outside-" + Guid.NewGuid().ToString("N")[..12] + ".db");
+    private Idem.Sqlite.SqliteIdempotencyStore _store = null!;
+    private IdempotencyExecutor _executor = null!;
+    private readonly SingleMeterFactory _meters = new();
+    private static readonly IdempotencyPolicy Joined = IdempotencyPolicy.Default with { JoinedTransaction = true };
+
+    public async Task InitializeAsync()
+    {
+        _store = new Idem.Sqlite.SqliteIdempotencyStore(new Idem.Sqlite.SqliteIdempotencyStoreOptions { Path = _path });
+        await using var connection = await _store.OpenConnectionAsync(CancellationToken.None);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "CREATE TABLE orders (id INTEGER PRIMARY KEY, via TEXT NOT NULL)";
+        await command.ExecuteNonQueryAsync();
+        _executor = new IdempotencyExecutor(_store, new IdempotencyMetrics(_meters));
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _store.DisposeAsync();
+        _meters.Dispose();
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        foreach (var file in new[] { _path, _path + "-wal", _path + "-shm" })
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
+    public async Task A_write_through_another_connection_while_the_joined_transaction_holds_the_lock_is_refused_with_a_clear_error_and_nothing_commits()
+    {
+        var error = await Assert.ThrowsAsync<InvalidOperationException>(async () => await _executor.ExecuteOnceAsync("orders", "locked", "f", async execution =>
+        {
+            await InsertAsync(await execution.GetTransactionAsync(), "locked-joined");
+            await InsertOutsideAsync("locked-outside");
+            return 1;
+        }, Joined));
+        Assert.Contains("through another connection while its joined transaction held the file's write lock", error.Message, StringComparison.Ordinal);
+        Assert.IsType<Microsoft.Data.Sqlite.SqliteException>(error.InnerException); // what it was without the refusal: "database is locked"
+        Assert.Equal(0, await CountAsync("locked-joined"));
+        Assert.Equal(0, await CountAsync("locked-outside"));
+        Assert.Equal(1, await _executor.ExecuteOnceAsync("orders", "locked", "f", async execution => await InsertAsync(await execution.GetTransactionAsync(), "locked-fixed"), Joined));
+
+        // Not seen on SQLite: the other connection writes before the joined transaction begins, and commits on its own.
+        Assert.Equal(1, await _executor.ExecuteOnceAsync("orders", "before", "f", async execution =>
+        {
+            await InsertOutsideAsync("before-outside");
+            return await InsertAsync(await execution.GetTransactionAsync(), "before-joined");
+        }, Joined));
+        Assert.Equal(1, await CountAsync("before-outside"));
+    }
+
+    private async Task InsertOutsideAsync(string via)
+    {
+        // Its own connection to the same file, with a short busy timeout (the default is 30 s).
+        await using var other = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={_path};Default Timeout=1;Pooling=false");
+        await other.OpenAsync();
+        await using var command = other.CreateCommand();
+        command.CommandText = "INSERT INTO orders (via) VALUES ($via)";
+        command.Parameters.AddWithValue("$via", via);
+        await command.ExecuteNonQueryAsync();
+    }
+
+    private static async Task<int> InsertAsync(System.Data.Common.DbTransaction transaction, string via)
+    {
+        await using var command = transaction.Connection!.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = "INSERT INTO orders (via) VALUES ($via)";
+        command.Parameters.Add(new Microsoft.Data.Sqlite.SqliteParameter("$via", via));
+        return await command.ExecuteNonQueryAsync();
+    }
+
+    private async Task<long> CountAsync(string via)
+    {
+        await using var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={_path};Pooling=false");
+        await connection.OpenAsync();
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT count(*) FROM orders WHERE via = $via";
+        command.Parameters.AddWithValue("$via", via);
+        return (long)(await command.ExecuteScalarAsync())!;
+    }
+
+    private sealed class SingleMeterFactory : System.Diagnostics.Metrics.IMeterFactory
+    {
+        private readonly List<System.Diagnostics.Metrics.Meter> _meters = [];
+
+        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options)
+        {
+            var meter = new System.Diagnostics.Metrics.Meter(options);
+            _meters.Add(meter);
+            return meter;
+        }
+
+        public void Dispose() => _meters.ForEach(m => m.Dispose());
+    }
+}
