@@ -87,7 +87,7 @@ public abstract class DemoKillTests(ITestOutputHelper output)
             var clock = Stopwatch.StartNew();
             await demo.StartAsync();
             output.WriteLine($"{(joinedTransaction ? "joined" : "naive")}: demo started in {clock.Elapsed.TotalSeconds:0.0} s");
-            using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(240));
+            using var stop = new CancellationTokenSource(TimeSpan.FromSeconds(120 + (20 * kills))); // bounded: a stuck run fails
 
             // One request per call; a request that is not answered 201 (cut off by a kill, 409 while its claim is held,
             // 503) leaves its key for a retry with the same key and body.
