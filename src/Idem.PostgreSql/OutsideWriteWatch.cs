@@ -82,7 +82,7 @@ internal static class OutsideWriteWatch
                 activity.GetTagItem("server.port") as int?,
                 activity.GetTagItem("db.namespace") as string,
                 processId,
-                text.Length > 200 ? text[..200] + "…" : text));
+                text));
         }
     }
 

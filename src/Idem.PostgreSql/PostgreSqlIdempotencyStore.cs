@@ -420,14 +420,16 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
 
         var store = new NpgsqlConnectionStringBuilder(_dataSource.ConnectionString);
         var database = store.Database ?? store.Username;
+        // The store's own statements on its own connections (a nested Idem operation's claim, say) are not the operation's writes.
         var write = seen.FirstOrDefault(w =>
-            string.Equals(w.Database, database, StringComparison.Ordinal)
+            !w.Text.Contains(_options.TableName, StringComparison.Ordinal)
+            && string.Equals(w.Database, database, StringComparison.Ordinal)
             && string.Equals(w.Host, store.Host, StringComparison.OrdinalIgnoreCase)
             && (w.Port is null || w.Port == store.Port));
         if (write is not null)
         {
             throw new InvalidOperationException(
-                $"The operation wrote to the idempotency store's database through another connection than its joined transaction's (backend process {write.ProcessId}: {write.Text}). "
+                $"The operation wrote to the idempotency store's database through another connection than its joined transaction's (backend process {write.ProcessId}: {(write.Text.Length > 200 ? write.Text[..200] + "…" : write.Text)}). "
                 + "That write was not part of the joined transaction: it committed on its own and stays if this operation is rolled back or retried. "
                 + "Under a joined transaction write only through the transaction Idem hands out (IdempotentExecution.GetTransactionAsync, or a DbContext "
                 + "joined with JoinIdempotentTransactionAsync / AddIdempotencyJoinedTransaction), or turn JoinedTransaction off for this operation.",
