@@ -55,7 +55,10 @@ public sealed class IdempotencyOptions
     /// <value><c>X-Request-Id</c>.</value>
     public string CorrelationIdHeader { get; set; } = "X-Request-Id";
 
-    /// <summary>How often expired records are purged in the background; <see cref="TimeSpan.Zero"/> turns the purge off.</summary>
+    /// <summary>
+    /// How often expired records are purged in the background; <see cref="TimeSpan.Zero"/> turns the purge off. Sets
+    /// <see cref="IdempotencyPurgeOptions.Interval"/> of the purge that <c>AddIdempotencyCore()</c> registers.
+    /// </summary>
     /// <value>1 minute.</value>
     public TimeSpan PurgeInterval { get; set; } = TimeSpan.FromMinutes(1);
 

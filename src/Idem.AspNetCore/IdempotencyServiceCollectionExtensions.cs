@@ -35,7 +35,8 @@ public static class IdempotencyServiceCollectionExtensions
         .ValidateOnStart();
         services.AddMetrics();
         var builder = services.AddIdempotencyCore();
-        services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, IdempotencyPurgeService>());
+        // The purge itself is core's (workers need it too); the middleware's options keep their PurgeInterval.
+        services.AddOptions<IdempotencyPurgeOptions>().Configure<IOptions<IdempotencyOptions>>(static (purge, o) => purge.Interval = o.Value.PurgeInterval);
         services.TryAddEnumerable(ServiceDescriptor.Singleton<Microsoft.AspNetCore.Hosting.IStartupFilter, IdempotencyEndpointValidation>());
         if (!services.Any(static d => d.ServiceType == typeof(OpenApiMarker)))
         {

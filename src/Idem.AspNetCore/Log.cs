@@ -20,9 +20,4 @@ internal static partial class Log
     [LoggerMessage(3005, LogLevel.Information, "The client of request {RequestId} went away; the handler runs on so its response can be stored for the retry.", EventName = "ClientGone")]
     public static partial void ClientGone(ILogger logger, string requestId);
 
-    [LoggerMessage(3006, LogLevel.Warning, "Purging expired idempotency records failed.", EventName = "PurgeFailed")]
-    public static partial void PurgeFailed(ILogger logger, Exception exception);
-
-    [LoggerMessage(3007, LogLevel.Debug, "Purged {Count} expired idempotency records.", EventName = "Purged")]
-    public static partial void Purged(ILogger logger, int count);
 }

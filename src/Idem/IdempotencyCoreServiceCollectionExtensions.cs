@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using Idem;
 using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 
 namespace Microsoft.Extensions.DependencyInjection;
@@ -16,8 +17,9 @@ public static class IdempotencyCoreServiceCollectionExtensions
         "or .UseInMemoryStore() (tests and throwaway setups: records are lost on restart).";
 
     /// <summary>
-    /// Adds the <see cref="IdempotencyExecutor"/>, <see cref="IdempotencyMetrics"/> and <see cref="TimeProvider.System"/>
-    /// (unless a clock is registered). Choose the store on the returned builder (<c>.UseSqliteStore()</c>,
+    /// Adds the <see cref="IdempotencyExecutor"/>, <see cref="IdempotencyMetrics"/>, <see cref="TimeProvider.System"/>
+    /// (unless a clock is registered) and the background purge of expired records (a hosted service, run by any
+    /// <c>IHost</c>; <see cref="IdempotencyPurgeOptions"/>). Choose the store on the returned builder (<c>.UseSqliteStore()</c>,
     /// <c>.UsePostgreSqlStore(…)</c>, <c>.UseRedisStore(…)</c>, <c>.UseInMemoryStore()</c>); resolving the executor
     /// without one throws an <see cref="InvalidOperationException"/> that names them. ASP.NET Core apps call
     /// <c>AddIdempotency()</c> (package Idem.AspNetCore) instead, which calls this.
@@ -35,6 +37,12 @@ public static class IdempotencyCoreServiceCollectionExtensions
             sp.GetRequiredService<IdempotencyMetrics>(),
             sp.GetRequiredService<TimeProvider>(),
             sp.GetService<ILogger<IdempotencyExecutor>>()));
+        services.AddOptions<IdempotencyPurgeOptions>().Validate(static o =>
+        {
+            o.Validate();
+            return true;
+        });
+        services.TryAddEnumerable(ServiceDescriptor.Singleton<IHostedService, IdempotencyPurgeService>());
         return new IdempotencyBuilder(services);
     }
 

@@ -3,11 +3,19 @@ using Microsoft.Extensions.Logging;
 namespace Idem;
 
 /// <summary>
-/// Event ids: 1000s claim and execution (1101-1199 joined transaction and recovery points), 2000s store, 3000s HTTP (in Idem.AspNetCore).
+/// Event ids: 1000s claim and execution (1101-1199 joined transaction and recovery points), 2000s store, 3000s HTTP (in
+/// Idem.AspNetCore), except the purge's 3006/3007 (here since the purge moved to core).
 /// Store keys are hashes, safe to log; raw client keys and principals never are.
 /// </summary>
 internal static partial class Log
 {
+    // 3006/3007 kept the ids they had when the purge lived in Idem.AspNetCore, so existing log filters still match.
+    [LoggerMessage(3006, LogLevel.Warning, "Purging expired idempotency records failed.", EventName = "PurgeFailed")]
+    public static partial void PurgeFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(3007, LogLevel.Debug, "Purged {Count} expired idempotency records.", EventName = "Purged")]
+    public static partial void Purged(ILogger logger, int count);
+
     [LoggerMessage(1001, LogLevel.Debug, "Claimed {StoreKey}; executing.", EventName = "Claimed")]
     public static partial void Claimed(ILogger logger, string storeKey);
 

@@ -35,7 +35,7 @@ public sealed class PurgeServiceTests : IDisposable
         await store.TryClaimAsync(new ClaimRequest("live", "fp", keeper, TimeSpan.FromSeconds(10), TimeSpan.FromHours(24)), default);
         await store.CompleteAsync("live", keeper, response, TimeSpan.FromHours(24), default);
 
-        var purge = provider.GetServices<IHostedService>().OfType<IdempotencyPurgeService>().Single();
+        var purge = provider.GetServices<IHostedService>().OfType<Idem.IdempotencyPurgeService>().Single();
         await purge.StartAsync(default);
         time.Advance(TimeSpan.FromMinutes(6)); // past the short retention, and fires the purge timer
         await purge.PurgeOnceAsync(default); // deterministic: the timer's own run may still be in progress
@@ -45,5 +45,18 @@ public sealed class PurgeServiceTests : IDisposable
         Assert.Null(await store.GetAsync("old-0", default));
         Assert.Null(await store.GetAsync("old-1199", default));
         Assert.NotNull(await store.GetAsync("live", default));
+    }
+
+    [Fact]
+    public async Task PurgeInterval_of_the_middleware_options_sets_the_core_purge()
+    {
+        var services = new ServiceCollection();
+        services.AddIdempotency(o => o.PurgeInterval = TimeSpan.FromSeconds(42)).UseInMemoryStore();
+        await using var provider = services.BuildServiceProvider();
+
+        var purge = provider.GetRequiredService<Microsoft.Extensions.Options.IOptions<IdempotencyPurgeOptions>>().Value;
+
+        Assert.Equal(TimeSpan.FromSeconds(42), purge.Interval);
+        Assert.Single(provider.GetServices<IHostedService>().OfType<Idem.IdempotencyPurgeService>());
     }
 }

@@ -1,4 +1,3 @@
-using Idem.Redis;
 using Idem.TestUtils;
 using Xunit;
 
@@ -16,33 +15,4 @@ public sealed class RedisClusterGroup : ICollectionFixture<RedisCluster>
 /// user writes); every test gets its own prefix, and its keys spread over the three masters.
 /// </summary>
 [Collection(RedisClusterGroup.Name)]
-public sealed class RedisClusterStoreTests(RedisCluster cluster) : IdempotencyStoreConformanceTests
-{
-    private readonly string _prefix = RedisServer.NewPrefix("cluster");
-    private readonly List<RedisIdempotencyStore> _secondInstances = [];
-
-    protected override bool UsesAppClock => false;
-
-    protected override bool ExpiresRecordsItself => true;
-
-    protected override ValueTask<IIdempotencyStore> CreateStoreAsync(TimeProvider timeProvider) =>
-        ValueTask.FromResult<IIdempotencyStore>(new RedisIdempotencyStore(Options()));
-
-    protected override ValueTask<IIdempotencyStore> CreateSecondInstanceAsync(TimeProvider timeProvider)
-    {
-        var store = new RedisIdempotencyStore(Options());
-        _secondInstances.Add(store);
-        return ValueTask.FromResult<IIdempotencyStore>(store);
-    }
-
-    public override async Task DisposeAsync()
-    {
-        await base.DisposeAsync();
-        foreach (var store in _secondInstances)
-        {
-            await store.DisposeAsync();
-        }
-    }
-
-    private RedisIdempotencyStoreOptions Options() => new() { Configuration = cluster.Configuration, KeyPrefix = _prefix };
-}
+public sealed class RedisClusterStoreTests(RedisCluster cluster) : RedisConformanceTests(cluster.Configuration, "cluster");

@@ -11,11 +11,13 @@ public sealed class RedisServerGroup : ICollectionFixture<RedisServer>
     public const string Name = "Redis";
 }
 
-/// <summary>The conformance suite against a real Redis; every test gets its own key prefix (and so its own channel).</summary>
-[Collection(RedisServerGroup.Name)]
-public sealed class RedisStoreTests(RedisServer server) : IdempotencyStoreConformanceTests
+/// <summary>
+/// The conformance suite against Redis through one configuration string (a server, or a cluster's node list); every
+/// test gets its own key prefix (and so its own channel). Subclasses say where Redis is.
+/// </summary>
+public abstract class RedisConformanceTests(string configuration, string prefixLabel) : IdempotencyStoreConformanceTests
 {
-    private readonly string _prefix = RedisServer.NewPrefix("conf");
+    private readonly string _prefix = RedisServer.NewPrefix(prefixLabel);
     private readonly List<RedisIdempotencyStore> _secondInstances = [];
 
     // Leases are judged by Redis's clock: tests use short real durations.
@@ -44,5 +46,9 @@ public sealed class RedisStoreTests(RedisServer server) : IdempotencyStoreConfor
         }
     }
 
-    private RedisIdempotencyStoreOptions Options() => new() { Configuration = server.Endpoint, KeyPrefix = _prefix };
+    private RedisIdempotencyStoreOptions Options() => new() { Configuration = configuration, KeyPrefix = _prefix };
 }
+
+/// <summary>The conformance suite against a real Redis server.</summary>
+[Collection(RedisServerGroup.Name)]
+public sealed class RedisStoreTests(RedisServer server) : RedisConformanceTests(server.Endpoint, "conf");

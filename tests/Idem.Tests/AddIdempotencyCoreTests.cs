@@ -1,4 +1,6 @@
 using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Time.Testing;
 
 namespace Idem.Tests;
 
@@ -36,5 +38,65 @@ public sealed class AddIdempotencyCoreTests
         Assert.Contains(".UsePostgreSqlStore(", ex.Message);
         Assert.Contains(".UseRedisStore(", ex.Message);
         Assert.Contains(".UseInMemoryStore()", ex.Message);
+    }
+
+    [Fact]
+    public async Task A_worker_container_purges_expired_records_in_batches_and_keeps_live_ones()
+    {
+        var time = new FakeTimeProvider(DateTimeOffset.UtcNow);
+        var services = new ServiceCollection();
+        services.AddSingleton<TimeProvider>(time);
+        services.Configure<IdempotencyPurgeOptions>(o => o.BatchSize = 7);
+        services.AddIdempotencyCore().UseInMemoryStore();
+        await using var provider = services.BuildServiceProvider();
+        var store = provider.GetRequiredService<IIdempotencyStore>();
+        var response = new StoredResponse(200, null, new byte[] { 1 });
+        for (var i = 0; i < 20; i++)
+        {
+            var owner = Guid.NewGuid();
+            await store.TryClaimAsync(new ClaimRequest($"old-{i}", "fp", owner, TimeSpan.FromSeconds(10), TimeSpan.FromMinutes(5)), default);
+            await store.CompleteAsync($"old-{i}", owner, response, TimeSpan.FromMinutes(5), default);
+        }
+
+        var keeper = Guid.NewGuid();
+        await store.TryClaimAsync(new ClaimRequest("live", "fp", keeper, TimeSpan.FromSeconds(10), TimeSpan.FromHours(24)), default);
+        await store.CompleteAsync("live", keeper, response, TimeSpan.FromHours(24), default);
+
+        // Before the purge moved to core, a host built on AddIdempotencyCore() had no hosted service at all.
+        var purge = Assert.Single(provider.GetServices<IHostedService>().OfType<IdempotencyPurgeService>());
+        await purge.StartAsync(default);
+        time.Advance(TimeSpan.FromMinutes(6));
+        await purge.PurgeOnceAsync(default); // 20 records in batches of 7: three store calls in one run
+        await purge.StopAsync(default);
+
+        Assert.Null(await store.GetAsync("old-0", default));
+        Assert.Null(await store.GetAsync("old-19", default));
+        Assert.NotNull(await store.GetAsync("live", default));
+    }
+
+    [Fact]
+    public async Task A_worker_host_without_a_store_fails_when_its_hosted_services_are_created()
+    {
+        var services = new ServiceCollection();
+        services.AddIdempotencyCore();
+        await using var provider = services.BuildServiceProvider();
+
+        var ex = Assert.Throws<InvalidOperationException>(() => provider.GetServices<IHostedService>().ToList());
+
+        Assert.Contains(".UseSqliteStore()", ex.Message);
+        Assert.Contains(".UseInMemoryStore()", ex.Message);
+    }
+
+    [Fact]
+    public async Task Purge_options_out_of_range_are_refused()
+    {
+        var services = new ServiceCollection();
+        services.Configure<IdempotencyPurgeOptions>(o => o.BatchSize = 0);
+        services.AddIdempotencyCore().UseInMemoryStore();
+        await using var provider = services.BuildServiceProvider();
+
+        var ex = Assert.Throws<ArgumentOutOfRangeException>(
+            () => provider.GetRequiredService<Microsoft.Extensions.Options.IOptions<IdempotencyPurgeOptions>>().Value);
+        Assert.Contains("BatchSize", ex.Message);
     }
 }

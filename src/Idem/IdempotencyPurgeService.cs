@@ -1,26 +1,27 @@
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.Extensions.Options;
 
-namespace Idem.AspNetCore;
+namespace Idem;
 
 /// <summary>Deletes expired records in small batches, so the store stays small and no purge holds long locks.</summary>
 internal sealed class IdempotencyPurgeService(
     IServiceProvider services,
-    IOptions<IdempotencyOptions> options,
+    IOptions<IdempotencyPurgeOptions> options,
     TimeProvider timeProvider,
-    ILogger<IdempotencyPurgeService> logger) : BackgroundService
+    ILogger<IdempotencyPurgeService>? logger = null) : BackgroundService
 {
-    private const int BatchSize = 500;
+    private readonly ILogger _logger = logger ?? NullLogger<IdempotencyPurgeService>.Instance;
 
     // The host creates hosted services before it validates options: an app without a store hears why here.
     private readonly IIdempotencyStore _store = services.GetService<IIdempotencyStore>()
-        ?? throw new InvalidOperationException(Microsoft.Extensions.DependencyInjection.IdempotencyServiceCollectionExtensions.NoStoreMessage);
+        ?? throw new InvalidOperationException(IdempotencyCoreServiceCollectionExtensions.NoStoreMessage);
 
     protected override async Task ExecuteAsync(CancellationToken stoppingToken)
     {
-        var interval = options.Value.PurgeInterval;
+        var interval = options.Value.Interval;
         if (interval <= TimeSpan.Zero)
         {
             return;
@@ -41,22 +42,23 @@ internal sealed class IdempotencyPurgeService(
 
     internal async Task PurgeOnceAsync(CancellationToken cancellationToken)
     {
+        var batchSize = options.Value.BatchSize;
         try
         {
             int purged;
             do
             {
-                purged = await _store.PurgeExpiredAsync(BatchSize, cancellationToken).ConfigureAwait(false);
+                purged = await _store.PurgeExpiredAsync(batchSize, cancellationToken).ConfigureAwait(false);
                 if (purged > 0)
                 {
-                    Log.Purged(logger, purged);
+                    Log.Purged(_logger, purged);
                 }
             }
-            while (purged == BatchSize && !cancellationToken.IsCancellationRequested);
+            while (purged == batchSize && !cancellationToken.IsCancellationRequested);
         }
         catch (Exception ex) when (ex is not OperationCanceledException || !cancellationToken.IsCancellationRequested)
         {
-            Log.PurgeFailed(logger, ex);
+            Log.PurgeFailed(_logger, ex);
         }
     }
 }
