@@ -88,8 +88,8 @@ internal static class OutsideWriteWatch
 
     /// <summary>
     /// Whether a statement of <paramref name="sql"/> changes data or schema: the first word of a statement is INSERT,
-    /// UPDATE, DELETE, MERGE, TRUNCATE, CREATE, ALTER, DROP, COPY or CALL, or a WITH query contains INSERT, UPDATE, DELETE
-    /// or MERGE. A SELECT (FOR UPDATE included) is a read.
+    /// UPDATE, DELETE, MERGE, TRUNCATE, CREATE, ALTER, DROP or CALL, or COPY … FROM (Npgsql traces a binary import as
+    /// one), or a WITH query contains INSERT, UPDATE, DELETE or MERGE. A SELECT (FOR UPDATE included) is a read.
     /// </summary>
     internal static bool IsDataModifying(string sql)
     {
@@ -99,7 +99,9 @@ internal static class OutsideWriteWatch
             var first = words.FirstOrDefault(w => !w.StartsWith("--", StringComparison.Ordinal))?.ToUpperInvariant();
             switch (first)
             {
-                case "INSERT" or "UPDATE" or "DELETE" or "MERGE" or "TRUNCATE" or "CREATE" or "ALTER" or "DROP" or "COPY" or "CALL":
+                case "INSERT" or "UPDATE" or "DELETE" or "MERGE" or "TRUNCATE" or "CREATE" or "ALTER" or "DROP" or "CALL":
+                    return true;
+                case "COPY" when words.Any(w => w.ToUpperInvariant() == "FROM"): // an import (COPY … TO is an export)
                     return true;
                 case "WITH" when words.Any(w => w.ToUpperInvariant() is "INSERT" or "UPDATE" or "DELETE" or "MERGE"):
                     return true;

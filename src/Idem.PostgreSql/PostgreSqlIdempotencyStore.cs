@@ -407,7 +407,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
     /// another connection than the joined transaction's, or before it began, while the operation ran on the request's
     /// flow. The command had already run (an autocommitted write stays committed: fix the code that wrote it); the
     /// operation is refused, its joined writes rolled back and the key released. Not seen: writes through another
-    /// driver, through COPY (binary import), or from work that does not flow from the operation (a queued background job).
+    /// driver, or from work that does not flow from the operation (a queued background job).
     /// </remarks>
     public void ThrowIfWrittenOutside(IdempotentExecution execution, Exception? failure)
     {

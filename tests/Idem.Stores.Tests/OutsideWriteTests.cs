@@ -101,6 +101,8 @@ public sealed class PostgreSqlOutsideWriteTests(PostgreSqlServer server) : IAsyn
     [InlineData("SELECT * FROM t WHERE a = 1", false)]
     [InlineData("SELECT * FROM t FOR UPDATE", false)]
     [InlineData("BEGIN", false)]
+    [InlineData("COPY t (a) FROM STDIN (FORMAT BINARY)", true)]
+    [InlineData("COPY t (a) TO STDOUT (FORMAT BINARY)", false)]
     public void Data_modifying_statements_are_told_from_reads(string sql, bool modifying) =>
         Assert.Equal(modifying, OutsideWriteWatch.IsDataModifying(sql));
 
