@@ -101,7 +101,7 @@ internal static class OutsideWriteWatch
             {
                 case "INSERT" or "UPDATE" or "DELETE" or "MERGE" or "TRUNCATE" or "CREATE" or "ALTER" or "DROP" or "CALL":
                     return true;
-                case "COPY" when words.Any(w => w.ToUpperInvariant() == "FROM"): // an import (COPY … TO is an export)
+                case "COPY" when words.Any(w => string.Equals(w, "FROM", StringComparison.OrdinalIgnoreCase)): // an import (COPY … TO is an export)
                     return true;
                 case "WITH" when words.Any(w => w.ToUpperInvariant() is "INSERT" or "UPDATE" or "DELETE" or "MERGE"):
                     return true;
