@@ -13,6 +13,8 @@
 #   BRACKET_TOLERANCE=15 ATTEMPTS=3                   a case whose two bare brackets differ by more than 15 % was measured
 #                                                     while the box changed speed: it is measured again (fresh server), up
 #                                                     to 3 attempts in all; every attempt is listed in results.md
+#   JIT_SETTLE=50 WARMUP_MAX=60s                      after WARMUP, keep warming up in 5 s slices while the server compiled
+#                                                     more than 50 methods in the last one, up to 60 s in all (0 = off)
 #   TIERING=fast|default                              fast (default) sets DOTNET_TC_CallCountingDelayMs=0, see README
 #   PIN=1 SERVER_CPUS=0 WRK_CPUS=1                    taskset pinning (PIN=0 turns it off)
 #   CASES="bare memory-new ..."                       run only these cases (bare is always measured, interleaved)

@@ -5,7 +5,7 @@
 // the helper's are on PostgreSQL, in alternating rounds so that the box's
 // drift hits both sides of a ratio alike; each ratio is the median of the rounds' ratios.
 //
-// Usage: Idem.Benchmarks.DataLayer --postgres <connection string> [--ops 2000] [--rounds 5] [--out results.md]
+// Usage: Idem.Benchmarks.DataLayer --postgres <connection string> [--ops 1000] [--rounds 5] [--out results.md] [--only <case text>]
 // The PostgreSQL connection must be allowed to create and drop a database. benchmarks/datalayer.sh starts a server.
 using System.Data.Common;
 using System.Diagnostics;
@@ -24,7 +24,7 @@ using Npgsql;
 var options = Args.Parse(args);
 var report = new StringBuilder();
 report.AppendLine("# Data-layer benchmark results").AppendLine()
-    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start), {options.Ops} sequential calls per case and round, {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round). Plain ADO.NET statements are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side.").AppendLine()
+    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start, {{END_LOAD}} at the end), {options.Ops} sequential calls per case and round ({Math.Max(50, options.Ops / 4)} for SQLite writes, each an fsync), {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round), the two sides run in interleaved blocks of 20 calls. Plain ADO.NET statements are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side.").AppendLine()
     .AppendLine("| Database | Case | Plain calls/s | Helper calls/s | Ratio | Target |")
     .AppendLine("|---|---|---:|---:|---:|---|");
 var slugLines = new List<string>();
@@ -35,26 +35,46 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
     {
         Console.Error.WriteLine($"[{database.Name}] populating");
         await database.PopulateAsync(options.Ops * options.Rounds * 2);
-        var pairs = new (string Case, string Target, Func<int, Task> Plain, Func<int, Task> Helper)[]
+        // (case, target, plain, helper, writes): the cases marked "option" time one way the helper could be written,
+        // as raw SQL against the same baseline, so the chosen one can be compared with the others in one run.
+        var sqlite = database is SqliteDatabase;
+        var pairs = new List<(string Case, string Target, Func<int, Task> Plain, Func<int, Task> Helper, bool Writes)>
         {
-            ("ADO.NET, existing row: create-or-get vs SELECT by key", "≥ 0.9×", database.SelectAsync, database.CreateOrGetExistingAsync),
-            ("ADO.NET, new row: create-or-get vs INSERT", "≥ 0.9×", database.InsertAsync, database.CreateOrGetNewAsync),
-            ("EF Core, existing row: CreateOrGetAsync vs FirstAsync by key", "—", database.EfSelectAsync, database.EfCreateOrGetExistingAsync),
-            ("EF Core, new row: CreateOrGetAsync vs Add + SaveChangesAsync", "—", database.EfInsertAsync, database.EfCreateOrGetNewAsync),
+            ("ADO.NET, existing row: create-or-get vs SELECT by key", "≥ 0.9×", database.SelectAsync, database.CreateOrGetExistingAsync, false),
+            ("option: existing row, INSERT … ON CONFLICT DO NOTHING RETURNING, then SELECT (two commands) vs SELECT", "—", database.SelectAsync, database.InsertThenReadExistingAsync, false),
         };
-        foreach (var (name, target, plain, helper) in pairs)
+        if (sqlite)
         {
-            Console.Error.WriteLine($"[{database.Name}] {name}");
-            await RunAsync(plain, 200, 0);
-            await RunAsync(helper, 200, 0);
+            pairs.Add(("option: existing row, INSERT … RETURNING; SELECT … AND changes() = 0 in one command vs SELECT", "—", database.SelectAsync, database.BatchExistingAsync, false));
+        }
+
+        pairs.Add(("ADO.NET, new row: create-or-get vs INSERT", "≥ 0.9×", database.InsertAsync, database.CreateOrGetNewAsync, true));
+        pairs.Add((sqlite ? "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no read first) vs INSERT" : "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no folded read) vs INSERT", "—", database.InsertAsync, database.InsertOrNothingNewAsync, true));
+        pairs.Add(("EF Core, existing row: CreateOrGetAsync vs FirstAsync by key", "—", database.EfSelectAsync, database.EfCreateOrGetExistingAsync, false));
+        pairs.Add(("EF Core, new row: CreateOrGetAsync vs Add + SaveChangesAsync", "—", database.EfInsertAsync, database.EfCreateOrGetNewAsync, true));
+        pairs.Add(("ADO.NET, unique slug of a new name (no contention) vs INSERT of the row with its slug", "—", database.InsertCommunityAsync, database.InsertCommunityWithSlugAsync, true));
+        for (var index = 0; index < pairs.Count; index++)
+        {
+            var (name, target, plain, helper, writes) = pairs[index];
+            if (options.Only is { } only && !name.Contains(only, StringComparison.OrdinalIgnoreCase))
+            {
+                continue;
+            }
+
+            // Writes of each case use keys of their own (the same plain INSERT is the baseline of several cases).
+            var keys = writes ? index * 10_000_000 : 0;
+            // SQLite commits every write with an fsync: fewer calls keep the run short.
+            var ops = writes && sqlite ? Math.Max(50, options.Ops / 4) : options.Ops;
+            Console.Error.WriteLine($"[{database.Name}] {name} ({ops} calls per round)");
+            await RunAsync(plain, Math.Min(200, ops), keys);
+            await RunAsync(helper, Math.Min(200, ops), keys);
             var ratios = new List<double>();
             var plainRates = new List<double>();
             var helperRates = new List<double>();
             for (var round = 0; round < options.Rounds; round++)
             {
-                var offset = (round + 1) * options.Ops;
-                var p = await RunAsync(plain, options.Ops, offset);
-                var h = await RunAsync(helper, options.Ops, offset);
+                var offset = keys + (round + 1) * options.Ops;
+                var (p, h) = await PairAsync(plain, helper, ops, offset);
                 plainRates.Add(p);
                 helperRates.Add(h);
                 ratios.Add(h / p);
@@ -63,7 +83,7 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
             report.AppendLine(CultureInfo.InvariantCulture, $"| {database.Name} | {name} | {Median(plainRates):N0} | {Median(helperRates):N0} | {Median(ratios):0.00}× (rounds {string.Join(", ", ratios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) | {target} |");
         }
 
-        for (var trial = 1; trial <= 3; trial++)
+        for (var trial = 1; trial <= 3 && options.Only is null; trial++)
         {
             var (statements, seconds) = await database.SlugContentionAsync($"Contended Name {trial}", 100);
             slugLines.Add(string.Create(CultureInfo.InvariantCulture, $"| {database.Name} | {trial} | 100 | {statements} | {statements / 100.0:0.00} | {seconds:0.00} s |"));
@@ -80,6 +100,7 @@ foreach (var line in slugLines)
     report.AppendLine(line);
 }
 
+report.Replace("{END_LOAD}", File.ReadAllText("/proc/loadavg").Split(' ')[0]);
 await File.WriteAllTextAsync(options.Out, report.ToString());
 Console.Out.Write(report);
 return 0;
@@ -95,20 +116,54 @@ static async Task<double> RunAsync(Func<int, Task> call, int count, int offset)
     return count / Stopwatch.GetElapsedTime(started).TotalSeconds;
 }
 
+// Both sides of a ratio in interleaved blocks of 20 calls (which side goes first alternates), so that the shared box's
+// drift, which moves single rounds by 2× and more, hits both sides alike; the elapsed time is summed per side.
+static async Task<(double Plain, double Helper)> PairAsync(Func<int, Task> plain, Func<int, Task> helper, int count, int offset)
+{
+    const int Block = 20;
+    long plainTicks = 0, helperTicks = 0;
+    for (var start = 0; start < count; start += Block)
+    {
+        var n = Math.Min(Block, count - start);
+        for (var side = 0; side < 2; side++)
+        {
+            var helperSide = (side == 0) == (start / Block % 2 == 1);
+            var call = helperSide ? helper : plain;
+            var began = Stopwatch.GetTimestamp();
+            for (var i = 0; i < n; i++)
+            {
+                await call(offset + start + i);
+            }
+
+            var elapsed = Stopwatch.GetTimestamp() - began;
+            if (helperSide)
+            {
+                helperTicks += elapsed;
+            }
+            else
+            {
+                plainTicks += elapsed;
+            }
+        }
+    }
+
+    return (count * (double)Stopwatch.Frequency / plainTicks, count * (double)Stopwatch.Frequency / helperTicks);
+}
+
 static double Median(List<double> values)
 {
     var sorted = values.Order().ToArray();
     return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
 }
 
-internal sealed record Args(string Postgres, int Ops, int Rounds, string Out)
+internal sealed record Args(string Postgres, int Ops, int Rounds, string Out, string? Only)
 {
     public static Args Parse(string[] args)
     {
         string? Get(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
         var postgres = Get("--postgres") ?? Environment.GetEnvironmentVariable("IDEM_BENCH_POSTGRES")
             ?? throw new ArgumentException("--postgres <connection string> is required (or IDEM_BENCH_POSTGRES).");
-        return new Args(postgres, int.Parse(Get("--ops") ?? "2000", CultureInfo.InvariantCulture), int.Parse(Get("--rounds") ?? "5", CultureInfo.InvariantCulture), Get("--out") ?? "datalayer-results.md");
+        return new Args(postgres, int.Parse(Get("--ops") ?? "1000", CultureInfo.InvariantCulture), int.Parse(Get("--rounds") ?? "5", CultureInfo.InvariantCulture), Get("--out") ?? "datalayer-results.md", Get("--only"));
     }
 }
 
@@ -150,7 +205,7 @@ internal abstract class Database : IAsyncDisposable
 
     protected abstract DbContextOptions<BenchContext> ContextOptions { get; }
 
-    protected abstract Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key);
+    protected abstract Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key, DbTransaction? transaction = null);
 
     protected abstract Task<long> InsertWithSlugAsync(DbConnection connection, string name);
 
@@ -174,6 +229,48 @@ internal abstract class Database : IAsyncDisposable
     public async Task InsertAsync(int i) => await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v')", "plain-new-" + i);
 
     public async Task CreateOrGetNewAsync(int i) => Check(await CreateOrGetAsync(Connection, "helper-new-" + i), created: true);
+
+    public async Task InsertThenReadExistingAsync(int i)
+    {
+        if (await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v') ON CONFLICT (k) DO NOTHING RETURNING id", "existing-" + i)
+            || !await ExecuteAsync("SELECT id FROM items WHERE k = @k", "existing-" + i))
+        {
+            throw new InvalidOperationException("Expected an existing row.");
+        }
+    }
+
+    public async Task BatchExistingAsync(int i)
+    {
+        await using var command = Connection.CreateCommand();
+        command.CommandText = "INSERT INTO items (k, v) VALUES (@k, 'v') ON CONFLICT (k) DO NOTHING RETURNING id; SELECT id FROM items WHERE k = @k AND changes() = 0";
+        AddKey(command, "existing-" + i);
+        await using var reader = await command.ExecuteReaderAsync();
+        var rows = 0;
+        do
+        {
+            while (await reader.ReadAsync())
+            {
+                rows++;
+            }
+        }
+        while (await reader.NextResultAsync());
+        if (rows != 1)
+        {
+            throw new InvalidOperationException($"Expected one row, got {rows}.");
+        }
+    }
+
+    public async Task InsertOrNothingNewAsync(int i)
+    {
+        if (!await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v') ON CONFLICT (k) DO NOTHING RETURNING id", "option-new-" + i))
+        {
+            throw new InvalidOperationException("Expected a new row.");
+        }
+    }
+
+    public async Task InsertCommunityAsync(int i) => await ExecuteAsync("INSERT INTO communities (name, slug) VALUES (@k, @k)", "plain-slug-" + i);
+
+    public async Task InsertCommunityWithSlugAsync(int i) => await InsertWithSlugAsync(Connection, "Helper Slug " + i);
 
     public async Task EfSelectAsync(int i)
     {
@@ -252,20 +349,30 @@ internal abstract class Database : IAsyncDisposable
         }
     }
 
-    private async Task ExecuteAsync(string sql, string key, DbTransaction? transaction = null)
+    /// <summary>Runs one statement; true when it returned a row.</summary>
+    private async Task<bool> ExecuteAsync(string sql, string key, DbTransaction? transaction = null)
     {
         await using var command = Connection.CreateCommand();
         command.CommandText = sql;
         command.Transaction = transaction;
+        AddKey(command, key);
+        await command.PrepareAsync(); // as the helper does on PostgreSQL (a no-op once prepared on the connection; SQLite: nothing kept)
+        await using var reader = await command.ExecuteReaderAsync();
+        var row = false;
+        while (await reader.ReadAsync())
+        {
+            row = true;
+        }
+
+        return row;
+    }
+
+    private static void AddKey(DbCommand command, string key)
+    {
         var parameter = command.CreateParameter();
         parameter.ParameterName = "@k";
         parameter.Value = key;
         command.Parameters.Add(parameter);
-        await command.PrepareAsync(); // as the helper does on PostgreSQL (a no-op once prepared on the connection; SQLite: nothing kept)
-        await using var reader = await command.ExecuteReaderAsync();
-        while (await reader.ReadAsync())
-        {
-        }
     }
 
     public virtual async ValueTask DisposeAsync()
@@ -309,8 +416,8 @@ internal sealed class SqliteDatabase : Database
         return connection;
     }
 
-    protected override Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key) =>
-        ((SqliteConnection)connection).CreateOrGetAsync(Items, [key, "v"], r => r.GetInt64(0));
+    protected override Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key, DbTransaction? transaction = null) =>
+        ((SqliteConnection)connection).CreateOrGetAsync(Items, [key, "v"], r => r.GetInt64(0), (SqliteTransaction?)transaction);
 
     protected override Task<long> InsertWithSlugAsync(DbConnection connection, string name) =>
         SlugAsync(d => ((SqliteConnection)connection).InsertWithUniqueSlugAsync(d, name, [name], r => r.GetInt64(0)));
@@ -354,8 +461,8 @@ internal sealed class PostgreSqlDatabase : Database
 
     protected override async Task<DbConnection> OpenAsync() => await _dataSource!.OpenConnectionAsync();
 
-    protected override Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key) =>
-        ((NpgsqlConnection)connection).CreateOrGetAsync(Items, [key, "v"], r => r.GetInt64(0));
+    protected override Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key, DbTransaction? transaction = null) =>
+        ((NpgsqlConnection)connection).CreateOrGetAsync(Items, [key, "v"], r => r.GetInt64(0), (NpgsqlTransaction?)transaction);
 
     protected override Task<long> InsertWithSlugAsync(DbConnection connection, string name) =>
         SlugAsync(d => ((NpgsqlConnection)connection).InsertWithUniqueSlugAsync(d, name, [name], r => r.GetInt64(0)));

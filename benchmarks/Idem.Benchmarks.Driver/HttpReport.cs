@@ -51,6 +51,9 @@ internal sealed record CaseResult
 
     public long JitMethods { get; init; }
 
+    /// <summary>Warm-up added after <c>WARMUP</c> until the JIT settled (see <c>JIT_SETTLE</c>).</summary>
+    public double ExtraWarmupSeconds { get; init; }
+
     /// <summary>req/s of the bare server kept running, right before and right after the timed run (pinned cases).</summary>
     public double? BracketBefore { get; init; }
 
@@ -227,13 +230,14 @@ internal static class HttpReport
         Line("CPU the box gave us.");
         Line();
         Line("JIT methods = methods compiled during the timed run (JitInfo); hundreds mean the warm-up did not finish tiering");
-        Line("and CPU µs/request includes JIT time.");
+        Line("and CPU µs/request includes JIT time. extra warm-up s = warm-up added after WARMUP until the server compiled at most");
+        Line("JIT_SETTLE methods in 5 s (bounded by WARMUP_MAX).");
         Line();
-        Line("| case | CPU µs/request | allocated KB/request | thread-pool items/request | exceptions/request | GCs gen0/1/2 | GC pause ms | JIT methods |");
-        Line("|---|---:|---:|---:|---:|---|---:|---:|");
+        Line("| case | CPU µs/request | allocated KB/request | thread-pool items/request | exceptions/request | GCs gen0/1/2 | GC pause ms | JIT methods | extra warm-up s |");
+        Line("|---|---:|---:|---:|---:|---|---:|---:|---:|");
         foreach (var result in run.Cases.Where(c => c.Skipped is null && c.Requests > 0))
         {
-            Line($"| {result.Name} | {F(result.CpuMicrosecondsPerRequest, "0.0")} | {F(result.AllocatedBytesPerRequest / 1024, "0.00")} | {F(result.ThreadPoolItemsPerRequest, "0.00")} | {F(result.ExceptionsPerRequest, "0.000")} | {result.Collections} | {F(result.GcPauseMs, "0")} | {result.JitMethods} |");
+            Line($"| {result.Name} | {F(result.CpuMicrosecondsPerRequest, "0.0")} | {F(result.AllocatedBytesPerRequest / 1024, "0.00")} | {F(result.ThreadPoolItemsPerRequest, "0.00")} | {F(result.ExceptionsPerRequest, "0.000")} | {result.Collections} | {F(result.GcPauseMs, "0")} | {result.JitMethods} | {F(result.ExtraWarmupSeconds, "0")} |");
         }
 
         Line();

@@ -7,6 +7,7 @@ namespace Idem.Benchmarks.Driver;
 /// <c>DURATION</c> (10s), <c>WARMUP</c> (10s), <c>BRACKET</c> (5s, 0 = off), <c>BRACKET_TOLERANCE</c> (15, %),
 /// <c>ATTEMPTS</c> (3), <c>THREADS</c> (2), <c>CONNECTIONS</c> (32), <c>PIN</c> (1), <c>SERVER_CPUS</c> (0),
 /// <c>WRK_CPUS</c> (1), <c>CASES</c> (all), <c>TIERING</c> (fast), <c>TP_SPIN</c> (default),
+/// <c>JIT_SETTLE</c> (50, methods per 5 s slice; 0 = off), <c>WARMUP_MAX</c> (60s),
 /// <c>IDEM_BENCH_POSTGRES</c> and <c>IDEM_BENCH_REDIS</c> (a server to use, <c>off</c> to skip, unset to start one).
 /// </summary>
 internal sealed record HttpSettings(
@@ -24,7 +25,9 @@ internal sealed record HttpSettings(
     bool FastTiering,
     bool NoThreadPoolSpin,
     string? Postgres,
-    string? Redis)
+    string? Redis,
+    int JitSettleMethods,
+    TimeSpan WarmupMax)
 {
     public static HttpSettings FromEnvironment()
     {
@@ -44,7 +47,9 @@ internal sealed record HttpSettings(
             Env("TIERING", "fast") == "fast",
             Env("TP_SPIN", "default") == "0",
             Environment.GetEnvironmentVariable("IDEM_BENCH_POSTGRES") is { Length: > 0 } pg ? pg : null,
-            Environment.GetEnvironmentVariable("IDEM_BENCH_REDIS") is { Length: > 0 } redis ? redis : null);
+            Environment.GetEnvironmentVariable("IDEM_BENCH_REDIS") is { Length: > 0 } redis ? redis : null,
+            int.Parse(Env("JIT_SETTLE", "50"), CultureInfo.InvariantCulture),
+            Seconds("WARMUP_MAX", "60s"));
     }
 
     public bool Wanted(string name) => Cases is null || Cases.Contains(name) || name.StartsWith("bare", StringComparison.Ordinal);

@@ -143,7 +143,11 @@ internal sealed class IdempotencyMiddleware
         }
 
         var route = (context.GetEndpoint() as RouteEndpoint)?.RoutePattern.RawText ?? context.Request.Path.Value ?? string.Empty;
-        var storeKey = IdempotencyScope.ComputeHttpStoreKey(_options.PrincipalResolver(context) ?? string.Empty, context.Request.Method, route, key);
+        var principal = _options.PrincipalResolver(context) ?? string.Empty;
+        var storeKey = IdempotencyScope.ComputeHttpStoreKey(principal, context.Request.Method, route, key);
+
+        // For operators (idem keys list --principal-hash --route): the principal only as its hash, never a metric tag.
+        var metadata = IdempotencyRecordMetadata.Create(principal, context.Request.Method + " " + route);
 
         IdempotencyOutcome outcome;
         try
@@ -151,6 +155,7 @@ internal sealed class IdempotencyMiddleware
             outcome = await _executor.ExecuteAsync(
                 storeKey,
                 fingerprint,
+                metadata,
                 executionPolicy,
                 (Middleware: this, Context: context, Feature: feature, Policy: executionPolicy, RequestId: requestId),
                 static (execution, s) => s.Middleware.RunHandlerAsync(s.Context, execution, s.Feature, s.Policy, s.RequestId),

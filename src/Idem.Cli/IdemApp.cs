@@ -9,7 +9,7 @@ namespace Idem.Cli;
 /// <summary>The tool: one root command, one file (or folder) per verb; exit codes in <see cref="ExitCodes"/> and README.md.</summary>
 internal static class IdemApp
 {
-    public static RootCommand CreateRoot() => new("idem: exactly-once for HTTP APIs. Run a gateway, prove exactly-once with a storm, check a deployment, inspect keys, migrate stores, repair duplicate rows.")
+    public static RootCommand CreateRoot() => new("idem: exactly-once for HTTP APIs. Run a gateway, prove exactly-once with a storm, check a deployment, inspect keys, migrate stores, repair duplicate rows. Exit codes: 0 ok; 1 a finding (a duplicate execution, a failed doctor check, duplicates to repair); 2 bad usage or a store or URL that cannot be reached (one line on stderr, nothing changed). Example: idem doctor --store sqlite --connection idem.db")
     {
         GatewayCommand.Create(),
         StormCommand.Create(),

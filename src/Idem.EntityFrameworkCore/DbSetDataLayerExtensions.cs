@@ -19,10 +19,16 @@ public static class DbSetDataLayerExtensions
 {
     /// <summary>
     /// Inserts <paramref name="entity"/> unless a row with the same natural key exists, and returns the one row either
-    /// way: one <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c> and, only when it met an existing row, one
-    /// read by the key. Never check-then-insert, never a table lock. A unique index on exactly the key's columns must
-    /// exist (<c>HasIndex(e => e.Key).IsUnique()</c>).
+    /// way, with <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>. Never check-then-insert, never a table lock:
+    /// the unique index decides. A unique index on exactly the key's columns must exist
+    /// (<c>HasIndex(e => e.Key).IsUnique()</c>).
     /// </summary>
+    /// <remarks>
+    /// On PostgreSQL one statement inserts or reads the existing row; one more read only when a concurrent insert of the
+    /// key committed while it ran. On SQLite outside a transaction a read by the key goes first (an existing row costs a
+    /// read, not an attempt at SQLite's single write lock), then the conflict-safe insert, then a read only when that
+    /// met a row inserted concurrently; inside a transaction the insert goes first and the read follows only on conflict.
+    /// </remarks>
     /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
     /// <param name="set">The set.</param>
     /// <param name="entity">
@@ -57,30 +63,73 @@ public static class DbSetDataLayerExtensions
         }
 
         var keyColumns = keyOrdinals.Select(i => row.Columns[i]).ToArray();
-        var insertSql = DataLayerSql.InsertOrNothing(mapping.Table, row.Columns, keyColumns, mapping.AllColumns);
-        var inserted = await FirstAsync(set, insertSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false);
-        if (inserted is not null)
+        var readSql = DataLayerSql.Read(mapping.Table, keyColumns, keyOrdinals, mapping.AllColumns, createdColumn: false);
+        var conflict = false;
+        if (mapping.Dialect == SqlDialect.PostgreSql)
         {
-            DataLayerMetrics.Created(mapping.TableName);
-            return new CreateOrGetResult<TEntity>(inserted, Created: true);
+            // One statement: the insert with the read of an existing row (an inserted row comes back twice).
+            var rows = await ListAsync(set, DataLayerSql.CreateOrGetRows(mapping.Table, row.Columns, keyColumns, keyOrdinals, mapping.AllColumns), mapping.Parameters(row), 2, cancellationToken).ConfigureAwait(false);
+            if (rows.Count > 0)
+            {
+                return Answer(mapping, rows[0], created: rows.Count == 2, conflict: false);
+            }
+
+            // Nothing: a concurrent insert of the key committed after the statement's snapshot; its row is read below.
+            conflict = true;
+        }
+        else
+        {
+            // SQLite outside a transaction reads first (see DataLayerCommands: a read is a shared lock, any insert
+            // attempt takes the single write lock); the insert below is still the conflict-safe one and the unique
+            // index decides. Inside a transaction the insert goes first, as a read could pin a snapshot the insert
+            // could not upgrade.
+            if (set.GetService<ICurrentDbContext>().Context.Database.CurrentTransaction is null
+                && await FirstAsync(set, readSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } found)
+            {
+                return Answer(mapping, found, created: false, conflict: false);
+            }
+
+            var insertSql = DataLayerSql.InsertOrNothing(mapping.Table, row.Columns, keyColumns, mapping.AllColumns);
+            if (await FirstAsync(set, insertSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
+            {
+                return Answer(mapping, inserted, created: true, conflict: false);
+            }
+
+            conflict = true;
         }
 
-        var readSql = DataLayerSql.Read(mapping.Table, keyColumns, keyOrdinals, mapping.AllColumns, createdColumn: false);
         var existing = await FirstAsync(set, readSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException(
                 $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", keyColumns)}).");
-        DataLayerMetrics.Found(mapping.TableName);
-        DataLayerMetrics.ConflictResolved(mapping.TableName, "create_or_get");
-        DataLayerLog.ConflictResolved(mapping.Logger, mapping.TableName);
-        return new CreateOrGetResult<TEntity>(existing, Created: false);
+        return Answer(mapping, existing, created: false, conflict);
+    }
+
+    private static CreateOrGetResult<TEntity> Answer<TEntity>(EntityTableMapping mapping, TEntity entity, bool created, bool conflict)
+    {
+        if (created)
+        {
+            DataLayerMetrics.Created(mapping.TableName);
+        }
+        else
+        {
+            DataLayerMetrics.Found(mapping.TableName);
+            if (conflict)
+            {
+                DataLayerMetrics.ConflictResolved(mapping.TableName, "create_or_get");
+                DataLayerLog.ConflictResolved(mapping.Logger, mapping.TableName);
+            }
+        }
+
+        return new CreateOrGetResult<TEntity>(entity, created);
     }
 
     /// <summary>
     /// Inserts <paramref name="entity"/> with a unique slug made from <paramref name="name"/> in the property
     /// <paramref name="slug"/> (<c>my-community</c>, then <c>my-community-1</c>, <c>-2</c>…; <c>"Café Zürich"</c> →
     /// <c>cafe-zurich</c>). One statement finds the next free suffix and inserts; the unique index on the slug column
-    /// decides, and only when a concurrent insert took the same candidate is another statement tried (at most
-    /// <see cref="SlugOptions.MaxAttempts"/>, each spreading its candidate wider, so suffixes may skip numbers under
+    /// decides. On PostgreSQL a candidate a concurrent insert took sends the statement on to the next one (up to 8 in
+    /// one statement); only when all were taken is another statement tried (at most
+    /// <see cref="SlugOptions.MaxAttempts"/>, each spreading its candidates wider, so suffixes may skip numbers under
     /// contention). No lock is taken. The row is inserted at once (not at <c>SaveChanges</c>), in the current transaction.
     /// </summary>
     /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
@@ -115,7 +164,7 @@ public static class DbSetDataLayerExtensions
         var row = mapping.Values(entity, exclude: slugProperty);
         var slugColumn = mapping.Column(slugProperty);
         var sql = DataLayerSql.InsertWithSlug(mapping.Dialect, mapping.Table, slugColumn, row.Columns, mapping.AllColumns);
-        var pattern = DataLayerSql.SlugPattern(baseSlug, options.MaxLength);
+        var pattern = DataLayerSql.SlugPattern(mapping.Dialect, baseSlug, options.MaxLength);
         for (var attempt = 0; attempt < options.MaxAttempts; attempt++)
         {
             DataLayerMetrics.SlugAttempt(mapping.TableName);
@@ -137,6 +186,22 @@ public static class DbSetDataLayerExtensions
 
         DataLayerLog.SlugExhausted(mapping.Logger, mapping.TableName, baseSlug, options.MaxAttempts);
         throw new SlugAllocationException(baseSlug, options.MaxAttempts);
+    }
+
+    private static async Task<List<TEntity>> ListAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, int max, CancellationToken cancellationToken)
+        where TEntity : class
+    {
+        var rows = new List<TEntity>(max);
+        await foreach (var entity in set.FromSqlRaw(sql, [.. parameters]).IgnoreQueryFilters().AsAsyncEnumerable().WithCancellation(cancellationToken).ConfigureAwait(false))
+        {
+            rows.Add(entity);
+            if (rows.Count == max)
+            {
+                break;
+            }
+        }
+
+        return rows;
     }
 
     private static async Task<TEntity?> FirstAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, CancellationToken cancellationToken)

@@ -26,6 +26,20 @@ internal sealed class EntityTableMapping
         Logger = logger;
         TableName = entityType.GetTableName()
             ?? throw new InvalidOperationException($"The entity type '{entityType.DisplayName()}' is not mapped to a table.");
+        // Owned and complex types live in other columns (or tables) that these statements neither insert nor return:
+        // refused here rather than inserted half (a NOT NULL column failing, or a nullable one silently left empty).
+        if (entityType.GetNavigations().FirstOrDefault(n => n.TargetEntityType.IsOwned() && !n.IsOnDependent) is { } owned)
+        {
+            throw new NotSupportedException(
+                $"The entity type '{entityType.DisplayName()}' has the owned type '{owned.Name}': create-or-get and unique-slug inserts handle entity types whose columns are their own scalar properties (value converters apply). Use the ADO.NET helpers (Idem.PostgreSql, Idem.Sqlite) with the table's columns instead.");
+        }
+
+        if (entityType.GetComplexProperties().FirstOrDefault() is { } complex)
+        {
+            throw new NotSupportedException(
+                $"The entity type '{entityType.DisplayName()}' has the complex property '{complex.Name}' (not owned, but stored in its own columns): create-or-get and unique-slug inserts handle entity types whose columns are their own scalar properties (value converters apply). Use the ADO.NET helpers (Idem.PostgreSql, Idem.Sqlite) with the table's columns instead.");
+        }
+
         _storeObject = StoreObjectIdentifier.Table(TableName, entityType.GetSchema());
         Table = DataLayerSql.Table(TableName, entityType.GetSchema());
         Mapped = [.. entityType.GetProperties().Where(p => p.GetColumnName(_storeObject) is not null)];

@@ -59,8 +59,9 @@ public static class PostgreSqlDataLayerExtensions
     /// <summary>
     /// Inserts the row with a unique slug made from <paramref name="name"/> (<c>my-community</c>, then
     /// <c>my-community-1</c>…). One statement picks the next free slug and inserts; the unique index on the slug column
-    /// decides, and only when a concurrent insert took the same candidate is another statement tried (at most
-    /// <see cref="SlugOptions.MaxAttempts"/>, each spreading its candidate wider). No lock is taken.
+    /// decides. A candidate a concurrent insert took sends the statement on to the next one, up to 8 consecutive
+    /// candidates in the same statement; only when all of them were taken is another statement tried (at most
+    /// <see cref="SlugOptions.MaxAttempts"/>, each spreading its candidates wider). No lock is taken.
     /// </summary>
     /// <typeparam name="T">What <paramref name="read"/> makes of the row.</typeparam>
     /// <param name="connection">The caller's connection.</param>

@@ -11,7 +11,7 @@ namespace Idem.PostgreSql;
 /// </summary>
 public sealed class PostgreSqlIdempotencyMigrator
 {
-    private static readonly string[] Scripts = ["001_create.sql", "002_phases.sql"];
+    private static readonly string[] Scripts = ["001_create.sql", "002_phases.sql", "003_metadata.sql"];
 
     private readonly NpgsqlDataSource _dataSource;
     private readonly string _schema;

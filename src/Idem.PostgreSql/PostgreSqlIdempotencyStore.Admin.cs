@@ -27,6 +27,9 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStoreAdmin
                   AND ($2::boolean IS NULL OR (expires_at <= clock_timestamp()) = $2)
                   AND ($3::timestamptz IS NULL OR expires_at < $3)
                   AND ($4::text IS NULL OR left(key, length($4)) = $4)
+                  AND ($6::timestamptz IS NULL OR expires_at > $6)
+                  AND ($7::text IS NULL OR principal_hash = $7)
+                  AND ($8::text IS NULL OR operation = $8 OR right(operation, length($8) + 1) = ' ' || $8)
                 ORDER BY key LIMIT $5
                 """,
                 connection);
@@ -40,6 +43,9 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStoreAdmin
             command.Parameters.Add(new NpgsqlParameter { Value = query.ExpiresBefore is { } before ? before : DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.TimestampTz });
             command.Parameters.Add(new NpgsqlParameter { Value = string.IsNullOrEmpty(query.KeyPrefix) ? DBNull.Value : query.KeyPrefix, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
             command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = query.Limit });
+            command.Parameters.Add(new NpgsqlParameter { Value = query.ExpiresAfter is { } after ? after : DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.TimestampTz });
+            command.Parameters.Add(new NpgsqlParameter { Value = (object?)query.PrincipalHash ?? DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+            command.Parameters.Add(new NpgsqlParameter { Value = (object?)query.Route ?? DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
             var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
             await using (reader.ConfigureAwait(false))
             {

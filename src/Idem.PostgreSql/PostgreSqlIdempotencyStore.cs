@@ -13,7 +13,7 @@ namespace Idem.PostgreSql;
 /// </summary>
 public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore, IAsyncDisposable, IDisposable
 {
-    private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases";
+    private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases, principal_hash, operation";
     private const int MaxClaimAttempts = 16;
 
     private readonly PostgreSqlIdempotencyStoreOptions _options;
@@ -66,7 +66,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
         OutsideWriteWatch.Start(); // joined operations' writes through other connections are seen, and refused
         var table = PostgreSqlIdempotencyMigrator.Quote(_options.SchemaName) + "." + PostgreSqlIdempotencyMigrator.Quote(_options.TableName);
 
-        // $1 key, $2 fingerprint, $3 owner, $4 lease, $5 retention.
+        // $1 key, $2 fingerprint, $3 owner, $4 lease, $5 retention, $6 principal hash, $7 operation (metadata; may be NULL).
         // `cur` reads the row without locking it, so a replay or a live in-flight record costs one index read and no write.
         // Otherwise the INSERT claims a free key, replaces a record past retention or takes over an expired lease with the
         // same fingerprint. Outcome 1 = claimed, 2 = the record that stands, 0 = the snapshot is stale: the INSERT met a
@@ -79,12 +79,13 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
                         OR (state = 'in_flight' AND lease_expires_at <= clock_timestamp() AND fingerprint = $2)) AS claimable
                 FROM {table} WHERE key = $1
             ), ins AS (
-                INSERT INTO {table} AS r (key, state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, purge_after)
-                SELECT $1, 'in_flight', $2, $3, false, clock_timestamp() + $4, clock_timestamp() + $5, clock_timestamp() + $5
+                INSERT INTO {table} AS r (key, state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, purge_after, principal_hash, operation)
+                SELECT $1, 'in_flight', $2, $3, false, clock_timestamp() + $4, clock_timestamp() + $5, clock_timestamp() + $5, $6, $7
                 WHERE NOT EXISTS (SELECT 1 FROM cur WHERE NOT cur.claimable)
                 ON CONFLICT (key) DO UPDATE SET
                     state = 'in_flight', fingerprint = EXCLUDED.fingerprint, owner_token = EXCLUDED.owner_token,
                     took_over = r.expires_at > clock_timestamp(), has_waiters = false,
+                    principal_hash = EXCLUDED.principal_hash, operation = EXCLUDED.operation,
                     lease_expires_at = clock_timestamp() + $4, expires_at = clock_timestamp() + $5, purge_after = clock_timestamp() + $5,
                     status_code = NULL, headers = NULL, body = NULL, body_omitted = false,
                     phases = CASE WHEN r.expires_at <= clock_timestamp() THEN NULL ELSE r.phases END
@@ -204,6 +205,8 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
             command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = request.OwnerToken });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = request.Lease });
             command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = request.Retention });
+            command.Parameters.Add(new NpgsqlParameter { Value = (object?)request.Metadata?.PrincipalHash ?? DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+            command.Parameters.Add(new NpgsqlParameter { Value = (object?)request.Metadata?.Operation ?? DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
             await PrepareAsync(command, cancellationToken).ConfigureAwait(false);
 
             // Almost always one pass. A second one only when the INSERT waited on a concurrent claim of the same key
@@ -671,7 +674,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
         }
     }
 
-    // Columns from ordinal 1: state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted.
+    // Columns from ordinal 1: state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases, principal_hash, operation.
     private static async ValueTask<(IdempotencyRecord Record, bool TookOver)> ReadRecordAsync(NpgsqlDataReader reader, string key, CancellationToken cancellationToken)
     {
         var completed = reader.GetString(1) == "completed";
@@ -699,8 +702,16 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
             ExpiresAt = reader.GetFieldValue<DateTimeOffset>(6),
             Response = response,
             Phases = await reader.IsDBNullAsync(11, cancellationToken).ConfigureAwait(false) ? default : reader.GetFieldValue<byte[]>(11),
+            Metadata = await ReadMetadataAsync(reader, cancellationToken).ConfigureAwait(false),
         };
         return (record, reader.GetBoolean(4));
+    }
+
+    private static async ValueTask<IdempotencyRecordMetadata?> ReadMetadataAsync(NpgsqlDataReader reader, CancellationToken cancellationToken)
+    {
+        var principalHash = await reader.IsDBNullAsync(12, cancellationToken).ConfigureAwait(false) ? null : reader.GetString(12);
+        var operation = await reader.IsDBNullAsync(13, cancellationToken).ConfigureAwait(false) ? null : reader.GetString(13);
+        return principalHash is null && operation is null ? null : new IdempotencyRecordMetadata { PrincipalHash = principalHash, Operation = operation };
     }
 
     private async ValueTask<bool> HasChangedAsync(string key, Guid observedOwner, CancellationToken cancellationToken)

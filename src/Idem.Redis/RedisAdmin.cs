@@ -34,10 +34,12 @@ internal static class RedisAdmin
             {
                 var name = (string)redisKey!;
                 var storeKey = name.Substring(prefix.Length + 1, name.Length - prefix.Length - 2);
-                var values = await database.HashGetAsync(redisKey, RedisRecords.Fields).WaitAsync(connection.Timeout, cancellationToken).ConfigureAwait(false);
+                var values = await database.HashGetAsync(redisKey, RedisRecords.FieldsWithMetadata).WaitAsync(connection.Timeout, cancellationToken).ConfigureAwait(false);
                 if (RedisRecords.Read(storeKey, values) is not { } record
                     || (query.State is { } state && record.State != state)
-                    || (query.ExpiresBefore is { } before && record.ExpiresAt >= before))
+                    || (query.ExpiresBefore is { } before && record.ExpiresAt >= before)
+                    || (query.ExpiresAfter is { } after && record.ExpiresAt <= after)
+                    || !query.MatchesMetadata(record.Metadata))
                 {
                     continue;
                 }

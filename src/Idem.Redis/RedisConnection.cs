@@ -15,6 +15,7 @@ internal sealed class RedisConnection : IAsyncDisposable, IDisposable
     private readonly TimeProvider _timeProvider;
     private readonly object _connectGate = new();
     private Task<IConnectionMultiplexer>? _connecting;
+    private IConnectionMultiplexer? _connected; // set once connected: the hot path's multiplexer, no task to await
     private bool _disposed;
 
     public RedisConnection(RedisIdempotencyStoreOptions options, TimeProvider timeProvider)
@@ -24,6 +25,7 @@ internal sealed class RedisConnection : IAsyncDisposable, IDisposable
         if (options.ConnectionMultiplexer is { } multiplexer)
         {
             _borrowed = multiplexer;
+            _connected = multiplexer;
             _connecting = Task.FromResult(multiplexer);
             return;
         }
@@ -73,8 +75,25 @@ internal sealed class RedisConnection : IAsyncDisposable, IDisposable
     }
 
     /// <summary>Runs <paramref name="call"/> on the database, bounded by the operation timeout.</summary>
+    /// <remarks>
+    /// Connected (the usual case), this adds no state machine of its own to the call: it returns the call's task bounded
+    /// by <see cref="Task{TResult}.WaitAsync(TimeSpan, TimeProvider, CancellationToken)"/> (one async layer and its
+    /// allocation less per Redis call on every request). Its timeout then carries <c>WaitAsync</c>'s message; it is
+    /// still a <see cref="TimeoutException"/>, which the stores treat as the store failure it is.
+    /// </remarks>
     /// <exception cref="TimeoutException">The call (connecting included) took longer than the operation timeout.</exception>
-    public async Task<T> RunAsync<TState, T>(Func<IDatabase, TState, Task<T>> call, TState state, CancellationToken cancellationToken)
+    public Task<T> RunAsync<TState, T>(Func<IDatabase, TState, Task<T>> call, TState state, CancellationToken cancellationToken)
+    {
+        if (Volatile.Read(ref _connected) is not { } multiplexer || cancellationToken.IsCancellationRequested)
+        {
+            return RunConnectingAsync(call, state, cancellationToken);
+        }
+
+        var pending = call(multiplexer.GetDatabase(), state);
+        return pending.IsCompleted ? pending : pending.WaitAsync(_timeout, _timeProvider, cancellationToken);
+    }
+
+    private async Task<T> RunConnectingAsync<TState, T>(Func<IDatabase, TState, Task<T>> call, TState state, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
         var started = _timeProvider.GetTimestamp();
@@ -154,6 +173,10 @@ internal sealed class RedisConnection : IAsyncDisposable, IDisposable
         }
     }
 
-    private async Task<IConnectionMultiplexer> ConnectAsync() =>
-        await ConnectionMultiplexer.ConnectAsync(_configuration!).ConfigureAwait(false);
+    private async Task<IConnectionMultiplexer> ConnectAsync()
+    {
+        var multiplexer = await ConnectionMultiplexer.ConnectAsync(_configuration!).ConfigureAwait(false);
+        Volatile.Write(ref _connected, multiplexer);
+        return multiplexer;
+    }
 }

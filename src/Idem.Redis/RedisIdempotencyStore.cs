@@ -45,6 +45,8 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDis
         local lease = string.format('%.0f', now + tonumber(@lease))
         local expires = string.format('%.0f', now + tonumber(@retention))
         redis.call('HSET', @key, 's', '1', 'f', @fingerprint, 'o', @owner, 'l', lease, 'e', expires)
+        if @principal ~= '' then redis.call('HSET', @key, 'p', @principal) end
+        if @operation ~= '' then redis.call('HSET', @key, 'r', @operation) end
         redis.call('PEXPIREAT', @key, expires)
         return {1, took, lease, expires}
         """);
@@ -151,6 +153,8 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDis
             retention = (RedisValue)RedisRecords.Milliseconds(request.Retention),
             channel = _channelName,
             storeKey = (RedisValue)request.Key,
+            principal = (RedisValue)(request.Metadata?.PrincipalHash ?? string.Empty),
+            operation = (RedisValue)(request.Metadata?.Operation ?? string.Empty),
         };
         var result = await _connection.RunAsync(static (db, p) => db.ScriptEvaluateAsync(ClaimScript, p), parameters, cancellationToken).ConfigureAwait(false);
         var values = (RedisResult[])result!;
@@ -174,6 +178,7 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDis
                 OwnerToken = request.OwnerToken,
                 LeaseExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds((long)values[2]),
                 ExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds((long)values[3]),
+                Metadata = request.Metadata,
             };
             return new ClaimResult(ClaimStatus.Claimed, record, TookOver: true);
         }

@@ -8,12 +8,17 @@ namespace Idem.Redis;
 /// <c>s</c> state (1 in flight, 2 completed), <c>f</c> fingerprint, <c>o</c> owner token (32 hex digits),
 /// <c>l</c> lease end and <c>e</c> retention end (Unix ms by Redis's clock), <c>c</c> status code,
 /// <c>h</c> headers (<see cref="ResponseCodec"/>), <c>b</c> body bytes, <c>m</c> 1 when the body was omitted,
-/// <c>w</c> set while someone waits for the in-flight record to change (only then do changes publish).
+/// <c>w</c> set while someone waits for the in-flight record to change (only then do changes publish),
+/// <c>p</c> the claimer's principal hash and <c>r</c> the operation (<see cref="IdempotencyRecordMetadata"/>; absent on
+/// records written before, and on claims without metadata).
 /// </summary>
 internal static class RedisRecords
 {
     /// <summary>The fields a record is read from, in the order <see cref="Read(string, ReadOnlySpan{RedisValue})"/> expects.</summary>
     public static readonly RedisValue[] Fields = ["s", "f", "o", "l", "e", "c", "h", "b", "m"];
+
+    /// <summary><see cref="Fields"/> and the metadata fields, for listings.</summary>
+    public static readonly RedisValue[] FieldsWithMetadata = [.. Fields, "p", "r"];
 
     /// <summary>The Redis key of <paramref name="storeKey"/>; the braces make it a Cluster hash tag.</summary>
     public static RedisKey KeyFor(string prefix, string storeKey) => prefix + "{" + storeKey + "}";
@@ -53,6 +58,9 @@ internal static class RedisRecords
             LeaseExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds((long)values[3]),
             ExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds((long)values[4]),
             Response = response,
+            Metadata = values.Length > 10 && (!values[9].IsNull || !values[10].IsNull)
+                ? new IdempotencyRecordMetadata { PrincipalHash = values[9].IsNull ? null : (string?)values[9], Operation = values[10].IsNull ? null : (string?)values[10] }
+                : null,
         };
     }
 

@@ -12,11 +12,18 @@ namespace Idem.Sqlite;
 public static class SqliteDataLayerExtensions
 {
     /// <summary>
-    /// Inserts the row unless one with the same natural key exists, and returns the one row either way:
-    /// <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>, then one read only when it met an existing row.
+    /// Inserts the row unless one with the same natural key exists, and returns the one row either way, with
+    /// <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>: the unique index decides, never a check-then-insert.
     /// Runs in <paramref name="transaction"/> when given (Microsoft.Data.Sqlite requires it when the connection has
     /// one); opens and closes <paramref name="connection"/> when it is closed.
     /// </summary>
+    /// <remarks>
+    /// Without a transaction a read by the key goes first: SQLite serialises writers, and every insert attempt, even one
+    /// that inserts nothing, takes the single write lock, while a read does not; so an existing row costs one read. When
+    /// the read finds nothing the conflict-safe insert follows (it never assumes the row is absent), then one read only if
+    /// a concurrent insert won. In <paramref name="transaction"/> the insert goes first and the read follows only on
+    /// conflict: a read first could pin a snapshot that the insert cannot upgrade in WAL mode.
+    /// </remarks>
     /// <typeparam name="T">What <paramref name="read"/> makes of the row.</typeparam>
     /// <param name="connection">The caller's connection.</param>
     /// <param name="definition">The table, inserted columns, natural key and returned columns.</param>

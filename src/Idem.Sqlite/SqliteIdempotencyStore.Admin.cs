@@ -15,7 +15,7 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStoreAdmin
         await EnsureReadyAsync(cancellationToken).ConfigureAwait(false);
         var t = Quote(_table);
         var sql = new System.Text.StringBuilder(
-            $"SELECT key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases FROM {t} WHERE 1 = 1");
+            $"SELECT {SqliteStatements.Columns} FROM {t} WHERE 1 = 1");
         var connection = _sql.Open(_connectionString);
         await using (connection.ConfigureAwait(false))
         {
@@ -37,6 +37,25 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStoreAdmin
             {
                 sql.Append(" AND expires_at < $before");
                 command.Parameters.AddWithValue("$before", before.ToUnixTimeMilliseconds());
+            }
+
+            if (query.ExpiresAfter is { } after)
+            {
+                sql.Append(" AND expires_at > $after");
+                command.Parameters.AddWithValue("$after", after.ToUnixTimeMilliseconds());
+            }
+
+            if (query.PrincipalHash is { } principalHash)
+            {
+                sql.Append(" AND principal_hash = $principal_hash");
+                command.Parameters.AddWithValue("$principal_hash", principalHash);
+            }
+
+            if (query.Route is { } route)
+            {
+                // The operation itself, or "METHOD route": substr, not LIKE, so % or _ in a route match literally.
+                sql.Append(" AND (operation = $route OR substr(operation, -length($route) - 1) = ' ' || $route)");
+                command.Parameters.AddWithValue("$route", route);
             }
 
             if (!string.IsNullOrEmpty(query.KeyPrefix))
@@ -114,7 +133,12 @@ public sealed partial class SqliteIdempotencyStore : IIdempotencyStoreAdmin
         var applied = new List<string>();
         for (var version = before + 1; version <= SchemaVersion; version++)
         {
-            applied.Add(string.Create(CultureInfo.InvariantCulture, $"{version}: table \"{_table}\" with its expiry index, WAL journal mode"));
+            applied.Add(version switch
+            {
+                1 => string.Create(CultureInfo.InvariantCulture, $"1: table \"{_table}\" with its expiry index, WAL journal mode"),
+                2 => string.Create(CultureInfo.InvariantCulture, $"2: column phases (recovery points) on \"{_table}\""),
+                _ => string.Create(CultureInfo.InvariantCulture, $"{version}: columns principal_hash and operation (record metadata) on \"{_table}\""),
+            });
         }
 
         return new IdempotencySchemaMigration(before, Math.Max(before, SchemaVersion), applied);

@@ -33,7 +33,7 @@ namespace Idem.Sqlite;
 public sealed partial class SqliteIdempotencyStore : ITransactionalIdempotencyStore, IAsyncDisposable
 {
     /// <summary>The schema version this release creates and understands, kept in <c>PRAGMA user_version</c>.</summary>
-    public const int SchemaVersion = 2;
+    public const int SchemaVersion = 3;
 
     // The most writes one group transaction applies; more wait for the next group.
     private const int MaxGroup = 256;
@@ -734,6 +734,14 @@ public sealed partial class SqliteIdempotencyStore : ITransactionalIdempotencySt
                 await upgrade.ExecuteNonQueryAsync().ConfigureAwait(false);
             }
 
+            if (version is 1 or 2)
+            {
+                // Version 3: who claimed and for which operation (the principal only as its hash), for idem keys list.
+                // Rows written before keep NULL: they replay as before and match no principal or route filter.
+                using var upgrade = Command(connection, transaction, $"ALTER TABLE {t} ADD COLUMN principal_hash TEXT NULL; ALTER TABLE {t} ADD COLUMN operation TEXT NULL;");
+                await upgrade.ExecuteNonQueryAsync().ConfigureAwait(false);
+            }
+
             using (var create = Command(connection, transaction, $"""
                 CREATE TABLE IF NOT EXISTS {t} (
                     key TEXT NOT NULL PRIMARY KEY,
@@ -747,7 +755,9 @@ public sealed partial class SqliteIdempotencyStore : ITransactionalIdempotencySt
                     body BLOB NULL,
                     body_omitted INTEGER NOT NULL DEFAULT 0,
                     took_over INTEGER NOT NULL DEFAULT 0,
-                    phases BLOB NULL
+                    phases BLOB NULL,
+                    principal_hash TEXT NULL,
+                    operation TEXT NULL
                 );
                 CREATE INDEX IF NOT EXISTS {Quote("ix_" + _table + "_expires_at")} ON {t} (expires_at);
                 PRAGMA user_version = {SchemaVersion};

@@ -9,7 +9,7 @@ internal sealed class SqliteStatements
 {
     public const int InFlight = (int)IdempotencyRecordState.InFlight;
     public const int Completed = (int)IdempotencyRecordState.Completed;
-    private const string Columns = "key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases";
+    public const string Columns = "key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases, principal_hash, operation";
 
     public SqliteStatements(string table, TimeSpan busyTimeout)
     {
@@ -18,10 +18,11 @@ internal sealed class SqliteStatements
             CultureInfo.InvariantCulture,
             $"PRAGMA busy_timeout = {(long)Math.Ceiling(busyTimeout.TotalMilliseconds)}; PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; PRAGMA wal_autocheckpoint = 4000;");
         Claim = $"""
-            INSERT INTO {t} (key, state, fingerprint, owner, lease_expires_at, expires_at, body_omitted, took_over)
-            VALUES ($key, {InFlight}, $fingerprint, $owner, $lease, $expires, 0, 0)
+            INSERT INTO {t} (key, state, fingerprint, owner, lease_expires_at, expires_at, body_omitted, took_over, principal_hash, operation)
+            VALUES ($key, {InFlight}, $fingerprint, $owner, $lease, $expires, 0, 0, $principal_hash, $operation)
             ON CONFLICT (key) DO UPDATE SET
                 state = {InFlight}, fingerprint = excluded.fingerprint, owner = excluded.owner,
+                principal_hash = excluded.principal_hash, operation = excluded.operation,
                 lease_expires_at = excluded.lease_expires_at, expires_at = excluded.expires_at,
                 status_code = NULL, headers = NULL, body = NULL, body_omitted = 0,
                 phases = CASE WHEN {t}.expires_at <= $now THEN NULL ELSE {t}.phases END,
@@ -125,6 +126,13 @@ internal sealed class SqliteStatements
             ExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds(reader.GetInt64(5)),
             Response = response,
             Phases = reader.IsDBNull(10) ? default : reader.GetFieldValue<byte[]>(10),
+            Metadata = reader.IsDBNull(11) && reader.IsDBNull(12)
+                ? null
+                : new IdempotencyRecordMetadata
+                {
+                    PrincipalHash = reader.IsDBNull(11) ? null : reader.GetString(11),
+                    Operation = reader.IsDBNull(12) ? null : reader.GetString(12),
+                },
         };
     }
 
@@ -217,6 +225,8 @@ internal sealed class SqliteWriteSession : IDisposable
         ClaimLease = SqliteStatements.Add(Claim, "$lease", SqliteType.Integer);
         ClaimExpires = SqliteStatements.Add(Claim, "$expires", SqliteType.Integer);
         ClaimNow = SqliteStatements.Add(Claim, "$now", SqliteType.Integer);
+        ClaimPrincipalHash = SqliteStatements.Add(Claim, "$principal_hash", SqliteType.Text);
+        ClaimOperation = SqliteStatements.Add(Claim, "$operation", SqliteType.Text);
 
         Select = SqliteStatements.Prepare(_connection, sql.Select, out SelectKey);
 
@@ -252,7 +262,7 @@ internal sealed class SqliteWriteSession : IDisposable
 #pragma warning disable CA1051, SA1401 // Plain fields: the write operations bind these directly, on the writer loop only.
     public readonly SqliteCommand Claim, Select, Complete, Renew, Release, RecordPhases, Purge;
     public readonly SqliteParameter ReleaseNow, RecordPhasesKey, RecordPhasesOwner, RecordPhasesNow, RecordPhasesValue;
-    public readonly SqliteParameter ClaimKey, ClaimFingerprint, ClaimOwner, ClaimLease, ClaimExpires, ClaimNow, SelectKey;
+    public readonly SqliteParameter ClaimKey, ClaimFingerprint, ClaimOwner, ClaimLease, ClaimExpires, ClaimNow, ClaimPrincipalHash, ClaimOperation, SelectKey;
     public readonly SqliteParameter CompleteKey, CompleteOwner, CompleteNow, CompleteExpires, CompleteStatus, CompleteHeaders, CompleteBody, CompleteOmitted;
     public readonly SqliteParameter RenewKey, RenewOwner, RenewNow, RenewLease, ReleaseKey, ReleaseOwner, PurgeNow, PurgeMax;
 #pragma warning restore CA1051, SA1401

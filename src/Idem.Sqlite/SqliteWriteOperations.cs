@@ -96,6 +96,8 @@ internal sealed class SqliteClaimOperation(ClaimRequest request) : SqliteWriteOp
         s.ClaimLease.Value = leaseExpiresAt;
         s.ClaimExpires.Value = expiresAt;
         s.ClaimNow.Value = now.ToUnixTimeMilliseconds();
+        s.ClaimPrincipalHash.Value = (object?)request.Metadata?.PrincipalHash ?? DBNull.Value;
+        s.ClaimOperation.Value = (object?)request.Metadata?.Operation ?? DBNull.Value;
         var returned = s.Claim.ExecuteScalar();
         if (returned is not null and not DBNull)
         {
@@ -107,6 +109,7 @@ internal sealed class SqliteClaimOperation(ClaimRequest request) : SqliteWriteOp
                 OwnerToken = request.OwnerToken,
                 LeaseExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds(leaseExpiresAt),
                 ExpiresAt = DateTimeOffset.FromUnixTimeMilliseconds(expiresAt),
+                Metadata = request.Metadata,
             };
             return new ClaimResult(ClaimStatus.Claimed, record, Convert.ToInt64(returned, CultureInfo.InvariantCulture) != 0);
         }

@@ -58,7 +58,16 @@ public interface IIdempotencyStore
 /// <param name="OwnerToken">The token the new owner will hold.</param>
 /// <param name="Lease">How long the claim holds without renewal.</param>
 /// <param name="Retention">How long an in-flight record is kept at most (completion resets it).</param>
-public readonly record struct ClaimRequest(string Key, string Fingerprint, Guid OwnerToken, TimeSpan Lease, TimeSpan Retention);
+public readonly record struct ClaimRequest(string Key, string Fingerprint, Guid OwnerToken, TimeSpan Lease, TimeSpan Retention)
+{
+    /// <summary>
+    /// Who claims and for which operation, for operators (<see cref="IIdempotencyStoreAdmin.ListAsync"/> filters by it).
+    /// A store may persist it with the record it creates and return it in <see cref="IdempotencyRecord.Metadata"/>, or
+    /// ignore it; it never changes what the claim does.
+    /// </summary>
+    /// <value>Default: <see langword="null"/> (unknown).</value>
+    public IdempotencyRecordMetadata? Metadata { get; init; }
+}
 
 /// <summary>What a claim found.</summary>
 public enum ClaimStatus

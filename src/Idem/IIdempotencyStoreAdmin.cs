@@ -55,6 +55,46 @@ public sealed class IdempotencyRecordQuery
     /// <value>Default: <see langword="null"/> (no bound).</value>
     public DateTimeOffset? ExpiresBefore { get; init; }
 
+    /// <summary>Only records whose retention ends after this instant.</summary>
+    /// <value>Default: <see langword="null"/> (no bound).</value>
+    public DateTimeOffset? ExpiresAfter { get; init; }
+
+    /// <summary>
+    /// Only records claimed by the principal with this hash (<see cref="IdempotencyRecordMetadata.PrincipalHash"/>, see
+    /// <see cref="IdempotencyScope.ComputePrincipalHash"/>). Records without metadata never match.
+    /// </summary>
+    /// <value>Default: <see langword="null"/> (any principal).</value>
+    public string? PrincipalHash { get; init; }
+
+    /// <summary>
+    /// Only records of this operation (<see cref="IdempotencyRecordMetadata.Operation"/>): it matches an operation equal to
+    /// it, or a method, a space and it (<c>/orders</c> matches <c>POST /orders</c> and <c>PUT /orders</c>;
+    /// <c>POST /orders</c> matches only that). Records without metadata never match.
+    /// </summary>
+    /// <value>Default: <see langword="null"/> (any operation).</value>
+    public string? Route { get; init; }
+
+    /// <summary>Whether <paramref name="metadata"/> passes the <see cref="PrincipalHash"/> and <see cref="Route"/> filters; for stores that filter in memory.</summary>
+    /// <param name="metadata">The record's metadata; <see langword="null"/> when unknown.</param>
+    /// <returns><see langword="true"/> when both filters are off or both match.</returns>
+    public bool MatchesMetadata(IdempotencyRecordMetadata? metadata)
+    {
+        if (PrincipalHash is { } principalHash && !string.Equals(metadata?.PrincipalHash, principalHash, StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        if (Route is { } route)
+        {
+            var operation = metadata?.Operation;
+            return operation is not null
+                && (string.Equals(operation, route, StringComparison.Ordinal)
+                    || (operation.Length > route.Length && operation.EndsWith(route, StringComparison.Ordinal) && operation[operation.Length - route.Length - 1] == ' '));
+        }
+
+        return true;
+    }
+
     /// <summary>Only records whose store key starts with this text (store keys are lowercase hexadecimal).</summary>
     /// <value>Default: <see langword="null"/> (any key).</value>
     public string? KeyPrefix { get; init; }

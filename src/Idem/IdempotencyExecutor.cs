@@ -74,9 +74,32 @@ public sealed class IdempotencyExecutor
     /// <param name="state">Passed to <paramref name="work"/>.</param>
     /// <param name="work">The operation, as in <see cref="ExecuteAsync(string, string, IdempotencyPolicy, Func{IdempotentExecution, ValueTask{StoredResponse}}, CancellationToken)"/>.</param>
     /// <param name="cancellationToken">Cancels claiming and waiting on behalf of this caller.</param>
+    public ValueTask<IdempotencyOutcome> ExecuteAsync<TState>(
+        string storeKey,
+        string fingerprint,
+        IdempotencyPolicy policy,
+        TState state,
+        Func<IdempotentExecution, TState, ValueTask<StoredResponse>> work,
+        CancellationToken cancellationToken) =>
+        ExecuteAsync(storeKey, fingerprint, metadata: null, policy, state, work, cancellationToken);
+
+    /// <summary>
+    /// Runs <paramref name="work"/> once for <paramref name="storeKey"/>, or returns what another caller's run stored, and
+    /// passes <paramref name="metadata"/> with the claim so that stores that keep it let operators find the record by
+    /// principal and operation (see <see cref="ClaimRequest.Metadata"/>).
+    /// </summary>
+    /// <typeparam name="TState">What <paramref name="work"/> needs, passed back to it.</typeparam>
+    /// <param name="storeKey">The scoped key (see <see cref="IdempotencyScope.ComputeStoreKey"/>).</param>
+    /// <param name="fingerprint">The request fingerprint (see <see cref="RequestFingerprint"/>).</param>
+    /// <param name="metadata">Who claims and for which operation (see <see cref="IdempotencyRecordMetadata.Create"/>); <see langword="null"/> when unknown.</param>
+    /// <param name="policy">How the operation is protected.</param>
+    /// <param name="state">Passed to <paramref name="work"/>.</param>
+    /// <param name="work">The operation, as in <see cref="ExecuteAsync(string, string, IdempotencyPolicy, Func{IdempotentExecution, ValueTask{StoredResponse}}, CancellationToken)"/>.</param>
+    /// <param name="cancellationToken">Cancels claiming and waiting on behalf of this caller.</param>
     public async ValueTask<IdempotencyOutcome> ExecuteAsync<TState>(
         string storeKey,
         string fingerprint,
+        IdempotencyRecordMetadata? metadata,
         IdempotencyPolicy policy,
         TState state,
         Func<IdempotentExecution, TState, ValueTask<StoredResponse>> work,
@@ -98,7 +121,7 @@ public sealed class IdempotencyExecutor
 
         var started = Stopwatch.GetTimestamp();
         var ownerToken = OwnerTokens.Next();
-        var claimRequest = new ClaimRequest(storeKey, fingerprint, ownerToken, policy.Lease, policy.Retention);
+        var claimRequest = new ClaimRequest(storeKey, fingerprint, ownerToken, policy.Lease, policy.Retention) { Metadata = metadata };
         var lostClaims = 0;
         ClaimResult claim;
         try
@@ -232,11 +255,13 @@ public sealed class IdempotencyExecutor
         var outcome = await ExecuteAsync(
             storeKey,
             fingerprint,
+            IdempotencyRecordMetadata.Create(string.Empty, scope),
             policy ?? IdempotencyPolicy.Default,
-            async execution =>
+            (Work: work, JsonOptions: jsonOptions),
+            static async (execution, s) =>
             {
-                var result = await work(execution).ConfigureAwait(false);
-                return new StoredResponse(200, null, JsonSerializer.SerializeToUtf8Bytes(result, jsonOptions));
+                var result = await s.Work(execution).ConfigureAwait(false);
+                return new StoredResponse(200, null, JsonSerializer.SerializeToUtf8Bytes(result, s.JsonOptions));
             },
             cancellationToken).ConfigureAwait(false);
 

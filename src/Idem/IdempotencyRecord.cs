@@ -39,4 +39,11 @@ public sealed class IdempotencyRecord
     /// encoding; empty when none.
     /// </summary>
     public ReadOnlyMemory<byte> Phases { get; init; }
+
+    /// <summary>
+    /// Who claimed the key and for which operation, as the claim passed it (<see cref="ClaimRequest.Metadata"/>);
+    /// <see langword="null"/> for records written before the store kept it, by callers that passed none, or by stores
+    /// that do not keep it.
+    /// </summary>
+    public IdempotencyRecordMetadata? Metadata { get; init; }
 }

@@ -36,6 +36,35 @@ public static class IdempotencyScope
         return Compute(principal, method, route, key);
     }
 
+    /// <summary>
+    /// The hash under which a principal is kept in <see cref="IdempotencyRecordMetadata.PrincipalHash"/>: the first 32
+    /// lowercase hexadecimal digits (128 bits) of SHA-256 over a domain tag and the principal, so it never equals a store
+    /// key or another system's hash of the same text. <c>idem keys list --principal</c> computes the same.
+    /// </summary>
+    /// <param name="principal">Who sent the request; an empty string for anonymous callers.</param>
+    /// <returns>32 lowercase hexadecimal digits.</returns>
+    public static string ComputePrincipalHash(string principal)
+    {
+        ArgumentNullException.ThrowIfNull(principal);
+        var maxBytes = PrincipalDomain.Length + Encoding.UTF8.GetMaxByteCount(principal.Length);
+        var rented = ArrayPool<byte>.Shared.Rent(maxBytes);
+        try
+        {
+            PrincipalDomain.CopyTo(rented);
+            var written = PrincipalDomain.Length + Encoding.UTF8.GetBytes(principal, rented.AsSpan(PrincipalDomain.Length));
+            Span<byte> hash = stackalloc byte[SHA256.HashSizeInBytes];
+            Sha256.HashData(rented.AsSpan(0, written), hash);
+            return Convert.ToHexStringLower(hash[..16]);
+        }
+        finally
+        {
+            ArrayPool<byte>.Shared.Return(rented);
+        }
+    }
+
+    // Domain separation: the principal hash is never the hash of a store key's inputs or of another system's text.
+    private static ReadOnlySpan<byte> PrincipalDomain => "idem.principal\0"u8;
+
     // The operation is `operation`, or `operation + " " + route` when a route is given.
     private static string Compute(string principal, string operation, string? route, string key)
     {

@@ -39,6 +39,9 @@ public sealed partial class HelpTests
             Assert.Contains("  " + verb, help.Stdout);
         }
 
+        Assert.Contains("Exit codes: 0 ok; 1 a finding", help.Stdout); // documented where the operator looks first
+        Assert.Contains("2 bad usage", help.Stdout);
+
         var bad = await IdemCli.RunProcessAsync(["keys", "list", "--store", "sqlite", "--limit", "many"]);
         Assert.Equal(2, bad.ExitCode);
         Assert.Single(bad.Stderr.Trim().Split('\n'));

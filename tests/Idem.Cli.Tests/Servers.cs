@@ -148,10 +148,13 @@ public sealed class Gateway : IAsyncDisposable
 
     public Uri Address { get; }
 
-    public static async Task<Gateway> StartAsync(Uri upstream)
+    /// <param name="upstream">Where the gateway forwards.</param>
+    /// <param name="sqlitePath">A SQLite store file instead of the in-memory store.</param>
+    public static async Task<Gateway> StartAsync(Uri upstream, string? sqlitePath = null)
     {
+        string[] store = sqlitePath is null ? ["--Idem:Store", "InMemory"] : ["--Idem:Store", "Sqlite", "--Idem:Sqlite:Path", sqlitePath];
         var app = Idem.Gateway.GatewayHost.Build(
-            ["--urls", "http://127.0.0.1:0", "--Idem:Store", "InMemory", "--Idem:Default:WaitTimeout", "00:01:00", "--upstream", upstream.ToString().TrimEnd('/')],
+            ["--urls", "http://127.0.0.1:0", .. store, "--Idem:Default:WaitTimeout", "00:01:00", "--upstream", upstream.ToString().TrimEnd('/')],
             builder =>
             {
                 builder.Logging.ClearProviders();

@@ -178,6 +178,159 @@ public sealed class StoreCommandTests(CliFixture fixture)
         Assert.Contains("not one of sqlite, postgresql, redis, tiered", badKind.Stderr);
     }
 
+    [Theory]
+    [InlineData("sqlite")]
+    [InlineData("postgresql")]
+    [InlineData("redis")]
+    public async Task Keys_list_filters_by_principal_hash_route_state_and_age_and_records_from_before_show_unknown(string kind)
+    {
+        var dir = Directory.CreateTempSubdirectory("idem-keys-filter-").FullName;
+        try
+        {
+            string[] store;
+            IIdempotencyStore opened;
+            switch (kind)
+            {
+                case "sqlite":
+                    var path = Path.Combine(dir, "idem.db");
+                    store = ["--store", "sqlite", "--connection", path];
+                    opened = new SqliteIdempotencyStore(new SqliteIdempotencyStoreOptions { Path = path });
+                    break;
+                case "postgresql":
+                    var connection = await fixture.Postgres.CreateDatabaseAsync();
+                    store = ["--store", "postgresql", "--connection", connection];
+                    opened = new PostgreSqlIdempotencyStore(new PostgreSqlIdempotencyStoreOptions { ConnectionString = connection, CreateSchemaAutomatically = true });
+                    break;
+                default:
+                    var prefix = RedisServer.NewPrefix("cli-filter");
+                    store = ["--store", "redis", "--connection", fixture.Redis.Endpoint, "--key-prefix", prefix];
+                    opened = new RedisIdempotencyStore(new RedisIdempotencyStoreOptions { Configuration = fixture.Redis.Endpoint, KeyPrefix = prefix });
+                    break;
+            }
+
+            string aliceOrder, alicePayment, aliceInFlight, bobOrder, legacy;
+            await using ((IAsyncDisposable)opened)
+            {
+                aliceOrder = await ClaimAsync(opened, "alice", "POST /orders", "k1", complete: true);
+                alicePayment = await ClaimAsync(opened, "alice", "POST /payments", "k2", complete: true);
+                aliceInFlight = await ClaimAsync(opened, "alice", "PUT /orders", "k3", complete: false);
+                bobOrder = await ClaimAsync(opened, "bob", "POST /orders", "k1", complete: true); // the same client key, another principal
+                legacy = await ClaimAsync(opened, "alice", "POST /orders", "k-before", complete: true, withMetadata: false); // as written before the change
+
+                // The record from before still replays.
+                var replay = await opened.TryClaimAsync(new ClaimRequest(legacy, "f", Guid.NewGuid(), TimeSpan.FromMinutes(1), TimeSpan.FromHours(1)), default);
+                Assert.Equal(ClaimStatus.Completed, replay.Status);
+                Assert.Equal("{\"id\":42}", Encoding.UTF8.GetString(replay.Record!.Response!.Body.Span));
+            }
+
+            // Without a filter every principal's records are listed (what the filters below must take away).
+            var all = await IdemCli.RunAsync(["keys", "list", .. store, "--json"]);
+            Assert.Equal(Sorted(aliceOrder, alicePayment, aliceInFlight, bobOrder, legacy), Sorted(Keys(all)));
+            var aliceHash = IdempotencyScope.ComputePrincipalHash("alice");
+            var records = all.Json.GetProperty("records").EnumerateArray().ToDictionary(r => r.GetProperty("key").GetString()!);
+            Assert.Equal(aliceHash, records[aliceOrder].GetProperty("principalHash").GetString());
+            Assert.Equal("POST /orders", records[aliceOrder].GetProperty("operation").GetString());
+            Assert.False(records[legacy].TryGetProperty("principalHash", out _)); // unknown: null, left out like every null
+            Assert.False(records[legacy].TryGetProperty("operation", out _));
+            Assert.DoesNotContain(records.Values, r => r.GetRawText().Contains("alice", StringComparison.Ordinal)); // only the hash is kept
+
+            // By principal: alice's records only, never bob's with the same client key, nor the unknown one.
+            var byAlice = await IdemCli.RunAsync(["keys", "list", .. store, "--principal", "alice", "--json"]);
+            Assert.Equal(Sorted(aliceOrder, alicePayment, aliceInFlight), Sorted(Keys(byAlice)));
+            var byBobHash = await IdemCli.RunAsync(["keys", "list", .. store, "--principal-hash", IdempotencyScope.ComputePrincipalHash("bob").ToUpperInvariant(), "--json"]);
+            Assert.Equal([bobOrder], Keys(byBobHash));
+
+            // By route (any method), by operation, combined with principal and state.
+            Assert.Equal(Sorted(aliceOrder, aliceInFlight, bobOrder), Sorted(Keys(await IdemCli.RunAsync(["keys", "list", .. store, "--route", "/orders", "--json"]))));
+            Assert.Equal(Sorted(aliceOrder, bobOrder), Sorted(Keys(await IdemCli.RunAsync(["keys", "list", .. store, "--route", "POST /orders", "--json"]))));
+            Assert.Equal([aliceOrder], Keys(await IdemCli.RunAsync(["keys", "list", .. store, "--route", "/orders", "--principal", "alice", "--state", "completed", "--json"])));
+            Assert.Equal([aliceInFlight], Keys(await IdemCli.RunAsync(["keys", "list", .. store, "--route", "/orders", "--state", "in-flight", "--json"])));
+            Assert.Empty(Keys(await IdemCli.RunAsync(["keys", "list", .. store, "--route", "/order", "--json"]))); // whole routes only
+
+            // By age (written a moment ago with a retention of one hour).
+            Assert.Equal(3, Keys(await IdemCli.RunAsync(["keys", "list", .. store, "--principal", "alice", "--newer-than", "00:10:00", "--retention", "01:00:00", "--json"])).Count);
+            Assert.Empty(Keys(await IdemCli.RunAsync(["keys", "list", .. store, "--principal", "alice", "--older-than", "00:10:00", "--retention", "01:00:00", "--json"])));
+
+            // The table says "unknown" for the record from before; show decodes both columns.
+            var table = await IdemCli.RunAsync(["keys", "list", .. store, "--prefix", legacy[..12]]);
+            Assert.True(table.ExitCode == 0, table.ToString());
+            Assert.Contains("unknown", table.Stdout, StringComparison.Ordinal);
+            var shown = await IdemCli.RunAsync(["keys", "show", bobOrder, .. store, "--json"]);
+            Assert.Equal(IdempotencyScope.ComputePrincipalHash("bob"), shown.Json.GetProperty("principalHash").GetString());
+
+            var bad = await IdemCli.RunAsync(["keys", "list", .. store, "--principal-hash", "not-a-hash"]);
+            Assert.Equal(2, bad.ExitCode);
+            Assert.Contains("32 hexadecimal digits", bad.Stderr, StringComparison.Ordinal);
+        }
+        finally
+        {
+            Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    [Fact]
+    public async Task Requests_through_the_gateway_are_listed_by_the_principal_that_sent_them()
+    {
+        var dir = Directory.CreateTempSubdirectory("idem-keys-gateway-").FullName;
+        var path = Path.Combine(dir, "idem.db");
+        try
+        {
+            await using (var upstream = await PlainUpstream.StartAsync())
+            await using (var gateway = await Gateway.StartAsync(upstream.Address, path))
+            using (var client = new HttpClient { BaseAddress = gateway.Address })
+            {
+                foreach (var (auth, key) in new[] { ("Bearer alice-token", "a1"), ("Bearer alice-token", "a2"), ("Bearer bob-token", "a1") })
+                {
+                    using var request = new HttpRequestMessage(HttpMethod.Post, "/orders") { Content = new StringContent("{}", Encoding.UTF8, "application/json") };
+                    request.Headers.TryAddWithoutValidation("Authorization", auth);
+                    request.Headers.Add("Idempotency-Key", key);
+                    using var response = await client.SendAsync(request);
+                    Assert.Equal(System.Net.HttpStatusCode.Created, response.StatusCode);
+                }
+            }
+
+            string[] store = ["--store", "sqlite", "--connection", path];
+            var all = await IdemCli.RunAsync(["keys", "list", .. store, "--json"]);
+            var records = all.Json.GetProperty("records").EnumerateArray().ToList();
+            Assert.Equal(3, records.Count);
+            Assert.All(records, r => Assert.StartsWith("POST ", r.GetProperty("operation").GetString(), StringComparison.Ordinal));
+            var byPrincipal = records.GroupBy(r => r.GetProperty("principalHash").GetString()!).ToDictionary(g => g.Count(), g => g.Key);
+            Assert.Equal(2, byPrincipal.Count); // two principals, neither stored raw
+            Assert.DoesNotContain("token", all.Stdout, StringComparison.Ordinal);
+
+            var alices = await IdemCli.RunAsync(["keys", "list", .. store, "--principal-hash", byPrincipal[2], "--json"]);
+            Assert.Equal(2, Keys(alices).Count);
+            var bobs = await IdemCli.RunAsync(["keys", "list", .. store, "--principal-hash", byPrincipal[1], "--route", records[0].GetProperty("operation").GetString()!, "--json"]);
+            Assert.Single(Keys(bobs));
+        }
+        finally
+        {
+            Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    private static List<string> Sorted(params IEnumerable<string> keys) => [.. keys.Order(StringComparer.Ordinal)];
+
+    /// <summary>Claims (and completes) the key of (<paramref name="principal"/>, <paramref name="operation"/>, <paramref name="key"/>) with the metadata the middleware passes, or none.</summary>
+    private static async Task<string> ClaimAsync(IIdempotencyStore store, string principal, string operation, string key, bool complete, bool withMetadata = true)
+    {
+        var storeKey = IdempotencyScope.ComputeStoreKey(principal, operation, key);
+        var owner = Guid.NewGuid();
+        var claim = new ClaimRequest(storeKey, "f", owner, TimeSpan.FromMinutes(1), TimeSpan.FromHours(1))
+        {
+            Metadata = withMetadata ? IdempotencyRecordMetadata.Create(principal, operation) : null,
+        };
+        Assert.Equal(ClaimStatus.Claimed, (await store.TryClaimAsync(claim, default)).Status);
+        if (complete)
+        {
+            Assert.True(await store.CompleteAsync(storeKey, owner, new StoredResponse(201, [], Encoding.UTF8.GetBytes("{\"id\":42}")), TimeSpan.FromHours(1), default));
+        }
+
+        return storeKey;
+    }
+
     /// <summary>The whole keys flow on SQLite; the same commands, fewer of them, on PostgreSQL and Redis (CI time).</summary>
     private static async Task AssertKeysCommandsAsync(string[] store, string completedKey, string inFlightKey, string expiredKey, bool expiredListed, bool full = true)
     {

@@ -21,6 +21,8 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
         await using var command = _dataSource.CreateCommand("""
             CREATE TABLE chats (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, participants_key text NOT NULL UNIQUE, title text CHECK (title <> 'forbidden'));
             CREATE TABLE communities (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL, slug text COLLATE "C" NOT NULL UNIQUE);
+            CREATE TABLE tags (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL UNIQUE);
+            CREATE TABLE shipments (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, reference text NOT NULL UNIQUE, destination_city text NOT NULL);
             """);
         await command.ExecuteNonQueryAsync();
     }
@@ -64,5 +66,67 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
         var error = await Assert.ThrowsAsync<PostgresException>(() => ScalarAsync(connection, "INSERT INTO chats (participants_key) VALUES (@key)", "mallory,oscar"));
         Assert.True(error.IsUniqueViolation("chats_participants_key_key"));
         Assert.False(error.IsUniqueViolation("another_constraint"));
+    }
+    [Fact]
+    public async Task A_row_committed_after_the_statements_snapshot_is_read_again_and_never_answered_with_nothing()
+    {
+        // Under READ COMMITTED the one statement's read half sees its snapshot: a conflicting row committed by a
+        // concurrent transaction after the statement began (the insert waited for it) is not in it, so the statement
+        // returns no row. The helper reads once more; the bare statement (the naive variant) answers nothing.
+        using var counters = new DataCounters("chats");
+        var helper = await RaceTheCommitAsync("quinn,rose", connection => CreateOrGetChatAsync(connection, null, "quinn,rose"));
+        Assert.False(helper.Answer.Created);
+        Assert.Equal(helper.CommittedId, helper.Answer.Value);
+        Assert.Equal(1, counters.Conflicts); // the second read ran
+        Assert.Equal(1L, await CountAsync("SELECT count(*) FROM chats WHERE participants_key = 'quinn,rose'"));
+
+        var bare = await RaceTheCommitAsync("sam,tess", async connection =>
+        {
+            await using var command = new NpgsqlCommand(
+                "WITH idem_inserted AS (INSERT INTO chats (participants_key) VALUES (@key) ON CONFLICT (participants_key) DO NOTHING RETURNING id) " +
+                "SELECT id, TRUE FROM idem_inserted UNION ALL SELECT id, FALSE FROM chats WHERE participants_key = @key AND NOT EXISTS (SELECT 1 FROM idem_inserted)",
+                (NpgsqlConnection)connection);
+            command.Parameters.AddWithValue("key", "sam,tess");
+            await using var reader = await command.ExecuteReaderAsync();
+            return await reader.ReadAsync() ? new CreateOrGetResult<long>(reader.GetInt64(0), reader.GetBoolean(1)) : new CreateOrGetResult<long>(0, false);
+        });
+        Output.WriteLine($"bare statement after the concurrent commit: id {bare.Answer.Value} (0 = no row)");
+        Assert.Equal(0, bare.Answer.Value);
+    }
+
+    /// <summary>
+    /// Opens a transaction that inserts the key, starts <paramref name="call"/> on another connection, waits until that
+    /// call's statement is blocked on the uncommitted row, then commits.
+    /// </summary>
+    private async Task<(CreateOrGetResult<long> Answer, long CommittedId)> RaceTheCommitAsync(string key, Func<DbConnection, Task<CreateOrGetResult<long>>> call)
+    {
+        await using var first = await _dataSource!.OpenConnectionAsync();
+        await using var transaction = await first.BeginTransactionAsync();
+        await using var insert = new NpgsqlCommand("INSERT INTO chats (participants_key) VALUES (@key) RETURNING id", first, transaction);
+        insert.Parameters.AddWithValue("key", key);
+        var committedId = (long)(await insert.ExecuteScalarAsync())!;
+
+        await using var second = await _dataSource.OpenConnectionAsync();
+        var secondPid = second.ProcessID;
+        var answer = call(second);
+        await using (var watcher = await _dataSource.OpenConnectionAsync())
+        {
+            var blocked = false;
+            for (var i = 0; i < 200 && !blocked && !answer.IsCompleted; i++)
+            {
+                await using var waiting = new NpgsqlCommand("SELECT count(*) FROM pg_stat_activity WHERE pid = @pid AND wait_event_type = 'Lock'", watcher);
+                waiting.Parameters.AddWithValue("pid", secondPid);
+                blocked = (long)(await waiting.ExecuteScalarAsync())! == 1;
+                if (!blocked)
+                {
+                    await Task.Delay(50);
+                }
+            }
+
+            Assert.True(blocked, "the second statement never waited for the uncommitted row");
+        }
+
+        await transaction.CommitAsync();
+        return (await answer, committedId);
     }
 }

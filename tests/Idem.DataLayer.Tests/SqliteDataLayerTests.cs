@@ -22,6 +22,8 @@ public sealed class SqliteDataLayerTests(ITestOutputHelper output) : DataLayerTe
             PRAGMA journal_mode = WAL;
             CREATE TABLE chats (id INTEGER PRIMARY KEY, participants_key TEXT NOT NULL UNIQUE, title TEXT CHECK (title <> 'forbidden'));
             CREATE TABLE communities (id INTEGER PRIMARY KEY, name TEXT NOT NULL, slug TEXT NOT NULL UNIQUE);
+            CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+            CREATE TABLE shipments (id INTEGER PRIMARY KEY, reference TEXT NOT NULL UNIQUE, destination_city TEXT NOT NULL);
             """;
         await command.ExecuteNonQueryAsync();
     }

@@ -20,12 +20,40 @@ public sealed class Community
     public string Slug { get; set; } = "";
 }
 
+/// <summary>A natural key stored through a value converter (as <c>tag:&lt;value&gt;</c>).</summary>
+public readonly record struct TagName(string Value);
+
+public sealed class Tag
+{
+    public long Id { get; set; }
+
+    public TagName Name { get; set; }
+}
+
+public sealed class Shipment
+{
+    public long Id { get; set; }
+
+    public string Reference { get; set; } = "";
+
+    public Address Destination { get; set; } = new();
+}
+
+public sealed class Address
+{
+    public string City { get; set; } = "";
+}
+
 /// <summary>The EF Core model over the same tables the ADO.NET tests use (created by each database's DDL).</summary>
 public sealed class TestContext(DbContextOptions<TestContext> options) : DbContext(options)
 {
     public DbSet<Chat> Chats => Set<Chat>();
 
     public DbSet<Community> Communities => Set<Community>();
+
+    public DbSet<Tag> Tags => Set<Tag>();
+
+    public DbSet<Shipment> Shipments => Set<Shipment>();
 
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
@@ -44,6 +72,21 @@ public sealed class TestContext(DbContextOptions<TestContext> options) : DbConte
             community.Property(c => c.Name).HasColumnName("name");
             community.Property(c => c.Slug).HasColumnName("slug");
             community.HasIndex(c => c.Slug).IsUnique();
+        });
+        modelBuilder.Entity<Tag>(tag =>
+        {
+            tag.ToTable("tags");
+            tag.Property(t => t.Id).HasColumnName("id");
+            tag.Property(t => t.Name).HasColumnName("name").HasConversion(n => "tag:" + n.Value, stored => new TagName(stored.Substring(4)));
+            tag.HasIndex(t => t.Name).IsUnique();
+        });
+        modelBuilder.Entity<Shipment>(shipment =>
+        {
+            shipment.ToTable("shipments");
+            shipment.Property(s => s.Id).HasColumnName("id");
+            shipment.Property(s => s.Reference).HasColumnName("reference");
+            shipment.HasIndex(s => s.Reference).IsUnique();
+            shipment.OwnsOne(s => s.Destination, d => d.Property(a => a.City).HasColumnName("destination_city"));
         });
     }
 }

@@ -107,6 +107,10 @@ public sealed partial class ObservabilityTests
         var missing = Missing(names, exported);
         Assert.True(missing.Count == 0, $"The deploy pack names metrics the gateway does not export: {string.Join(", ", missing)}.\n{exported}");
 
+        // The dashboard's names read from its PromQL (not only those starting with idem_), against the same scrape.
+        var dashboardMissing = Missing(GrafanaDashboardTests.DashboardMetricNames(), exported);
+        Assert.True(dashboardMissing.Count == 0, $"The Grafana dashboard queries metrics the gateway does not export: {string.Join(", ", dashboardMissing)}.");
+
         // The check can fail: a name the app does not emit is reported.
         Assert.Equal(["idem_claims_total"], Missing(["idem_claims_total", "idem_requests_total"], exported));
         Assert.Contains("idem_cache_fallback{", exported);
@@ -208,7 +212,7 @@ public sealed partial class ObservabilityTests
     private static JsonElement StoreData(JsonElement report) =>
         report.GetProperty("checks").GetProperty("idempotency-store").GetProperty("data");
 
-    private static string RepositoryRoot()
+    internal static string RepositoryRoot()
     {
         for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
         {

@@ -11,7 +11,10 @@ using Microsoft.Extensions.Logging;
 
 namespace Idem.Gateway.FunctionalTests;
 
-/// <summary>The gateway exports traces over OTLP/HTTP when <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> is set, to a real receiver.</summary>
+/// <summary>
+/// The gateway exports traces over OTLP when <c>OTEL_EXPORTER_OTLP_ENDPOINT</c> is set, to a real receiver: over
+/// http/protobuf, and over gRPC (the SDK's default protocol) to a receiver that speaks gRPC by hand on HTTP/2 without TLS.
+/// </summary>
 public sealed class OtlpTracingTests
 {
     [Fact]
@@ -56,6 +59,26 @@ public sealed class OtlpTracingTests
     }
 
     [Fact]
+    public async Task With_only_an_OTLP_endpoint_the_gateway_exports_over_grpc_the_default_protocol()
+    {
+        await using var receiver = await OtlpReceiver.StartAsync(grpc: true);
+        await using var upstream = await CountingUpstream.StartAsync();
+        string[] args = ["--OTEL_EXPORTER_OTLP_ENDPOINT", receiver.Address.ToString().TrimEnd('/')]; // no protocol: grpc
+        await using (var gateway = await GatewayUnderTest.StartAsync(upstream.Address, args))
+        {
+            Assert.Equal(HttpStatusCode.Created, (await gateway.Client.SendAsync(Http.Post("/orders", Http.NewKey()))).StatusCode);
+        } // disposing the gateway flushes its exporter
+
+        // The calls were gRPC: HTTP/2 to the TraceService's Export method, application/grpc, one length-prefixed message.
+        Assert.NotEmpty(receiver.Calls);
+        Assert.All(receiver.Calls, call => Assert.Equal(("HTTP/2", "application/grpc"), (call.Protocol, call.ContentType)));
+        var spans = receiver.Spans();
+        var execute = Assert.Single(spans, s => s.Name == "idem.execute");
+        Assert.Contains(spans, s => s.SpanId == execute.ParentSpanId && s.TraceId == execute.TraceId && s.Kind == 2); // under the server span
+        Assert.Equal(0, receiver.HttpProtobufPosts); // nothing came the http/protobuf way
+    }
+
+    [Fact]
     public async Task Without_an_OTLP_endpoint_no_tracer_listens_to_Idem()
     {
         await using var upstream = await CountingUpstream.StartAsync();
@@ -67,30 +90,66 @@ public sealed class OtlpTracingTests
 
     internal sealed record OtlpSpan(string TraceId, string SpanId, string ParentSpanId, string Name, int Kind, List<OtlpLink> Links);
 
-    /// <summary>A minimal OTLP/HTTP trace receiver: keeps every <c>POST /v1/traces</c> body and decodes spans from the protobuf.</summary>
+    internal sealed record GrpcCall(string Protocol, string? ContentType);
+
+    /// <summary>
+    /// A minimal OTLP trace receiver: keeps every <c>POST /v1/traces</c> body (http/protobuf) or, with
+    /// <c>grpc</c>, every message of a gRPC <c>TraceService/Export</c> call (HTTP/2 without TLS, answered by hand with an
+    /// empty message and <c>grpc-status: 0</c>), and decodes spans from the protobuf.
+    /// </summary>
     private sealed class OtlpReceiver : IAsyncDisposable
     {
+        private const string ExportPath = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
         private readonly WebApplication _app;
         private readonly ConcurrentQueue<byte[]> _bodies = new();
+        private readonly ConcurrentQueue<GrpcCall> _calls = new();
+        private int _httpProtobufPosts;
 
         private OtlpReceiver(WebApplication app) => _app = app;
 
         public Uri Address { get; private set; } = null!;
 
-        public static async Task<OtlpReceiver> StartAsync()
+        public IReadOnlyCollection<GrpcCall> Calls => _calls;
+
+        public int HttpProtobufPosts => Volatile.Read(ref _httpProtobufPosts);
+
+        public static async Task<OtlpReceiver> StartAsync(bool grpc = false)
         {
             var builder = WebApplication.CreateSlimBuilder();
-            builder.WebHost.UseKestrel(o => o.Listen(IPAddress.Loopback, 0));
+            builder.WebHost.UseKestrel(o => o.Listen(IPAddress.Loopback, 0, listen =>
+                listen.Protocols = grpc ? Microsoft.AspNetCore.Server.Kestrel.Core.HttpProtocols.Http2 : Microsoft.AspNetCore.Server.Kestrel.Core.HttpProtocols.Http1AndHttp2));
             builder.Logging.ClearProviders();
             var app = builder.Build();
             var receiver = new OtlpReceiver(app);
             app.MapPost("/v1/traces", async (HttpContext context) =>
             {
+                Interlocked.Increment(ref receiver._httpProtobufPosts);
                 using var body = new MemoryStream();
                 await context.Request.Body.CopyToAsync(body);
                 receiver._bodies.Enqueue(body.ToArray());
                 context.Response.ContentType = "application/x-protobuf";
                 return Results.Bytes([], "application/x-protobuf"); // an empty ExportTraceServiceResponse
+            });
+            app.MapPost(ExportPath, async (HttpContext context) =>
+            {
+                receiver._calls.Enqueue(new GrpcCall(context.Request.Protocol, context.Request.ContentType));
+                using var body = new MemoryStream();
+                await context.Request.Body.CopyToAsync(body);
+
+                // gRPC framing: per message a compressed flag (0: the exporter does not compress) and a big-endian length.
+                var bytes = body.ToArray();
+                for (var i = 0; i + 5 <= bytes.Length;)
+                {
+                    Assert.Equal(0, bytes[i]);
+                    var length = (int)System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(bytes.AsSpan(i + 1, 4));
+                    receiver._bodies.Enqueue(bytes[(i + 5)..(i + 5 + length)]);
+                    i += 5 + length;
+                }
+
+                context.Response.ContentType = "application/grpc";
+                context.Response.DeclareTrailer("grpc-status");
+                await context.Response.Body.WriteAsync(new byte[5]); // one empty ExportTraceServiceResponse
+                context.Response.AppendTrailer("grpc-status", "0");
             });
             await app.StartAsync();
             receiver.Address = new Uri(app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First());

@@ -758,6 +758,43 @@ public abstract class IdempotencyStoreConformanceTests : IAsyncLifetime
         Assert.Equal(description.LatestSchemaVersion, migration.VersionAfter);
     }
 
+    [Fact]
+    public async Task Metadata_written_at_claim_is_listed_and_filters_by_principal_and_route_while_records_without_it_match_no_filter()
+    {
+        if (Store is not IIdempotencyStoreAdmin admin)
+        {
+            return; // the in-memory store and the local replay cache have no listing, and may drop the metadata
+        }
+
+        var withMetadata = NewKey();
+        var owner = Guid.NewGuid();
+        var metadata = IdempotencyRecordMetadata.Create("user-" + withMetadata, "POST /orders/{id}");
+        Assert.Equal(ClaimStatus.Claimed, (await Store.TryClaimAsync(Claim(withMetadata, owner: owner) with { Metadata = metadata }, CancellationToken.None)).Status);
+        Assert.True(await Store.CompleteAsync(withMetadata, owner, SampleResponse(), TimeSpan.FromHours(24), CancellationToken.None));
+        var without = NewKey();
+        var withoutOwner = await ClaimOwnedAsync(without);
+        Assert.True(await Store.CompleteAsync(without, withoutOwner, SampleResponse(), TimeSpan.FromHours(24), CancellationToken.None));
+
+        var listed = new List<IdempotencyRecord>();
+        await foreach (var record in admin.ListAsync(new IdempotencyRecordQuery { KeyPrefix = withMetadata }, CancellationToken.None))
+        {
+            listed.Add(record);
+        }
+
+        var kept = Assert.Single(listed).Metadata;
+        Assert.NotNull(kept);
+        Assert.Equal(metadata.PrincipalHash, kept.PrincipalHash); // through completion
+        Assert.Equal("POST /orders/{id}", kept.Operation);
+        Assert.DoesNotContain("user-", kept.PrincipalHash, StringComparison.Ordinal);
+
+        var byPrincipal = await ListAsync(admin, new IdempotencyRecordQuery { PrincipalHash = metadata.PrincipalHash, Limit = 100_000 });
+        Assert.Equal([withMetadata], byPrincipal);
+        Assert.Equal([withMetadata], (await ListAsync(admin, new IdempotencyRecordQuery { Route = "/orders/{id}", Limit = 100_000 })).Where(k => k == withMetadata || k == without));
+        Assert.Empty(await ListAsync(admin, new IdempotencyRecordQuery { Route = "GET /orders/{id}", KeyPrefix = withMetadata }));
+        Assert.Empty(await ListAsync(admin, new IdempotencyRecordQuery { Route = "{id}", KeyPrefix = withMetadata }));
+        Assert.Equal([without], await ListAsync(admin, new IdempotencyRecordQuery { KeyPrefix = without })); // unfiltered, it is there
+    }
+
     private static async Task<List<string>> ListAsync(IIdempotencyStoreAdmin admin, IdempotencyRecordQuery query)
     {
         var keys = new List<string>();

@@ -374,8 +374,9 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
     [Fact]
     public async Task Shipped_script_is_plain_sql_with_psql_variables()
     {
-        Assert.Equal(2, PostgreSqlIdempotencyMigrator.LatestVersion); // 2: recovery points (issue 20)
+        Assert.Equal(3, PostgreSqlIdempotencyMigrator.LatestVersion); // 2: recovery points (issue 20); 3: record metadata (issue 17)
         Assert.Contains("ADD COLUMN IF NOT EXISTS phases bytea", PostgreSqlIdempotencyMigrator.GetScript(2), StringComparison.Ordinal);
+        Assert.Contains("ADD COLUMN IF NOT EXISTS principal_hash text", PostgreSqlIdempotencyMigrator.GetScript(3), StringComparison.Ordinal);
         var script = PostgreSqlIdempotencyMigrator.GetScript(1);
         Assert.Contains("CREATE TABLE IF NOT EXISTS :\"schema\".:\"table\"", script, StringComparison.Ordinal);
         Assert.Contains("(purge_after)", script, StringComparison.Ordinal);

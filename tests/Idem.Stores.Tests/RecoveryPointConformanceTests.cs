@@ -220,6 +220,36 @@ public sealed class SqliteTransactionalStoreTests : TransactionalStoreConformanc
         Assert.True(await store.RecordPhasesAsync("k", owner, new byte[] { 3 }, default));
         Assert.Equal(new byte[] { 3 }, (await store.GetAsync("k", default))!.Phases.ToArray());
     }
+
+    [Fact]
+    public async Task A_version_2_file_is_upgraded_and_its_records_replay_with_unknown_metadata()
+    {
+        var path = Path.Combine(_directory, "v2.db");
+        await using (var connection = new Microsoft.Data.Sqlite.SqliteConnection($"Data Source={path};Pooling=False"))
+        {
+            await connection.OpenAsync();
+            await using var command = connection.CreateCommand();
+            command.CommandText = """
+                PRAGMA journal_mode = WAL;
+                CREATE TABLE idem_records (key TEXT NOT NULL PRIMARY KEY, state INTEGER NOT NULL, fingerprint TEXT NOT NULL, owner BLOB NOT NULL,
+                    lease_expires_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, status_code INTEGER NULL, headers BLOB NULL, body BLOB NULL,
+                    body_omitted INTEGER NOT NULL DEFAULT 0, took_over INTEGER NOT NULL DEFAULT 0, phases BLOB NULL);
+                INSERT INTO idem_records (key, state, fingerprint, owner, lease_expires_at, expires_at, status_code, headers, body)
+                    VALUES ('old', 2, 'fp', zeroblob(16), 0, 4102444800000, 201, NULL, X'7B7D');
+                PRAGMA user_version = 2;
+                """;
+            await command.ExecuteNonQueryAsync();
+        }
+
+        await using var store = new SqliteIdempotencyStore(new SqliteIdempotencyStoreOptions { Path = path });
+        var replay = await store.TryClaimAsync(new ClaimRequest("old", "fp", Guid.NewGuid(), TimeSpan.FromSeconds(10), TimeSpan.FromHours(1)) { Metadata = IdempotencyRecordMetadata.Create("u", "POST /x") }, default);
+        Assert.Equal(ClaimStatus.Completed, replay.Status);
+        Assert.Equal(201, replay.Record!.Response!.StatusCode);
+        Assert.Null(replay.Record.Metadata); // written before: unknown, and a replay does not invent it
+        var owner = Guid.NewGuid();
+        await store.TryClaimAsync(new ClaimRequest("new", "fp", owner, TimeSpan.FromSeconds(10), TimeSpan.FromHours(1)) { Metadata = IdempotencyRecordMetadata.Create("u", "POST /x") }, default);
+        Assert.Equal("POST /x", (await store.GetAsync("new", default))!.Metadata!.Operation);
+    }
 }
 
 [Collection(PostgreSqlServerGroup.Name)]

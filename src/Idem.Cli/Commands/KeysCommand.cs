@@ -11,7 +11,7 @@ internal static class KeysCommand
 {
     public static Command Create()
     {
-        var command = new Command("keys", "Inspect and purge idempotency records. Store keys are SHA-256 hashes of (principal, method, route, Idempotency-Key): neither the principal nor the client's key is stored, so records are found by store key (or by computing it with show --principal/--operation/--idempotency-key), state and age. Example: idem keys list --store sqlite --connection idem.db --state in-flight");
+        var command = new Command("keys", "Inspect and purge idempotency records. Store keys are SHA-256 hashes of (principal, method, route, Idempotency-Key); beside each record the store keeps the principal's hash (never the principal) and the operation (\"METHOD /route\"), so records are found by principal, route, state and age, or by store key (show --principal/--operation/--idempotency-key computes one). Records written before the store kept them show \"unknown\" and match no principal or route filter. Example: idem keys list --store sqlite --connection idem.db --state in-flight --route /orders");
         command.Subcommands.Add(List());
         command.Subcommands.Add(Show());
         command.Subcommands.Add(Purge());
@@ -24,15 +24,19 @@ internal static class KeysCommand
         var state = Shell.Option<string?>("--state", "Only records in this state: in-flight, completed, or expired (past retention, not purged yet).", "--state in-flight");
         state.AcceptOnlyFromAmong("in-flight", "completed", "expired");
         var olderThan = Shell.Option<TimeSpan?>("--older-than", "Only records older than this, counted from their claim or completion (assumes --retention).", "--older-than 02:00:00");
+        var newerThan = Shell.Option<TimeSpan?>("--newer-than", "Only records newer than this, counted from their claim or completion (assumes --retention).", "--newer-than 00:10:00");
+        var principalHash = Shell.Option<string?>("--principal-hash", "Only records claimed by the principal with this hash (32 hex digits, the \"principal\" column). Records written before the store kept it (\"unknown\") never match.", "--principal-hash 9f86d081884c7d659a2feaa0c55ad015");
+        var principal = Shell.Option<string?>("--principal", "Instead of --principal-hash: the resolved principal (a user id; the gateway's principal hash), hashed here; it is never sent to the store.", "--principal user-42");
+        var route = Shell.Option<string?>("--route", "Only records of this route (any method) or operation (\"METHOD route\"), as the endpoint's route template. Records written before the store kept it (\"unknown\") never match.", "--route /orders/{id}");
         var retention = Shell.Option<TimeSpan>("--retention", "The retention the application uses, to tell a record's age from its expiry.", "--retention 1.00:00:00");
         retention.DefaultValueFactory = _ => TimeSpan.FromHours(24);
         var prefix = Shell.Option<string?>("--prefix", "Only store keys starting with this.", "--prefix 3fa2");
         var limit = Shell.Option<int>("--limit", "The most records listed (1-100000).", "--limit 500");
         limit.DefaultValueFactory = _ => 100;
         var json = Shell.JsonOption();
-        var command = new Command("list", "List records: store key, state, status, age, lease and expiry. Example: idem keys list --store postgresql --connection \"$PG\" --state completed --older-than 12:00:00 --json")
+        var command = new Command("list", "List records: store key, principal hash, operation, state, status, age and expiry. Example: idem keys list --store postgresql --connection \"$PG\" --principal-hash 9f86d081884c7d659a2feaa0c55ad015 --route /orders --state completed --older-than 12:00:00 --json")
         {
-            state, olderThan, retention, prefix, limit, json,
+            state, olderThan, newerThan, retention, principalHash, principal, route, prefix, limit, json,
         };
         store.AddTo(command);
         command.SetAction((parseResult, cancellationToken) =>
@@ -43,6 +47,13 @@ internal static class KeysCommand
                 await using var opened = store.Open(parseResult);
                 var now = (await opened.Admin.DescribeAsync(cancellationToken).ConfigureAwait(false)).StoreTime;
                 var stateValue = parseResult.GetValue(state);
+                var principalHashValue = PrincipalHashOf(parseResult.GetValue(principalHash), parseResult.GetValue(principal));
+                var routeValue = parseResult.GetValue(route);
+                if (routeValue is { Length: 0 })
+                {
+                    throw new UsageException("--route needs a route, for example /orders.");
+                }
+
                 var query = new IdempotencyRecordQuery
                 {
                     State = stateValue switch
@@ -53,6 +64,9 @@ internal static class KeysCommand
                     },
                     Expired = stateValue == "expired",
                     ExpiresBefore = parseResult.GetValue(olderThan) is { } age ? now + parseResult.GetValue(retention) - age : null,
+                    ExpiresAfter = parseResult.GetValue(newerThan) is { } young ? now + parseResult.GetValue(retention) - young : null,
+                    PrincipalHash = principalHashValue,
+                    Route = routeValue,
                     KeyPrefix = parseResult.GetValue(prefix),
                     Limit = Math.Clamp(parseResult.GetValue(limit), 1, 100_000),
                 };
@@ -63,11 +77,13 @@ internal static class KeysCommand
                 }
 
                 var retentionValue = parseResult.GetValue(retention);
-                var table = new Table().Border(TableBorder.Rounded).AddColumn("store key").AddColumn("state").AddColumn("status").AddColumn("age").AddColumn("expires in");
+                var table = new Table().Border(TableBorder.Rounded).AddColumn("store key").AddColumn("principal").AddColumn("operation").AddColumn("state").AddColumn("status").AddColumn("age").AddColumn("expires in");
                 foreach (var record in records)
                 {
                     table.AddRow(
                         Markup.Escape(record.Key),
+                        Markup.Escape(record.Metadata?.PrincipalHash ?? Unknown),
+                        Markup.Escape(record.Metadata?.Operation ?? Unknown),
                         Markup.Escape(StateName(record, now)),
                         record.Response?.StatusCode.ToString(CultureInfo.InvariantCulture) ?? "",
                         Duration(retentionValue - (record.ExpiresAt - now)),
@@ -121,6 +137,8 @@ internal static class KeysCommand
 
                 var grid = new Grid().AddColumn().AddColumn();
                 grid.AddRow("store key", Markup.Escape(record.Key));
+                grid.AddRow("principal", Markup.Escape(record.Metadata?.PrincipalHash ?? Unknown));
+                grid.AddRow("operation", Markup.Escape(record.Metadata?.Operation ?? Unknown));
                 grid.AddRow("state", Markup.Escape(StateName(record, now)));
                 grid.AddRow("fingerprint", Markup.Escape(record.Fingerprint));
                 grid.AddRow("owner", record.OwnerToken.ToString());
@@ -254,6 +272,29 @@ internal static class KeysCommand
         return command;
     }
 
+    // What a record written before the store kept metadata shows (its JSON has null).
+    private const string Unknown = "unknown";
+
+    private static string? PrincipalHashOf(string? hash, string? principal)
+    {
+        if (hash is not null && principal is not null)
+        {
+            throw new UsageException("give --principal-hash or --principal, not both.");
+        }
+
+        if (principal is not null)
+        {
+            return IdempotencyScope.ComputePrincipalHash(principal);
+        }
+
+        if (hash is not null && (hash.Length != 32 || !hash.All(char.IsAsciiHexDigit)))
+        {
+            throw new UsageException($"--principal-hash must be 32 hexadecimal digits, as keys list shows it; got {hash.Length} characters.");
+        }
+
+        return hash?.ToLowerInvariant();
+    }
+
     private static string StoreKeyOf(ParseResult parseResult, Argument<string?> key, Option<string?> principal, Option<string?> operation, Option<string?> clientKey)
     {
         var parts = (P: parseResult.GetValue(principal), O: parseResult.GetValue(operation), K: parseResult.GetValue(clientKey));
@@ -295,6 +336,8 @@ internal static class KeysCommand
         key = record.Key,
         state = record.ExpiresAt <= now ? "expired" : record.State == IdempotencyRecordState.Completed ? "completed" : "in-flight",
         leaseExpired = record.State == IdempotencyRecordState.InFlight && record.LeaseExpiresAt <= now,
+        principalHash = record.Metadata?.PrincipalHash,
+        operation = record.Metadata?.Operation,
         statusCode = record.Response?.StatusCode,
         leaseExpiresAt = record.LeaseExpiresAt,
         expiresAt = record.ExpiresAt,
@@ -308,6 +351,8 @@ internal static class KeysCommand
         {
             key = record.Key,
             state = record.ExpiresAt <= now ? "expired" : record.State == IdempotencyRecordState.Completed ? "completed" : "in-flight",
+            principalHash = record.Metadata?.PrincipalHash,
+            operation = record.Metadata?.Operation,
             fingerprint = record.Fingerprint,
             ownerToken = record.OwnerToken,
             leaseExpiresAt = record.LeaseExpiresAt,

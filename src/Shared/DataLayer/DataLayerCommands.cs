@@ -45,6 +45,14 @@ internal static class DataLayerCommands
             ];
         });
 
+        // SQLite outside a transaction reads first: a read is a shared lock, while every insert attempt, even one that
+        // inserts nothing, takes the database's single write lock, so an existing row costs one read instead of a write
+        // attempt and a read (benchmarks/datalayer-results.md). This is not check-then-insert: the read only shortcuts the
+        // common case, the insert after it is still the conflict-safe INSERT … ON CONFLICT DO NOTHING (it never assumes
+        // the row is absent), and the unique index alone decides. Inside the caller's transaction the insert goes first:
+        // a read would start a snapshot that the insert may then be unable to upgrade (SQLITE_BUSY_SNAPSHOT in WAL mode
+        // when another writer committed in between), and with BEGIN IMMEDIATE the write lock is held anyway.
+        var readFirst = dialect == SqlDialect.Sqlite && transaction is null;
         var opened = await OpenAsync(connection, cancellationToken).ConfigureAwait(false);
         try
         {
@@ -52,14 +60,16 @@ internal static class DataLayerCommands
             await using var command = connection.CreateCommand();
             command.Transaction = transaction;
             AddValues(command, values);
-            for (var statement = 0; statement <= MaxReads; statement++)
+            var insertAt = readFirst ? 1 : 0;
+            for (var statement = 0; statement <= MaxReads + insertAt; statement++)
             {
-                command.CommandText = sql[statement == 0 ? 0 : 1];
+                var insert = statement == insertAt;
+                command.CommandText = sql[insert ? 0 : 1];
                 await PrepareAsync(command, dialect, cancellationToken).ConfigureAwait(false);
                 await using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
                 if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
                 {
-                    var created = statement == 0 && (dialect == SqlDialect.Sqlite || reader.GetBoolean(definition.Returning.Count));
+                    var created = insert && (dialect == SqlDialect.Sqlite || reader.GetBoolean(definition.Returning.Count));
                     var value = read(reader);
                     if (created)
                     {
@@ -68,9 +78,10 @@ internal static class DataLayerCommands
                     else
                     {
                         DataLayerMetrics.Found(definition.Table);
-                        if (statement > 0 && dialect == SqlDialect.PostgreSql)
+                        if (statement > insertAt && (dialect == SqlDialect.PostgreSql || readFirst))
                         {
-                            // Only a concurrent insert makes PostgreSQL's one statement return nothing; SQLite cannot tell.
+                            // Known only when the row was absent before the insert: PostgreSQL's one statement returned
+                            // nothing, or SQLite's first read found nothing. SQLite's insert-first cannot tell.
                             Resolved(definition);
                         }
                     }
@@ -109,7 +120,7 @@ internal static class DataLayerCommands
         var options = definition.Options;
         var baseSlug = Slug.FromName(name, options);
         var sql = SlugSql.GetValue(definition, d => DataLayerSql.InsertWithSlug(dialect, DataLayerSql.Table(d.Table, d.Schema), d.SlugColumn, d.Columns, d.Returning));
-        var pattern = DataLayerSql.SlugPattern(baseSlug, options.MaxLength);
+        var pattern = DataLayerSql.SlugPattern(dialect, baseSlug, options.MaxLength);
 
         var opened = await OpenAsync(connection, cancellationToken).ConfigureAwait(false);
         try

@@ -64,16 +64,42 @@ internal static class DataLayerSql
             .ToString();
     }
 
+    /// <summary>
+    /// EF Core's create-or-get on PostgreSQL, one statement as <see cref="CreateOrGet"/> but with the entity's columns only
+    /// (EF Core materialises entities, not an extra "created" column): an inserted row comes back twice, an existing one
+    /// once, so the count of rows says which it was. No row: a concurrent insert committed after the snapshot, read again.
+    /// </summary>
+    public static string CreateOrGetRows(string table, IReadOnlyList<string> columns, IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals, IReadOnlyList<string> returning) =>
+        new StringBuilder()
+            .Append("WITH idem_inserted AS (").Append(InsertOrNothing(table, columns, keyColumns, returning)).Append(')')
+            .Append(" SELECT ").Append(List(returning)).Append(" FROM idem_inserted")
+            .Append(" UNION ALL SELECT ").Append(List(returning)).Append(" FROM idem_inserted")
+            .Append(" UNION ALL SELECT ").Append(List(returning)).Append(" FROM ").Append(table)
+            .Append(" WHERE ").Append(KeyPredicate(keyColumns, keyOrdinals)).Append(" AND NOT EXISTS (SELECT 1 FROM idem_inserted)")
+            .ToString();
+
     /// <summary>The read by natural key, after an insert that met an existing row; with a FALSE "created" column when asked.</summary>
     public static string Read(string table, IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals, IReadOnlyList<string> returning, bool createdColumn) =>
         "SELECT " + List(returning) + (createdColumn ? ", FALSE" : string.Empty) + " FROM " + table +
         " WHERE " + KeyPredicate(keyColumns, keyOrdinals);
 
     /// <summary>
+    /// How many candidates one PostgreSQL slug statement tries, one after the other, before it gives up: contenders that
+    /// read the same largest suffix queue on the unique index for the first candidate, and each loser moves on to the next
+    /// in the same statement instead of a new round trip.
+    /// </summary>
+    public const int PostgreSqlSlugCandidates = 8;
+
+    /// <summary>
     /// One statement that picks the slug and inserts the row: the base slug when it is free, otherwise the base (cut so the
     /// suffix fits) with the largest numeric suffix in use plus one plus <see cref="OffsetParameter"/>. The unique index
-    /// decides: a candidate a concurrent insert took makes the statement insert nothing (ON CONFLICT on the slug only), and
-    /// the caller tries again with a wider offset. Other constraints' violations reach the caller untouched.
+    /// decides: a candidate a concurrent insert took makes the insert do nothing (ON CONFLICT on the slug only).
+    /// On SQLite (one writer at a time, so the statement sees every committed slug) one candidate per statement.
+    /// On PostgreSQL the statement chains <see cref="PostgreSqlSlugCandidates"/> data-modifying CTEs, each inserting the
+    /// next candidate only when every earlier one inserted nothing: the contenders of one snapshot (which all read the same
+    /// largest suffix) wait on the unique index for the first candidate's winner, then go on to the next in the same
+    /// statement. When every candidate was taken the statement returns nothing and the caller tries again with a wider
+    /// offset. Other constraints' violations reach the caller untouched.
     /// The suffix test mirrors <see cref="Slug.WithSuffix"/>: a row counts when it is the base cut to
     /// (max length - 1 - its digits), trimmed of trailing dashes, then a dash and 1 to 18 digits.
     /// </summary>
@@ -83,31 +109,74 @@ internal static class DataLayerSql
         var integer = dialect == SqlDialect.PostgreSql ? "bigint" : "INTEGER";
         var digits = $"(length(s.{slug}) - length(rtrim(s.{slug}, '0123456789')))";
         var headLength = $"{MaxLengthParameter} - 1 - {digits}";
-        var next = $"(SELECT coalesce(max(CAST(substr(s.{slug}, length(rtrim(s.{slug}, '0123456789')) + 1) AS {integer})), 0) FROM {table} AS s" +
-            $" WHERE s.{slug} LIKE {PatternParameter} ESCAPE '\\' AND {digits} BETWEEN 1 AND {Slug.MaxSuffixDigits}" +
+        // The rows that can carry a suffix start with the pattern. SQLite: LIKE 'prefix%'. PostgreSQL: a byte-order range
+        // [prefix, prefix || '~') (a counted slug is the prefix then [a-z0-9-], all below '~'), which a prepared
+        // statement's generic plan can still answer from a COLLATE "C" index; LIKE with a parameter cannot, so every call
+        // would be planned again.
+        var candidates = dialect == SqlDialect.Sqlite
+            ? $"s.{slug} LIKE {PatternParameter} ESCAPE '\\'"
+            : $"s.{slug} COLLATE \"C\" >= {PatternParameter} AND s.{slug} COLLATE \"C\" < {PatternParameter} || '~'";
+        var largest = $"(SELECT coalesce(max(CAST(substr(s.{slug}, length(rtrim(s.{slug}, '0123456789')) + 1) AS {integer})), 0) FROM {table} AS s" +
+            $" WHERE {candidates} AND {digits} BETWEEN 1 AND {Slug.MaxSuffixDigits}" +
             $" AND rtrim(s.{slug}, '0123456789') = rtrim(substr({BaseParameter}, 1, CASE WHEN {headLength} > 0 THEN {headLength} ELSE 0 END), '-') || '-')";
-        var candidate = $"CASE WHEN n.next = 0 THEN {BaseParameter} ELSE rtrim(substr({BaseParameter}, 1, {MaxLengthParameter} - 1 - length(CAST(n.next AS TEXT))), '-') || '-' || CAST(n.next AS TEXT) END";
+        var baseFree = $"{OffsetParameter} = 0 AND NOT EXISTS (SELECT 1 FROM {table} WHERE {slug} = {BaseParameter})";
+        string Candidate(string suffix) =>
+            $"CASE WHEN {suffix} = 0 THEN {BaseParameter} ELSE rtrim(substr({BaseParameter}, 1, {MaxLengthParameter} - 1 - length(CAST({suffix} AS TEXT))), '-') || '-' || CAST({suffix} AS TEXT) END";
         var values = string.Concat(columns.Select((_, i) => ValueParameter(i) + ", "));
-        return new StringBuilder()
-            .Append("INSERT INTO ").Append(table).Append(" (").Append(columns.Count > 0 ? List(columns) + ", " : string.Empty).Append(slug).Append(") ")
-            .Append("SELECT ").Append(values).Append(candidate)
-            .Append(" FROM (SELECT CASE WHEN ").Append(OffsetParameter).Append(" = 0 AND NOT EXISTS (SELECT 1 FROM ").Append(table)
-            .Append(" WHERE ").Append(slug).Append(" = ").Append(BaseParameter).Append(") THEN 0 ELSE ").Append(next)
-            .Append(" + 1 + ").Append(OffsetParameter).Append(" END AS next) AS n")
-            // WHERE true: SQLite needs it to parse ON CONFLICT after INSERT … SELECT.
-            .Append(" WHERE true ON CONFLICT (").Append(slug).Append(") DO NOTHING RETURNING ").Append(List(returning))
-            .ToString();
+        var insertInto = "INSERT INTO " + table + " (" + (columns.Count > 0 ? List(columns) + ", " : string.Empty) + slug + ") ";
+        var onConflict = " ON CONFLICT (" + slug + ") DO NOTHING RETURNING " + List(returning);
+        if (dialect == SqlDialect.Sqlite)
+        {
+            return new StringBuilder()
+                .Append(insertInto)
+                .Append("SELECT ").Append(values).Append(Candidate("n.next"))
+                .Append(" FROM (SELECT CASE WHEN ").Append(baseFree).Append(" THEN 0 ELSE ").Append(largest)
+                .Append(" + 1 + ").Append(OffsetParameter).Append(" END AS next) AS n")
+                // WHERE true: SQLite needs it to parse ON CONFLICT after INSERT … SELECT.
+                .Append(" WHERE true").Append(onConflict)
+                .ToString();
+        }
+
+        // idem_n: the first candidate's suffix (0 = the base) and the largest in use, read once from the snapshot.
+        // Candidate i > 0: the base was free → largest + i; else first + i.
+        // idem_m is MATERIALIZED so that the search for the largest suffix runs once, not once per use.
+        var sql = new StringBuilder()
+            .Append("WITH idem_m AS MATERIALIZED (SELECT ").Append(largest).Append(" AS largest)")
+            .Append(", idem_n AS (SELECT CASE WHEN ").Append(baseFree).Append(" THEN 0 ELSE m.largest + 1 + ").Append(OffsetParameter)
+            .Append(" END AS first, m.largest FROM idem_m AS m)");
+        for (var i = 0; i < PostgreSqlSlugCandidates; i++)
+        {
+            var suffix = i == 0 ? "n.first" : $"CASE WHEN n.first = 0 THEN n.largest + {i} ELSE n.first + {i} END";
+            sql.Append(", idem_c").Append(i).Append(" AS (").Append(insertInto)
+                .Append("SELECT ").Append(values).Append(Candidate(suffix)).Append(" FROM idem_n AS n");
+            for (var earlier = 0; earlier < i; earlier++)
+            {
+                sql.Append(earlier == 0 ? " WHERE " : " AND ").Append("NOT EXISTS (SELECT 1 FROM idem_c").Append(earlier).Append(')');
+            }
+
+            sql.Append(onConflict).Append(')');
+        }
+
+        for (var i = 0; i < PostgreSqlSlugCandidates; i++)
+        {
+            sql.Append(i == 0 ? " " : " UNION ALL ").Append("SELECT ").Append(List(returning)).Append(" FROM idem_c").Append(i);
+        }
+
+        return sql.ToString();
     }
 
     /// <summary>
-    /// The LIKE pattern every slug counted for <paramref name="baseSlug"/> starts with: the base cut as short as the
-    /// longest suffix would cut it, then <c>%</c> (wildcards in the base are escaped).
+    /// What every slug counted for <paramref name="baseSlug"/> starts with: the base cut as short as the longest suffix
+    /// would cut it. SQLite: as a LIKE pattern (wildcards in the base escaped, then <c>%</c>); PostgreSQL: the prefix
+    /// itself, the lower bound of a range.
     /// </summary>
-    public static string SlugPattern(string baseSlug, int maxLength)
+    public static string SlugPattern(SqlDialect dialect, string baseSlug, int maxLength)
     {
         var shortest = Cut(baseSlug, maxLength - 1 - Slug.MaxSuffixDigits);
         var prefix = shortest.Length == baseSlug.Length ? baseSlug + "-" : shortest;
-        return prefix.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("%", "\\%", StringComparison.Ordinal).Replace("_", "\\_", StringComparison.Ordinal) + "%";
+        return dialect == SqlDialect.PostgreSql
+            ? prefix
+            : prefix.Replace("\\", "\\\\", StringComparison.Ordinal).Replace("%", "\\%", StringComparison.Ordinal).Replace("_", "\\_", StringComparison.Ordinal) + "%";
     }
 
     /// <summary>Mirrors Slug.Cut in Idem: cut to a length (nothing when not positive), then trim trailing dashes.</summary>
