@@ -63,6 +63,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
             _ownsDataSource = true;
         }
 
+        OutsideWriteWatch.Start(); // joined operations' writes through other connections are seen, and refused
         var table = PostgreSqlIdempotencyMigrator.Quote(_options.SchemaName) + "." + PostgreSqlIdempotencyMigrator.Quote(_options.TableName);
 
         // $1 key, $2 fingerprint, $3 owner, $4 lease, $5 retention, $6 principal hash, $7 operation (metadata; may be NULL).
@@ -402,6 +403,42 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
 
     /// <inheritdoc />
     public void OnCompletionCommitted(string key) => _signals.Signal(key);
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Sees every data-modifying Npgsql command on this store's database (same host, port and database) that ran on
+    /// another connection than the joined transaction's, or before it began, while the operation ran on the request's
+    /// flow. The command had already run (an autocommitted write stays committed: fix the code that wrote it); the
+    /// operation is refused, its joined writes rolled back and the key released. Not seen: writes through another
+    /// driver, or from work that does not flow from the operation (a queued background job).
+    /// </remarks>
+    public void ThrowIfWrittenOutside(IdempotentExecution execution, Exception? failure)
+    {
+        ArgumentNullException.ThrowIfNull(execution);
+        var seen = OutsideWriteWatch.Seen(execution);
+        if (seen.Count == 0)
+        {
+            return;
+        }
+
+        var store = new NpgsqlConnectionStringBuilder(_dataSource.ConnectionString);
+        var database = store.Database ?? store.Username;
+        // The store's own statements on its own connections (a nested Idem operation's claim, say) are not the operation's writes.
+        var write = seen.FirstOrDefault(w =>
+            !w.Text.Contains(_options.TableName, StringComparison.Ordinal)
+            && string.Equals(w.Database, database, StringComparison.Ordinal)
+            && string.Equals(w.Host, store.Host, StringComparison.OrdinalIgnoreCase)
+            && (w.Port is null || w.Port == store.Port));
+        if (write is not null)
+        {
+            throw new InvalidOperationException(
+                $"The operation wrote to the idempotency store's database through another connection than its joined transaction's (backend process {write.ProcessId}: {(write.Text.Length > 200 ? write.Text[..200] + "…" : write.Text)}). "
+                + "That write was not part of the joined transaction: it committed on its own and stays if this operation is rolled back or retried. "
+                + "Under a joined transaction write only through the transaction Idem hands out (IdempotentExecution.GetTransactionAsync, or a DbContext "
+                + "joined with JoinIdempotentTransactionAsync / AddIdempotencyJoinedTransaction), or turn JoinedTransaction off for this operation.",
+                failure);
+        }
+    }
 
     /// <inheritdoc />
     public bool IsCompleted(System.Data.Common.DbTransaction transaction)

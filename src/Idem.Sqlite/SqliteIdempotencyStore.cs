@@ -257,6 +257,30 @@ public sealed partial class SqliteIdempotencyStore : ITransactionalIdempotencySt
     public void OnCompletionCommitted(string key) => _signals.Signals.Signal(key);
 
     /// <inheritdoc />
+    /// <remarks>
+    /// While the joined transaction holds the file's write lock, a write through another connection cannot commit: it
+    /// waits for that connection's busy timeout (<c>Default Timeout</c>, 30 s unless set lower) and fails with
+    /// <c>SQLITE_BUSY</c>. Idem answers that failure with this clear error instead, and rolls everything back: nothing of
+    /// the request stays. Not seen: a write through another connection before the joined transaction began (it commits
+    /// on its own), and the wait itself, which is the other connection's to shorten.
+    /// </remarks>
+    public void ThrowIfWrittenOutside(IdempotentExecution execution, Exception? failure)
+    {
+        ArgumentNullException.ThrowIfNull(execution);
+        if (failure is SqliteException { SqliteErrorCode: 5 or 6 } busy // SQLITE_BUSY, SQLITE_LOCKED
+            && execution.Transaction is SqliteTransaction { Connection: { } joined }
+            && string.Equals(System.IO.Path.GetFullPath(joined.DataSource), _databasePath, StringComparison.Ordinal))
+        {
+            throw new InvalidOperationException(
+                $"The operation tried to write to the idempotency store's SQLite file ({_databasePath}) through another connection while its joined "
+                + "transaction held the file's write lock, and that write failed after its busy timeout (database is locked). Under a joined transaction "
+                + "write only through the transaction Idem hands out (IdempotentExecution.GetTransactionAsync, or a DbContext joined with "
+                + "JoinIdempotentTransactionAsync / AddIdempotencyJoinedTransaction), or turn JoinedTransaction off for this operation. Nothing was committed.",
+                busy);
+        }
+    }
+
+    /// <inheritdoc />
     public bool IsCompleted(System.Data.Common.DbTransaction transaction) => transaction is not SqliteTransaction { Connection: not null };
 
     private static (SqliteConnection Connection, SqliteTransaction Transaction) Joined(System.Data.Common.DbTransaction transaction)

@@ -47,6 +47,21 @@ public interface ITransactionalIdempotencyStore : IRecoveryPointStore
 
     /// <summary>Called after a transaction holding a completion committed: wakes this process's waiters for <paramref name="key"/>.</summary>
     void OnCompletionCommitted(string key);
+
+    /// <summary>
+    /// Called when the operation ends, before its writes commit with the completion or roll back: throws when the store
+    /// saw the operation write to the store's database outside <paramref name="execution"/>'s joined transaction (for
+    /// example through another connection), or when <paramref name="failure"/> is what such a write ends in, so the
+    /// misuse is refused with a clear error at the first request instead of silently left outside. By default a store
+    /// sees nothing. The PostgreSQL store watches Npgsql's commands while a joined operation runs; the SQLite store
+    /// recognizes the busy error of a write that waited for the joined transaction's write lock.
+    /// </summary>
+    /// <param name="execution">The execution whose operation just ended.</param>
+    /// <param name="failure">What the operation threw, or <see langword="null"/> when it returned.</param>
+    /// <exception cref="InvalidOperationException">The operation wrote, or tried to write, outside the joined transaction.</exception>
+    void ThrowIfWrittenOutside(IdempotentExecution execution, Exception? failure)
+    {
+    }
 }
 
 /// <summary>

@@ -303,6 +303,9 @@ public sealed class IdempotencyExecutor
         }
         catch (Exception ex)
         {
+            // A write outside the joined transaction is the clearer error than what it ended in (SQLite: busy).
+            var refused = execution.OutsideWriteRefusal(ex);
+
             // Rolled back first: on SQLite a renewal in progress waits for the write lock the transaction holds.
             await execution.RollbackAsync().ConfigureAwait(false);
             await heartbeat.StopAsync().ConfigureAwait(false);
@@ -313,9 +316,14 @@ public sealed class IdempotencyExecutor
                 return null;
             }
 
-            Log.ReleasedAfterFailure(_logger, ex, storeKey);
+            Log.ReleasedAfterFailure(_logger, refused ?? ex, storeKey);
             await TryReleaseAsync(storeKey, ownerToken, policy).ConfigureAwait(false);
             activity?.SetTag("idem.outcome", "failed");
+            if (refused is not null)
+            {
+                throw refused;
+            }
+
             throw;
         }
 

@@ -229,9 +229,32 @@ public sealed class IdempotentExecution
     /// <summary>Checks that the operation left the joined transaction to Idem; throws when it committed or rolled it back itself.</summary>
     internal void ThrowIfTransactionEscaped()
     {
+        _transactionalStore?.ThrowIfWrittenOutside(this, null);
         if (_transaction is { } transaction)
         {
             ThrowIfEscaped(transaction);
+        }
+    }
+
+    /// <summary>
+    /// The store's refusal when <paramref name="failure"/>, thrown by the operation, comes from a write outside the joined
+    /// transaction (or followed one); <see langword="null"/> otherwise. Asked before the rollback, while the transaction holds its locks.
+    /// </summary>
+    internal InvalidOperationException? OutsideWriteRefusal(Exception failure)
+    {
+        if (_transactionalStore is null || failure is InvalidOperationException)
+        {
+            return null;
+        }
+
+        try
+        {
+            _transactionalStore.ThrowIfWrittenOutside(this, failure);
+            return null;
+        }
+        catch (InvalidOperationException refused)
+        {
+            return refused;
         }
     }
 

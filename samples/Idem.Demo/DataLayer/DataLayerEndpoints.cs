@@ -53,6 +53,11 @@ internal static class DataLayerEndpoints
 
     public static void MapDataLayerEndpoints(this WebApplication app)
     {
+        // Test switches for the black-box crash test (tests/Idem.Demo.DataLayer.Tests/DemoKillTests.cs): a short lease so a
+        // killed request's key is taken over in seconds, and Demo:JoinedTransaction=false for its naive variant (the
+        // rows commit on their own before the slow work, and the stored response later in Idem's own store).
+        var joined = app.Configuration.GetValue("Demo:JoinedTransaction", true);
+        var lease = app.Configuration.GetValue<TimeSpan?>("Demo:Lease");
         app.MapPost("/communities", async (NewCommunity input, DemoDb db, HttpContext context) =>
         {
             if (string.IsNullOrWhiteSpace(input.Name))
@@ -97,7 +102,11 @@ internal static class DataLayerEndpoints
             // Simulated slow work after the rows are written, before they commit (on SQLite the write lock is held meanwhile).
             await Task.Delay(TimeSpan.FromMilliseconds(input.DelayMs ?? 0), ct);
             return Results.Created($"/communities/{community.Id}", new { id = community.Id, name = community.Name, slug = community.Slug });
-        }).RequireIdempotency(o => o.JoinedTransaction = true);
+        }).RequireIdempotency(o =>
+        {
+            o.JoinedTransaction = joined;
+            o.Lease = lease;
+        });
 
         app.MapPost("/chats", async (NewChat input, DemoDb db, CancellationToken ct) =>
         {
@@ -140,12 +149,12 @@ internal static class DataLayerEndpoints
 
     /// <summary>
     /// Puts the request's writes in a transaction: Idem's joined transaction when the request has a key (Idem commits
-    /// it with the stored response; returns <see langword="null"/>), or a transaction of its own for a keyless request,
-    /// which the caller commits.
+    /// it with the stored response; returns <see langword="null"/>), or a transaction of its own for a keyless request
+    /// (or with <c>Demo:JoinedTransaction=false</c>), which the caller commits.
     /// </summary>
     public static async Task<IDbContextTransaction?> BeginWritesAsync(this DemoDb db, HttpContext context, CancellationToken ct)
     {
-        if (context.Features.Get<IIdempotencyFeature>()?.Execution is { } execution)
+        if (context.Features.Get<IIdempotencyFeature>()?.Execution is { IsJoinedTransaction: true } execution)
         {
             await db.JoinIdempotentTransactionAsync(execution, ct);
             return null;
