@@ -8,7 +8,7 @@ public sealed partial class PostgreSqlIdempotencyStoreOptions
 {
     /// <summary>
     /// The connection string, used when <see cref="DataSource"/> is not set; the store then builds and owns its own data
-    /// sources: one for its statements (multiplexed unless the string sets <c>Multiplexing</c>, no reset on close,
+    /// sources: one for its statements (multiplexed only if the string sets <c>Multiplexing=true</c>, no reset on close,
     /// statements prepared automatically) and an unpooled one for its <c>LISTEN</c> connection.
     /// </summary>
     /// <value>Default: <see langword="null"/>.</value>

@@ -113,12 +113,21 @@ public sealed class FaultHarness
         await using var redisProxy = new FaultProxy(IPEndPoint.Parse(redis.Endpoint));
         try
         {
-            var connection = new NpgsqlConnectionStringBuilder(await postgres.CreateDatabaseAsync())
+            var connectionBuilder = new NpgsqlConnectionStringBuilder(await postgres.CreateDatabaseAsync())
             {
                 Port = pgProxy.Port,
                 Timeout = 2,
                 CommandTimeout = 2,
-            }.ConnectionString;
+            };
+
+            // IDEM_FAULTS_PG_MULTIPLEXING=true|false sets Npgsql multiplexing explicitly (the store's default is on),
+            // to tell a driver hang from Idem's own under the same seed.
+            if (bool.TryParse(Environment.GetEnvironmentVariable("IDEM_FAULTS_PG_MULTIPLEXING"), out var multiplexing))
+            {
+                connectionBuilder.Multiplexing = multiplexing;
+            }
+
+            var connection = connectionBuilder.ConnectionString;
             _gatewayArgs =
             [
                 "--upstream", upstream.Address.ToString().TrimEnd('/'),
