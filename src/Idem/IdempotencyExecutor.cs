@@ -357,11 +357,7 @@ public sealed class IdempotencyExecutor
     {
         try
         {
-            var stored = await CallStoreAsync(
-                static (s, a, ct) => s.CompleteAsync(a.storeKey, a.ownerToken, a.toStore, a.Retention, ct),
-                (storeKey, ownerToken, toStore, policy.Retention),
-                policy,
-                CancellationToken.None).ConfigureAwait(false);
+            var stored = await StoreCompletionAsync(storeKey, ownerToken, toStore, policy).ConfigureAwait(false);
             if (!stored)
             {
                 Log.CompletionFenced(_logger, storeKey);
@@ -428,11 +424,7 @@ public sealed class IdempotencyExecutor
 
                 try
                 {
-                    var stored = await CallStoreAsync(
-                        static (s, a, ct) => s.CompleteAsync(a.storeKey, a.ownerToken, a.toStore, a.Retention, ct),
-                        (storeKey, ownerToken, toStore, policy.Retention),
-                        policy,
-                        CancellationToken.None).ConfigureAwait(false);
+                    var stored = await StoreCompletionAsync(storeKey, ownerToken, toStore, policy).ConfigureAwait(false);
                     _metrics.CompletionRetried(stored ? "stored" : "fenced");
                     Log.CompletionRetried(_logger, storeKey, attempt, stored);
                     if (!stored)
@@ -782,6 +774,14 @@ public sealed class IdempotencyExecutor
         // the call is abandoned and counts as a store failure, so the caller gets its 503 and the node stays live.
         return await pending.AsTask().WaitAsync(policy.StoreTimeout + AbandonGrace, _timeProvider, cancellationToken).ConfigureAwait(false);
     }
+
+    /// <summary>One fenced completion under the store deadline; the first attempt and the background retries share it.</summary>
+    private ValueTask<bool> StoreCompletionAsync(string storeKey, Guid ownerToken, StoredResponse toStore, IdempotencyPolicy policy) =>
+        CallStoreAsync(
+            static (s, a, ct) => s.CompleteAsync(a.storeKey, a.ownerToken, a.toStore, a.Retention, ct),
+            (storeKey, ownerToken, toStore, policy.Retention),
+            policy,
+            CancellationToken.None);
 
     /// <summary>How long a store call may outlive its deadline before it is abandoned (see <see cref="CallStoreAsync"/>).</summary>
     internal static readonly TimeSpan AbandonGrace = TimeSpan.FromSeconds(1);
