@@ -13,6 +13,8 @@ namespace Idem.PostgreSql;
 /// </summary>
 public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore, IAsyncDisposable, IDisposable
 {
+    // What the batched completion fails with when the owner lost the key (see _completeForCommitSql).
+    private const string LostClaimMarker = "idem: this owner no longer holds the key";
     private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases, principal_hash, operation";
     private const int MaxClaimAttempts = 16;
 
@@ -26,7 +28,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
     private readonly KeyChangeSignals _signals = new();
     private readonly CancellationTokenSource _disposing = new();
     private readonly Task _listener;
-    private readonly string _claimSql, _completeSql, _releaseSql, _renewSql, _getSql, _isUnchangedSql, _purgeSql, _recordPhasesSql;
+    private readonly string _claimSql, _completeSql, _completeForCommitSql, _releaseSql, _renewSql, _getSql, _isUnchangedSql, _purgeSql, _recordPhasesSql;
     private Task? _schemaReady;
     private volatile int _listenerProcessId;
     private int _disposed;
@@ -101,15 +103,31 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
         // $1 key, $2 owner, $3 retention, $4 status, $5 headers, $6 body, $7 body omitted, $8 channel.
         // purge_after (the only indexed column besides the key) stays as the claim set it unless the new retention ends
         // earlier, so the UPDATE is normally HOT: no index entries, no new page.
-        _completeSql = $"""
-            WITH done AS (
-                UPDATE {table} SET state = 'completed', expires_at = clock_timestamp() + $3,
+        var completeUpdate = $"""
+            UPDATE {table} SET state = 'completed', expires_at = clock_timestamp() + $3,
                     purge_after = LEAST(purge_after, clock_timestamp() + $3),
                     status_code = $4, headers = $5, body = $6, body_omitted = $7, phases = NULL
                 WHERE key = $1 AND owner_token = $2 AND state = 'in_flight' AND expires_at > clock_timestamp()
                 RETURNING key, has_waiters
+            """;
+        _completeSql = $"""
+            WITH done AS (
+                {completeUpdate}
             )
             SELECT CASE WHEN has_waiters THEN pg_notify($8, key)::text END FROM done
+            """;
+
+        // The same completion, sent in one batch with COMMIT: when it matches no row (the owner lost the key) it must
+        // fail, so that PostgreSQL aborts the transaction and skips the COMMIT. Plain SQL cannot raise, so an aggregate
+        // over the completed rows casts a marker to integer when there is none; the CASE depends on count(*), so the
+        // planner cannot fold the cast early and it fails only at run time, only on a lost claim.
+        _completeForCommitSql = $"""
+            WITH done AS (
+                {completeUpdate}
+            )
+            SELECT CAST(CASE WHEN count(*) = 0 THEN '{LostClaimMarker}' END AS integer),
+                max(CASE WHEN has_waiters THEN pg_notify($8, key)::text END)
+            FROM done
             """;
 
         // $1 key, $2 owner, $3 channel. A record with recovery points is not deleted: its lease ends, so the retry takes
@@ -392,6 +410,38 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
     }
 
     /// <inheritdoc />
+    /// <remarks>
+    /// One round trip: the fenced completion and <c>COMMIT</c> go as one batch. When the owner lost the key the completion
+    /// fails on purpose, PostgreSQL aborts the transaction and skips the <c>COMMIT</c>, and this returns
+    /// <see langword="false"/> with the transaction left for the caller's rollback.
+    /// </remarks>
+    public async ValueTask<bool> CompleteAndCommitAsync(System.Data.Common.DbTransaction transaction, string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(key);
+        ArgumentNullException.ThrowIfNull(response);
+        var (connection, npgsql) = Joined(transaction);
+        var batch = new NpgsqlBatch(connection, npgsql);
+        await using (batch.ConfigureAwait(false))
+        {
+            var complete = new NpgsqlBatchCommand(_completeForCommitSql);
+            AddCompleteParameters(complete.Parameters, key, ownerToken, response, retention);
+            batch.BatchCommands.Add(complete);
+            batch.BatchCommands.Add(new NpgsqlBatchCommand("COMMIT"));
+            try
+            {
+                await batch.ExecuteNonQueryAsync(cancellationToken).ConfigureAwait(false);
+            }
+            catch (PostgresException lost) when (lost.SqlState == PostgresErrorCodes.InvalidTextRepresentation
+                && lost.MessageText.Contains(LostClaimMarker, StringComparison.Ordinal))
+            {
+                return false;
+            }
+        }
+
+        return true;
+    }
+
+    /// <inheritdoc />
     public async ValueTask<bool> RecordPhasesAsync(System.Data.Common.DbTransaction transaction, string key, Guid ownerToken, ReadOnlyMemory<byte> phases, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(key);
@@ -478,7 +528,10 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
         command.Parameters.Add(new NpgsqlParameter<ReadOnlyMemory<byte>> { TypedValue = phases });
     }
 
-    private void AddCompleteParameters(NpgsqlCommand command, string key, Guid ownerToken, StoredResponse response, TimeSpan retention)
+    private void AddCompleteParameters(NpgsqlCommand command, string key, Guid ownerToken, StoredResponse response, TimeSpan retention) =>
+        AddCompleteParameters(command.Parameters, key, ownerToken, response, retention);
+
+    private void AddCompleteParameters(NpgsqlParameterCollection parameters, string key, Guid ownerToken, StoredResponse response, TimeSpan retention)
     {
         var headers = new string[response.Headers.Count * 2];
         for (var i = 0; i < response.Headers.Count; i++)
@@ -487,14 +540,14 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
             headers[(2 * i) + 1] = response.Headers[i].Value;
         }
 
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
-        command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = ownerToken });
-        command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = retention });
-        command.Parameters.Add(new NpgsqlParameter<int> { TypedValue = response.StatusCode });
-        command.Parameters.Add(new NpgsqlParameter<string[]> { TypedValue = headers });
-        command.Parameters.Add(new NpgsqlParameter<ReadOnlyMemory<byte>> { TypedValue = response.Body });
-        command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = response.BodyOmitted });
-        command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NotificationChannel });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
+        parameters.Add(new NpgsqlParameter<Guid> { TypedValue = ownerToken });
+        parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = retention });
+        parameters.Add(new NpgsqlParameter<int> { TypedValue = response.StatusCode });
+        parameters.Add(new NpgsqlParameter<string[]> { TypedValue = headers });
+        parameters.Add(new NpgsqlParameter<ReadOnlyMemory<byte>> { TypedValue = response.Body });
+        parameters.Add(new NpgsqlParameter<bool> { TypedValue = response.BodyOmitted });
+        parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NotificationChannel });
     }
 
     /// <inheritdoc />

@@ -35,6 +35,27 @@ public interface ITransactionalIdempotencyStore : IRecoveryPointStore
     /// <returns><see langword="false"/> when the owner lost the claim: the caller must roll back everything.</returns>
     ValueTask<bool> CompleteAsync(DbTransaction transaction, string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken);
 
+    /// <summary>
+    /// Completes the key inside <paramref name="transaction"/> (fenced, as <see cref="CompleteAsync"/>) and commits the
+    /// transaction, when the owner still holds the key. A store may send both in one round trip; by default it is
+    /// <see cref="CompleteAsync"/> followed by <see cref="DbTransaction.CommitAsync(CancellationToken)"/>.
+    /// </summary>
+    /// <returns>
+    /// <see langword="false"/> when the owner lost the claim: nothing was committed and the caller must roll back.
+    /// </returns>
+    /// <exception cref="Exception">The commit failed (its outcome may be unknown when the connection broke): the caller rolls back and releases the key.</exception>
+    async ValueTask<bool> CompleteAndCommitAsync(DbTransaction transaction, string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(transaction);
+        if (!await CompleteAsync(transaction, key, ownerToken, response, retention, cancellationToken).ConfigureAwait(false))
+        {
+            return false;
+        }
+
+        await transaction.CommitAsync(cancellationToken).ConfigureAwait(false);
+        return true;
+    }
+
     /// <summary>Inside <paramref name="transaction"/>: replaces the recorded recovery points, only while <paramref name="ownerToken"/> owns the key.</summary>
     /// <returns><see langword="false"/> when the owner lost the claim: the caller must roll back everything.</returns>
     ValueTask<bool> RecordPhasesAsync(DbTransaction transaction, string key, Guid ownerToken, ReadOnlyMemory<byte> phases, CancellationToken cancellationToken);

@@ -213,14 +213,13 @@ public sealed class IdempotentExecution
     {
         var transaction = await GetTransactionAsync(CancellationToken.None).ConfigureAwait(false);
         ThrowIfEscaped(transaction);
-        if (!await _transactionalStore!.CompleteAsync(transaction, Key, OwnerToken, response, retention, CancellationToken.None).ConfigureAwait(false))
+        if (!await _transactionalStore!.CompleteAndCommitAsync(transaction, Key, OwnerToken, response, retention, CancellationToken.None).ConfigureAwait(false))
         {
             LostClaim = true;
             await RollbackAsync().ConfigureAwait(false);
             return false;
         }
 
-        await transaction.CommitAsync(CancellationToken.None).ConfigureAwait(false);
         await EndTransactionAsync().ConfigureAwait(false);
         _transactionalStore.OnCompletionCommitted(Key);
         return true;

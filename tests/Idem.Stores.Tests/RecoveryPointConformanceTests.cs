@@ -160,6 +160,75 @@ public abstract class TransactionalStoreConformanceTests : RecoveryPointConforma
     }
 
     [Fact]
+    public async Task Complete_and_commit_commits_the_owners_writes_with_the_completion_and_a_stale_owner_commits_nothing()
+    {
+        var (key, staleKey) = (Guid.NewGuid().ToString("N"), Guid.NewGuid().ToString("N"));
+        var (owner, stale, fresh) = (Guid.NewGuid(), Guid.NewGuid(), Guid.NewGuid());
+        await Store.TryClaimAsync(Claim(key, owner), default);
+        await Store.TryClaimAsync(Claim(staleKey, stale), default);
+        await AdvanceAsync(ShortLease + TimeSpan.FromMilliseconds(200));
+        Assert.True((await Store.TryClaimAsync(Claim(staleKey, fresh), default)).TookOver);
+
+        await using (var connection = await Joined.OpenConnectionAsync(default))
+        {
+            await ExecuteAsync(connection, null, "CREATE TABLE IF NOT EXISTS idem_conformance_rows (key TEXT PRIMARY KEY)");
+
+            // The owner that still holds its key: its write and the completion commit together.
+            await using (var transaction = await Joined.BeginTransactionAsync(connection, default))
+            {
+                await ExecuteAsync(connection, transaction, "INSERT INTO idem_conformance_rows (key) VALUES (@key)", key);
+                Assert.True(await Joined.CompleteAndCommitAsync(transaction, key, owner, new StoredResponse(201, null, new byte[] { 1 }), TimeSpan.FromHours(1), default));
+                Assert.True(Joined.IsCompleted(transaction));
+            }
+
+            // The stale owner: nothing of its transaction may commit, and the connection stays usable after the rollback.
+            await using (var transaction = await Joined.BeginTransactionAsync(connection, default))
+            {
+                await ExecuteAsync(connection, transaction, "INSERT INTO idem_conformance_rows (key) VALUES (@key)", staleKey);
+                Assert.False(await Joined.CompleteAndCommitAsync(transaction, staleKey, stale, new StoredResponse(201, null, new byte[] { 2 }), TimeSpan.FromHours(1), default));
+                await transaction.RollbackAsync();
+            }
+
+            Assert.Equal(1L, await CountRowsAsync(connection, key));
+            Assert.Equal(0L, await CountRowsAsync(connection, staleKey));
+        }
+
+        var completed = await Store.GetAsync(key, default);
+        Assert.Equal(IdempotencyRecordState.Completed, completed!.State);
+        Assert.Equal(new byte[] { 1 }, completed.Response!.Body.ToArray());
+        var takenOver = await Store.GetAsync(staleKey, default);
+        Assert.Equal(IdempotencyRecordState.InFlight, takenOver!.State);
+        Assert.Equal(fresh, takenOver.OwnerToken);
+    }
+
+    private static async Task ExecuteAsync(DbConnection connection, DbTransaction? transaction, string sql, string? key = null)
+    {
+        await using var command = connection.CreateCommand();
+        command.Transaction = transaction;
+        command.CommandText = sql;
+        if (key is not null)
+        {
+            var parameter = command.CreateParameter();
+            parameter.ParameterName = "@key";
+            parameter.Value = key;
+            command.Parameters.Add(parameter);
+        }
+
+        await command.ExecuteNonQueryAsync();
+    }
+
+    private static async Task<long> CountRowsAsync(DbConnection connection, string key)
+    {
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT COUNT(*) FROM idem_conformance_rows WHERE key = @key";
+        var parameter = command.CreateParameter();
+        parameter.ParameterName = "@key";
+        parameter.Value = key;
+        command.Parameters.Add(parameter);
+        return Convert.ToInt64(await command.ExecuteScalarAsync(), System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
     public async Task A_connection_to_another_database_is_refused()
     {
         await using var other = await OpenOtherDatabaseAsync();
