@@ -44,17 +44,25 @@ fi
 
 runs="${1:-5}" seconds="${2:-120}" clients="${3:-16}"
 out=benchmarks/faults-results.md
-failed=0
+failed=0 logs=()
+mkdir -p /tmp/idem-faults
 for run in $(seq 1 "$runs"); do
-  IDEM_FAULTS_ALL=1 IDEM_FAULTS_SECONDS="$seconds" IDEM_FAULTS_CLIENTS="$clients" IDEM_FAULTS_REPORT="$raw" \
-    dotnet test "$project" -c Release --no-build -nologo -v quiet --filter "FullyQualifiedName~Tiered_gateways" >/dev/null 2>&1 || failed=$((failed + 1))
-  echo "run $run/$runs done ($(grep -c ' requests, ' "$raw") schedules so far)" >&2
+  # Each run's test output is kept: a schedule that throws (rather than reporting violations) leaves no summary line.
+  log=/tmp/idem-faults/faults-sh-$(date -u +%Y%m%dT%H%M%S)-run$run.log
+  if IDEM_FAULTS_ALL=1 IDEM_FAULTS_SECONDS="$seconds" IDEM_FAULTS_CLIENTS="$clients" IDEM_FAULTS_REPORT="$raw" \
+    dotnet test "$project" -c Release --no-build -nologo --logger "console;verbosity=normal" \
+      --filter "FullyQualifiedName~Tiered_gateways" >"$log" 2>&1; then
+    rm -f "$log"
+  else
+    failed=$((failed + 1)) logs+=("$log")
+  fi
+  echo "run $run/$runs done ($(grep -c ' requests, ' "$raw") schedules so far)${logs:+; output of failed runs: ${logs[*]}}" >&2
 done
 {
   echo "# Fault harness: long runs"
   echo
   echo "benchmarks/faults.sh $runs $seconds $clients, $(date -u '+%Y-%m-%d %H:%M') UTC, $(nproc) cores, $(( $(date +%s) - started )) s,"
-  echo "upstream delay ${IDEM_FAULTS_UPSTREAM_DELAY_MS:-200} ms, $failed of $runs runs with a failed schedule."
+  echo "upstream delay ${IDEM_FAULTS_UPSTREAM_DELAY_MS:-200} ms, $failed of $runs runs with a failed schedule${logs:+ (test output: ${logs[*]})}."
   echo "Tiered gateways (2 processes, claims in PostgreSQL, replays through Redis, the product's 10 s lease), each store"
   echo "behind a loopback fault proxy; the nemesis holds each fault 0.3 to 2.5 s."
   echo
