@@ -17,6 +17,7 @@
 using System.Reflection;
 using System.Text;
 using System.Text.Json;
+using Idem;
 using Idem.PostgreSql;
 using Idem.Redis;
 using Npgsql;
@@ -29,6 +30,8 @@ internal sealed class DriverBaseline : IAsyncDisposable
 
     // A request fingerprint the size of Idem's (64 hex digits), so the server stores and compares as much.
     private const string Fingerprint = "5f1e0c8a9b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f";
+    // What the middleware passes with each claim (ClaimRequest.Metadata): the anonymous principal's hash and the operation.
+    private static readonly IdempotencyRecordMetadata Metadata = IdempotencyRecordMetadata.Create(string.Empty, "POST /orders");
     private static readonly RedisValue[] CacheFields = ["s", "f", "o", "l", "e", "c", "h", "b", "m"];
 
     private readonly PostgreSqlIdempotencyStore? _postgres;
@@ -166,6 +169,9 @@ internal sealed class DriverBaseline : IAsyncDisposable
         command.Parameters.Add(new NpgsqlParameter<Guid> { TypedValue = owner });
         command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Lease });
         command.Parameters.Add(new NpgsqlParameter<TimeSpan> { TypedValue = Retention });
+        command.Parameters.Add(new NpgsqlParameter { Value = Metadata.PrincipalHash, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+        command.Parameters.Add(new NpgsqlParameter { Value = Metadata.Operation, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text });
+        await command.PrepareAsync(); // as the store does (not multiplexed): a no-op once prepared on the connection
         for (var attempt = 0; attempt < 16; attempt++)
         {
             await using var reader = await command.ExecuteReaderAsync();
@@ -203,6 +209,7 @@ internal sealed class DriverBaseline : IAsyncDisposable
         command.Parameters.Add(new NpgsqlParameter<ReadOnlyMemory<byte>> { TypedValue = body });
         command.Parameters.Add(new NpgsqlParameter<bool> { TypedValue = false });
         command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _channel });
+        await command.PrepareAsync();
         await using var reader = await command.ExecuteReaderAsync();
         if (!await reader.ReadAsync())
         {
@@ -225,6 +232,8 @@ internal sealed class DriverBaseline : IAsyncDisposable
             retention = (RedisValue)(long)Retention.TotalMilliseconds,
             channel = (RedisValue)(RedisIdempotencyStoreOptions.DefaultKeyPrefix + "changed"),
             storeKey = (RedisValue)key,
+            principal = (RedisValue)Metadata.PrincipalHash,
+            operation = (RedisValue)Metadata.Operation,
         });
         var values = (RedisResult[])result!;
         if ((long)values[0] == 1)
