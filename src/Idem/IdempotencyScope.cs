@@ -46,6 +46,15 @@ public static class IdempotencyScope
     public static string ComputePrincipalHash(string principal)
     {
         ArgumentNullException.ThrowIfNull(principal);
+
+        // Anonymous callers all share one hash: computed once, not on every request that carries no user.
+        return principal.Length == 0 ? AnonymousPrincipalHash.Value : HashPrincipal(principal);
+    }
+
+    private static readonly Lazy<string> AnonymousPrincipalHash = new(() => HashPrincipal(string.Empty));
+
+    private static string HashPrincipal(string principal)
+    {
         var maxBytes = PrincipalDomain.Length + Encoding.UTF8.GetMaxByteCount(principal.Length);
         var rented = ArrayPool<byte>.Shared.Rent(maxBytes);
         try
