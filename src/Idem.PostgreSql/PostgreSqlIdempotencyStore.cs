@@ -241,10 +241,18 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
                     }
 
                     var outcome = reader.GetInt32(0);
+
+                    // A fresh claim (the usual new key) needs nothing from its row: reading the record only to drop
+                    // it cost a dozen columns and their strings per new key.
+                    if (outcome == 1 && !reader.GetBoolean(4))
+                    {
+                        return ClaimResult.NewClaim;
+                    }
+
                     var record = await ReadRecordAsync(reader, request.Key, cancellationToken).ConfigureAwait(false);
                     if (outcome == 1)
                     {
-                        return record.TookOver ? new ClaimResult(ClaimStatus.Claimed, record.Record, TookOver: true) : ClaimResult.NewClaim;
+                        return new ClaimResult(ClaimStatus.Claimed, record.Record, TookOver: true);
                     }
 
                     return new ClaimResult(
