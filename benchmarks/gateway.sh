@@ -12,7 +12,9 @@
 # Ratios are against plain YARP. Targets (issue 21): in-memory >= 0.85x, SQLite >= 0.55x, replay >= 1x.
 #
 # The work is done by Idem.Benchmarks.Driver (a .NET program); this wrapper only installs wrk, builds it and runs it.
-# WARMUP (seconds, default 6) is read from the environment.
+# WARMUP (seconds, default 6) is read from the environment; then each proxy keeps warming up in 5 s slices until its
+# tiered-compilation thread used at most JIT_SETTLE_MS (default 100; 0 = off) ms of CPU in a slice, at most WARMUP_MAX
+# (default 60) seconds more: on a loaded box Idem Gateway, with more code to promote, was otherwise measured mid-JIT.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 . "$here/../eng/servers.sh"

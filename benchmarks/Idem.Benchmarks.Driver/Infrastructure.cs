@@ -106,6 +106,35 @@ internal static class ProcessCpu
         var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture); // utime (14th), stime (15th)
         return ticks * 1_000_000 / TicksPerSecond.Value;
     }
+
+    /// <summary>
+    /// CPU of the runtime's tiered-compilation thread (".NET Tiered Com"), which promotes hot methods to optimised code:
+    /// while it is busy the process still runs code that is not yet final. 0 when the thread is not found.
+    /// </summary>
+    public static long TieringMicroseconds(int pid)
+    {
+        foreach (var task in Directory.EnumerateDirectories($"/proc/{pid}/task"))
+        {
+            try
+            {
+                if (File.ReadAllText(Path.Combine(task, "comm")).TrimEnd() != ".NET Tiered Com")
+                {
+                    continue;
+                }
+
+                var stat = File.ReadAllText(Path.Combine(task, "stat"));
+                var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
+                return ticks * 1_000_000 / TicksPerSecond.Value;
+            }
+            catch (IOException)
+            {
+                // The thread ended between listing and reading.
+            }
+        }
+
+        return 0;
+    }
 }
 
 /// <summary>Every process the driver started, stopped by its PID when the run ends, however it ends.</summary>
