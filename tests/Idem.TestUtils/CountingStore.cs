@@ -23,9 +23,13 @@ public sealed class CountingStore(IIdempotencyStore inner) : IIdempotencyStore
         _claims = _completes = _releases = _renews = _gets = _purges = _waits = 0;
     }
 
+    /// <summary>Every claim's metadata, in order (what the caller passed with the claim).</summary>
+    public System.Collections.Concurrent.ConcurrentQueue<IdempotencyRecordMetadata?> ClaimMetadata { get; } = new();
+
     public ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken)
     {
         Interlocked.Increment(ref _claims);
+        ClaimMetadata.Enqueue(request.Metadata);
         ThrowIfFailing();
         return inner.TryClaimAsync(request, cancellationToken);
     }
