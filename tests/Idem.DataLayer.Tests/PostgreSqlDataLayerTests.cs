@@ -83,8 +83,9 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
         var bare = await RaceTheCommitAsync("sam,tess", async connection =>
         {
             await using var command = new NpgsqlCommand(
-                "WITH idem_inserted AS (INSERT INTO chats (participants_key) VALUES (@key) ON CONFLICT (participants_key) DO NOTHING RETURNING id) " +
-                "SELECT id, TRUE FROM idem_inserted UNION ALL SELECT id, FALSE FROM chats WHERE participants_key = @key AND NOT EXISTS (SELECT 1 FROM idem_inserted)",
+                "WITH idem_found AS (SELECT id FROM chats WHERE participants_key = @key), " +
+                "idem_inserted AS (INSERT INTO chats (participants_key) SELECT @key WHERE NOT EXISTS (SELECT 1 FROM idem_found) ON CONFLICT (participants_key) DO NOTHING RETURNING id) " +
+                "SELECT id, FALSE FROM idem_found UNION ALL SELECT id, TRUE FROM idem_inserted",
                 (NpgsqlConnection)connection);
             command.Parameters.AddWithValue("key", "sam,tess");
             await using var reader = await command.ExecuteReaderAsync();
