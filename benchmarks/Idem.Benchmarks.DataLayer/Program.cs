@@ -61,6 +61,7 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
         if (!sqlite)
         {
             pairs.Add(("option: new row, the insert-first one statement vs INSERT", "—", database.InsertAsync, database.InsertFirstStatementNewAsync, true));
+            pairs.Add(("option: new row, the read-first one statement vs the insert-first one statement (both plain commands)", "—", database.InsertFirstStatementNewAsync, database.ReadFirstStatementNewAsync, true));
         }
         pairs.Add((sqlite ? "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no read first) vs INSERT" : "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no folded read) vs INSERT", "—", database.InsertAsync, database.InsertOrNothingNewAsync, true));
         pairs.Add(("EF Core, existing row: CreateOrGetAsync vs FirstAsync by key", "—", database.EfSelectAsync, database.EfCreateOrGetExistingAsync, false));
@@ -339,6 +340,14 @@ internal abstract class Database : IAsyncDisposable
         if (!await ExecuteAsync(ReadFirstStatement, "existing-" + i))
         {
             throw new InvalidOperationException("Expected the existing row.");
+        }
+    }
+
+    public async Task ReadFirstStatementNewAsync(int i)
+    {
+        if (!await ExecuteAsync(ReadFirstStatement, "option-read-first-new-" + i))
+        {
+            throw new InvalidOperationException("Expected a new row.");
         }
     }
 
