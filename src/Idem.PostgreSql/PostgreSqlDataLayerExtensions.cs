@@ -13,6 +13,12 @@ namespace Idem.PostgreSql;
 public static class PostgreSqlDataLayerExtensions
 {
     /// <summary>
+    /// A kept NpgsqlCommand runs prepared as long as the connection keeps its physical connection; after a close and
+    /// open it may have another one, which <see cref="NpgsqlCommand.IsPrepared"/> tells.
+    /// </summary>
+    private static readonly CommandKeeping KeptCommands = new(keep: true, isPrepared: static command => ((NpgsqlCommand)command).IsPrepared);
+
+    /// <summary>
     /// Inserts the row unless one with the same natural key exists, and returns the one row either way. One statement
     /// (<c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c> with the read of an existing row in the same
     /// statement); one more read only when a concurrent insert of the same key committed while it ran. Runs in
@@ -35,7 +41,7 @@ public static class PostgreSqlDataLayerExtensions
         Func<DbDataReader, T> read,
         NpgsqlTransaction? transaction = null,
         CancellationToken cancellationToken = default) =>
-        DataLayerCommands.CreateOrGetAsync(connection, transaction, SqlDialect.PostgreSql, definition, values, read, cancellationToken);
+        DataLayerCommands.CreateOrGetAsync(connection, transaction, SqlDialect.PostgreSql, definition, values, read, KeptCommands, cancellationToken);
 
     /// <summary>
     /// <see cref="CreateOrGetAsync{T}(NpgsqlConnection, CreateOrGetDefinition, IReadOnlyList{object?}, Func{DbDataReader, T}, NpgsqlTransaction?, CancellationToken)"/>
@@ -52,7 +58,7 @@ public static class PostgreSqlDataLayerExtensions
         var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
         {
-            return await DataLayerCommands.CreateOrGetAsync(connection, null, SqlDialect.PostgreSql, definition, values, read, cancellationToken).ConfigureAwait(false);
+            return await DataLayerCommands.CreateOrGetAsync(connection, null, SqlDialect.PostgreSql, definition, values, read, CommandKeeping.None, cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -88,7 +94,7 @@ public static class PostgreSqlDataLayerExtensions
         Func<DbDataReader, T> read,
         NpgsqlTransaction? transaction = null,
         CancellationToken cancellationToken = default) =>
-        DataLayerCommands.InsertWithUniqueSlugAsync(connection, transaction, SqlDialect.PostgreSql, definition, name, values, read, cancellationToken);
+        DataLayerCommands.InsertWithUniqueSlugAsync(connection, transaction, SqlDialect.PostgreSql, definition, name, values, read, KeptCommands, cancellationToken);
 
     /// <summary>
     /// <see cref="InsertWithUniqueSlugAsync{T}(NpgsqlConnection, UniqueSlugDefinition, string, IReadOnlyList{object?}, Func{DbDataReader, T}, NpgsqlTransaction?, CancellationToken)"/>
@@ -106,7 +112,7 @@ public static class PostgreSqlDataLayerExtensions
         var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
         {
-            return await DataLayerCommands.InsertWithUniqueSlugAsync(connection, null, SqlDialect.PostgreSql, definition, name, values, read, cancellationToken).ConfigureAwait(false);
+            return await DataLayerCommands.InsertWithUniqueSlugAsync(connection, null, SqlDialect.PostgreSql, definition, name, values, read, CommandKeeping.None, cancellationToken).ConfigureAwait(false);
         }
     }
 

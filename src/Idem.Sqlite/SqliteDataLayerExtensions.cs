@@ -11,6 +11,9 @@ namespace Idem.Sqlite;
 /// </summary>
 public static class SqliteDataLayerExtensions
 {
+    /// <summary>A kept SqliteCommand stays prepared by itself until its connection closes.</summary>
+    private static readonly CommandKeeping KeptCommands = new(keep: true, isPrepared: null);
+
     /// <summary>
     /// Inserts the row unless one with the same natural key exists, and returns the one row either way, with
     /// <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>: the unique index decides, never a check-then-insert.
@@ -41,7 +44,7 @@ public static class SqliteDataLayerExtensions
         Func<DbDataReader, T> read,
         SqliteTransaction? transaction = null,
         CancellationToken cancellationToken = default) =>
-        DataLayerCommands.CreateOrGetAsync(connection, transaction, SqlDialect.Sqlite, definition, values, read, cancellationToken);
+        DataLayerCommands.CreateOrGetAsync(connection, transaction, SqlDialect.Sqlite, definition, values, read, KeptCommands, cancellationToken);
 
     /// <summary>
     /// Inserts the row with a unique slug made from <paramref name="name"/> (<c>my-community</c>, then
@@ -69,7 +72,7 @@ public static class SqliteDataLayerExtensions
         Func<DbDataReader, T> read,
         SqliteTransaction? transaction = null,
         CancellationToken cancellationToken = default) =>
-        DataLayerCommands.InsertWithUniqueSlugAsync(connection, transaction, SqlDialect.Sqlite, definition, name, values, read, cancellationToken);
+        DataLayerCommands.InsertWithUniqueSlugAsync(connection, transaction, SqlDialect.Sqlite, definition, name, values, read, KeptCommands, cancellationToken);
 
     /// <summary>
     /// <see langword="true"/> when <paramref name="exception"/> (or one it wraps, such as EF Core's

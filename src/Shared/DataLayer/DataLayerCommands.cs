@@ -6,6 +6,19 @@ using System.Runtime.CompilerServices;
 
 namespace Idem.DataLayer;
 
+/// <summary>
+/// Whether the helpers may keep their commands on the caller's connection between calls (not when the connection is
+/// opened for one call, as the data-source overloads do), and how to tell a kept command is still prepared (Npgsql).
+/// </summary>
+internal sealed class CommandKeeping(bool keep, Func<DbCommand, bool>? isPrepared)
+{
+    public static readonly CommandKeeping None = new(keep: false, isPrepared: null);
+
+    public bool Keep { get; } = keep;
+
+    public Func<DbCommand, bool>? IsPrepared { get; } = isPrepared;
+}
+
 internal static class DataLayerCommands
 {
     private const int MaxReads = 3;
@@ -23,6 +36,7 @@ internal static class DataLayerCommands
         CreateOrGetDefinition definition,
         IReadOnlyList<object?> values,
         Func<DbDataReader, T> read,
+        CommandKeeping keeping,
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(connection);
@@ -53,8 +67,8 @@ internal static class DataLayerCommands
         // PostgreSQL's one statement reads first itself (DataLayerSql.CreateOrGet).
         var readFirst = dialect == SqlDialect.Sqlite && transaction is null;
         var opened = await OpenAsync(connection, cancellationToken).ConfigureAwait(false);
-        // On a connection the caller keeps open, SQLite's commands stay prepared between calls (PreparedCommands).
-        var prepared = dialect == SqlDialect.Sqlite && !opened && !HasParameterObjects(values) ? Prepared.GetValue(connection, static c => new PreparedCommands(c)) : null;
+        // On a connection the caller keeps open, the commands stay prepared between calls (PreparedCommands).
+        var prepared = keeping.Keep && !opened && !HasParameterObjects(values) ? Prepared.GetValue(connection, static c => new PreparedCommands(c)) : null;
         DbCommand? shared = null;
         try
         {
@@ -64,10 +78,11 @@ internal static class DataLayerCommands
                 var insert = statement == insertAt;
                 var text = insert ? sql.Insert : sql.Read;
                 DbCommand command;
-                var generation = 0;
+                KeptCommand? keptCommand = null;
                 if (prepared is not null)
                 {
-                    (command, generation) = prepared.Rent(connection, text, insert ? sql.InsertParameters : sql.ReadParameters);
+                    keptCommand = prepared.Rent(connection, text, insert ? sql.InsertParameters : sql.ReadParameters);
+                    command = keptCommand.Command;
                     if (insert)
                     {
                         SetValues(command, values);
@@ -98,9 +113,9 @@ internal static class DataLayerCommands
                 (bool Found, bool Created, T Value) row;
                 try
                 {
-                    await PrepareAsync(command, dialect, cancellationToken).ConfigureAwait(false);
+                    await PrepareAsync(command, keptCommand, keeping, dialect, cancellationToken).ConfigureAwait(false);
                     row = await ReadRowAsync(command, insert, insert && dialect == SqlDialect.PostgreSql ? definition.Returning.Count : -1, read, cancellationToken).ConfigureAwait(false);
-                    kept = prepared is not null && prepared.Return(text, command, generation);
+                    kept = keptCommand is not null && prepared!.Return(text, keptCommand);
                 }
                 finally
                 {
@@ -172,6 +187,7 @@ internal static class DataLayerCommands
         string name,
         IReadOnlyList<object?> values,
         Func<DbDataReader, T> read,
+        CommandKeeping keeping,
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(connection);
@@ -187,18 +203,20 @@ internal static class DataLayerCommands
         var pattern = DataLayerSql.SlugPattern(dialect, baseSlug, options.MaxLength);
 
         var opened = await OpenAsync(connection, cancellationToken).ConfigureAwait(false);
-        var prepared = dialect == SqlDialect.Sqlite && !opened && !HasParameterObjects(values) ? Prepared.GetValue(connection, static c => new PreparedCommands(c)) : null;
+        var prepared = keeping.Keep && !opened && !HasParameterObjects(values) ? Prepared.GetValue(connection, static c => new PreparedCommands(c)) : null;
         DbCommand command;
         DbParameter offset;
-        var generation = 0;
+        KeptCommand? keptCommand = null;
         if (prepared is not null)
         {
-            (command, generation) = prepared.Rent(connection, sql, SlugParameters(values.Count));
+            keptCommand = prepared.Rent(connection, sql, SlugParameters(values.Count));
+            command = keptCommand.Command;
             SetValues(command, values);
             command.Parameters[values.Count].Value = baseSlug;
             command.Parameters[values.Count + 1].Value = options.MaxLength;
             command.Parameters[values.Count + 2].Value = pattern;
             offset = command.Parameters[values.Count + 3];
+            offset.Value = 0L; // typed before the statement is prepared
         }
         else
         {
@@ -215,7 +233,7 @@ internal static class DataLayerCommands
         try
         {
             command.Transaction = transaction;
-            await PrepareAsync(command, dialect, cancellationToken).ConfigureAwait(false);
+            await PrepareAsync(command, keptCommand, keeping, dialect, cancellationToken).ConfigureAwait(false);
             for (var attempt = 0; attempt < options.MaxAttempts; attempt++)
             {
                 DataLayerMetrics.SlugAttempt(definition.Table);
@@ -224,7 +242,7 @@ internal static class DataLayerCommands
                 if (row.Found)
                 {
                     DataLayerMetrics.Created(definition.Table);
-                    kept = prepared is not null && prepared.Return(sql, command, generation);
+                    kept = keptCommand is not null && prepared!.Return(sql, keptCommand);
                     return row.Value;
                 }
 
@@ -235,7 +253,7 @@ internal static class DataLayerCommands
                 }
             }
 
-            kept = prepared is not null && prepared.Return(sql, command, generation);
+            kept = keptCommand is not null && prepared!.Return(sql, keptCommand);
         }
         finally
         {
@@ -288,25 +306,28 @@ internal static class DataLayerCommands
     }
 
     /// <summary>
-    /// The commands of one SQLite connection kept prepared between calls, one per statement text (the texts are the
-    /// cached strings of each definition, compared by reference). Microsoft.Data.Sqlite keeps a command's statements
-    /// prepared until its text or connection changes or it is disposed, but a command made per call parses and plans
-    /// its SQL every time, which on an indexed read is a large part of the call. A command is rented for one call (so a
-    /// connection misused from two threads at once never shares one), and returned after. When the connection closes
-    /// it disposes its commands itself (before it hands its handle back to the pool); <see cref="OnStateChange"/> then
-    /// forgets them, and a command rented across the close is disposed instead of returned (the generation changed).
-    /// At most <see cref="MaxCommands"/> are kept per connection, so definitions built per call cannot grow it.
+    /// The commands of one connection kept prepared between calls, one per statement text (the texts are the cached
+    /// strings of each definition, compared by reference). A command made per call pays for its SQL every time:
+    /// Microsoft.Data.Sqlite parses and plans it (a large part of an indexed read), Npgsql parses its text and looks its
+    /// prepared statement up again. A kept command skips both: Microsoft.Data.Sqlite keeps a command's statements
+    /// prepared until its text or connection changes or it is disposed, Npgsql runs an explicitly prepared command as is
+    /// on the physical connection it was prepared on. A command is rented for one call (so a connection misused from two
+    /// threads at once never shares one) and returned after. When the connection closes it is forgotten
+    /// (<see cref="OnStateChange"/>): Microsoft.Data.Sqlite disposes a connection's commands in Close, before it hands its
+    /// handle back to the pool, but only those created since it opened, so a command must never outlive a close; a
+    /// command rented across the close is disposed instead of returned (the generation changed). At most
+    /// <see cref="MaxCommands"/> are kept per connection, so definitions built per call cannot grow it.
     /// </summary>
     private sealed class PreparedCommands
     {
         private const int MaxCommands = 32;
 
-        private readonly Dictionary<string, DbCommand> _idle = new(ReferenceEqualityComparer.Instance);
+        private readonly Dictionary<string, KeptCommand> _idle = new(ReferenceEqualityComparer.Instance);
         private int _generation;
 
         public PreparedCommands(DbConnection connection) => connection.StateChange += OnStateChange;
 
-        public (DbCommand Command, int Generation) Rent(DbConnection connection, string sql, string[] parameters)
+        public KeptCommand Rent(DbConnection connection, string sql, string[] parameters)
         {
             int generation;
             lock (_idle)
@@ -314,7 +335,7 @@ internal static class DataLayerCommands
                 generation = _generation;
                 if (_idle.Remove(sql, out var idle))
                 {
-                    return (idle, generation);
+                    return idle;
                 }
             }
 
@@ -327,16 +348,16 @@ internal static class DataLayerCommands
                 command.Parameters.Add(parameter);
             }
 
-            return (command, generation);
+            return new KeptCommand(command, generation);
         }
 
-        /// <summary>Keeps <paramref name="command"/> for the next call; false when the caller must dispose it.</summary>
-        public bool Return(string sql, DbCommand command, int generation)
+        /// <summary>Keeps the command for the next call; false when the caller must dispose it.</summary>
+        public bool Return(string sql, KeptCommand kept)
         {
-            command.Transaction = null;
+            kept.Command.Transaction = null;
             lock (_idle)
             {
-                return generation == _generation && command.Connection?.State == ConnectionState.Open && _idle.Count < MaxCommands && _idle.TryAdd(sql, command);
+                return kept.Generation == _generation && kept.Command.Connection?.State == ConnectionState.Open && _idle.Count < MaxCommands && _idle.TryAdd(sql, kept);
             }
         }
 
@@ -347,7 +368,7 @@ internal static class DataLayerCommands
                 return;
             }
 
-            DbCommand[] closed;
+            KeptCommand[] closed;
             lock (_idle)
             {
                 _generation++;
@@ -355,9 +376,49 @@ internal static class DataLayerCommands
                 _idle.Clear();
             }
 
-            foreach (var command in closed)
+            foreach (var kept in closed)
             {
-                command.Dispose(); // already done by the connection's Close; a no-op then
+                kept.Command.Dispose(); // Microsoft.Data.Sqlite: already done by Close, a no-op
+            }
+        }
+    }
+
+    /// <summary>A kept command, the generation of its connection it belongs to, and its parameters' value types when it was last prepared.</summary>
+    private sealed class KeptCommand(DbCommand command, int generation)
+    {
+        public DbCommand Command { get; } = command;
+
+        public int Generation { get; } = generation;
+
+        private Type?[]? _preparedTypes;
+
+        /// <summary>True when the parameters' value types differ from those it was prepared with (or it never was).</summary>
+        public bool TypesChanged()
+        {
+            var parameters = Command.Parameters;
+            if (_preparedTypes is null || _preparedTypes.Length != parameters.Count)
+            {
+                return true;
+            }
+
+            for (var i = 0; i < _preparedTypes.Length; i++)
+            {
+                if (_preparedTypes[i] != parameters[i].Value?.GetType())
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+
+        public void Prepared()
+        {
+            var parameters = Command.Parameters;
+            _preparedTypes ??= new Type?[parameters.Count];
+            for (var i = 0; i < _preparedTypes.Length; i++)
+            {
+                _preparedTypes[i] = parameters[i].Value?.GetType();
             }
         }
     }
@@ -373,10 +434,28 @@ internal static class DataLayerCommands
 
     /// <summary>
     /// On PostgreSQL the statement is prepared: Npgsql keeps it prepared on each physical connection across pool
-    /// returns, so only the first call on a connection parses and plans it (as Idem's store does with its own).
+    /// returns, so only the first call on a connection parses and plans it (as Idem's store does with its own). A kept
+    /// command is prepared again only when it is not prepared on the connection's current physical connection, or its
+    /// values' types changed (the server's statement has its parameters' types). Microsoft.Data.Sqlite needs no call:
+    /// a command prepares its statements when it first runs and keeps them.
     /// </summary>
-    private static Task PrepareAsync(DbCommand command, SqlDialect dialect, CancellationToken cancellationToken) =>
-        dialect == SqlDialect.PostgreSql ? command.PrepareAsync(cancellationToken) : Task.CompletedTask;
+    private static async ValueTask PrepareAsync(DbCommand command, KeptCommand? kept, CommandKeeping keeping, SqlDialect dialect, CancellationToken cancellationToken)
+    {
+        if (dialect != SqlDialect.PostgreSql)
+        {
+            return;
+        }
+
+        if (kept is null)
+        {
+            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+        }
+        else if (kept.TypesChanged() || keeping.IsPrepared?.Invoke(command) == false)
+        {
+            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            kept.Prepared();
+        }
+    }
 
     private static void CheckValues(IReadOnlyList<object?> values, int columns)
     {
