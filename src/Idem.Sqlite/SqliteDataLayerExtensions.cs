@@ -25,7 +25,8 @@ public static class SqliteDataLayerExtensions
     /// that inserts nothing, takes the single write lock, while a read does not; so an existing row costs one read. When
     /// the read finds nothing the conflict-safe insert follows (it never assumes the row is absent), then one read only if
     /// a concurrent insert won. In <paramref name="transaction"/> the insert goes first and the read follows only on
-    /// conflict: a read first could pin a snapshot that the insert cannot upgrade in WAL mode.
+    /// conflict: a read first could pin a snapshot that the insert cannot upgrade in WAL mode. On a connection kept open
+    /// across calls the commands are kept too, prepared, until the connection closes.
     /// </remarks>
     /// <typeparam name="T">What <paramref name="read"/> makes of the row.</typeparam>
     /// <param name="connection">The caller's connection.</param>

@@ -436,19 +436,18 @@ internal static class DataLayerCommands
     /// On PostgreSQL the statement is prepared: Npgsql keeps it prepared on each physical connection across pool
     /// returns, so only the first call on a connection parses and plans it (as Idem's store does with its own). A kept
     /// command is prepared again only when it is not prepared on the connection's current physical connection, or its
-    /// values' types changed (the server's statement has its parameters' types). Microsoft.Data.Sqlite needs no call:
-    /// a command prepares its statements when it first runs and keeps them.
+    /// values' types changed (the server's statement has its parameters' types). A kept SQLite command is prepared once,
+    /// explicitly: Microsoft.Data.Sqlite marks a command prepared only when all its statements were enumerated, which
+    /// a reader disposed after its first row does not always do, and an unmarked command parses its SQL again.
     /// </summary>
     private static async ValueTask PrepareAsync(DbCommand command, KeptCommand? kept, CommandKeeping keeping, SqlDialect dialect, CancellationToken cancellationToken)
     {
-        if (dialect != SqlDialect.PostgreSql)
-        {
-            return;
-        }
-
         if (kept is null)
         {
-            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            if (dialect == SqlDialect.PostgreSql)
+            {
+                await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            }
         }
         else if (kept.TypesChanged() || keeping.IsPrepared?.Invoke(command) == false)
         {
