@@ -11,6 +11,7 @@ using System.Data.Common;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using System.Globalization;
+using System.Runtime.InteropServices;
 using System.Text;
 using Idem;
 using Idem.EntityFrameworkCore;
@@ -24,9 +25,9 @@ using Npgsql;
 var options = Args.Parse(args);
 var report = new StringBuilder();
 report.AppendLine("# Data-layer benchmark results").AppendLine()
-    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start, {{END_LOAD}} at the end), {options.Ops} sequential calls per case and round ({Math.Max(50, options.Ops / 4)} for SQLite writes, each an fsync), {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round), the two sides run in interleaved blocks of 20 calls. Plain ADO.NET statements are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side.").AppendLine()
-    .AppendLine("| Database | Case | Plain calls/s | Helper calls/s | Ratio | Target |")
-    .AppendLine("|---|---|---:|---:|---:|---|");
+    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start, {{END_LOAD}} at the end), {options.Ops} sequential calls per case and round ({Math.Max(50, options.Ops / 4)} for SQLite writes, each an fsync), {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round), the two sides run in interleaved blocks of 20 calls. Plain ADO.NET statements are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side. CPU per call is this process's CPU time (getrusage) plus, on PostgreSQL, the CPU time of the database's server processes (/proc/<pid>/schedstat), summed per side over the same interleaved blocks; its ratio (plain ÷ helper, the median over rounds) moves far less with the box's load than calls/s do.").AppendLine()
+    .AppendLine("| Database | Case | Plain calls/s | Helper calls/s | Ratio | Target | CPU µs per call, plain → helper | CPU ratio |")
+    .AppendLine("|---|---|---:|---:|---:|---|---:|---:|");
 var slugLines = new List<string>();
 
 foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), await PostgreSqlDatabase.CreateAsync(options.Postgres) })
@@ -41,14 +42,27 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
         var pairs = new List<(string Case, string Target, Func<int, Task> Plain, Func<int, Task> Helper, bool Writes)>
         {
             ("ADO.NET, existing row: create-or-get vs SELECT by key", "≥ 0.9×", database.SelectAsync, database.CreateOrGetExistingAsync, false),
+            ("baseline option: existing row, create-or-get vs SELECT by key on one command kept prepared", "—", database.SelectKeptAsync, database.CreateOrGetExistingAsync, false),
             ("option: existing row, INSERT … ON CONFLICT DO NOTHING RETURNING, then SELECT (two commands) vs SELECT", "—", database.SelectAsync, database.InsertThenReadExistingAsync, false),
         };
+        if (!sqlite)
+        {
+            pairs.Add(("option: existing row, the insert-first one statement (INSERT … ON CONFLICT DO NOTHING in a CTE, then the read if it inserted nothing) vs SELECT", "—", database.SelectAsync, database.InsertFirstStatementExistingAsync, false));
+            pairs.Add(("option: existing row, the read-first one statement (the helper's SQL, sent as a plain command) vs SELECT", "—", database.SelectAsync, database.ReadFirstStatementExistingAsync, false));
+            pairs.Add(("option: existing row, the read-first one statement vs the insert-first one statement (both plain commands)", "—", database.InsertFirstStatementExistingAsync, database.ReadFirstStatementExistingAsync, false));
+        }
         if (sqlite)
         {
             pairs.Add(("option: existing row, INSERT … RETURNING; SELECT … AND changes() = 0 in one command vs SELECT", "—", database.SelectAsync, database.BatchExistingAsync, false));
         }
 
         pairs.Add(("ADO.NET, new row: create-or-get vs INSERT", "≥ 0.9×", database.InsertAsync, database.CreateOrGetNewAsync, true));
+        pairs.Add(("baseline option: new row, create-or-get vs INSERT … RETURNING id (the plain insert that hands back the generated id, as the helper does)", "—", database.InsertReturningAsync, database.CreateOrGetNewAsync, true));
+        if (!sqlite)
+        {
+            pairs.Add(("option: new row, the insert-first one statement vs INSERT", "—", database.InsertAsync, database.InsertFirstStatementNewAsync, true));
+            pairs.Add(("option: new row, the read-first one statement vs the insert-first one statement (both plain commands)", "—", database.InsertFirstStatementNewAsync, database.ReadFirstStatementNewAsync, true));
+        }
         pairs.Add((sqlite ? "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no read first) vs INSERT" : "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no folded read) vs INSERT", "—", database.InsertAsync, database.InsertOrNothingNewAsync, true));
         pairs.Add(("EF Core, existing row: CreateOrGetAsync vs FirstAsync by key", "—", database.EfSelectAsync, database.EfCreateOrGetExistingAsync, false));
         pairs.Add(("EF Core, new row: CreateOrGetAsync vs Add + SaveChangesAsync", "—", database.EfInsertAsync, database.EfCreateOrGetNewAsync, true));
@@ -71,16 +85,24 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
             var ratios = new List<double>();
             var plainRates = new List<double>();
             var helperRates = new List<double>();
+            var plainCpu = new List<double>();
+            var helperCpu = new List<double>();
+            var cpuRatios = new List<double>();
+            var cpu = await database.CpuClockAsync();
             for (var round = 0; round < options.Rounds; round++)
             {
                 var offset = keys + (round + 1) * options.Ops;
-                var (p, h) = await PairAsync(plain, helper, ops, offset);
+                var (p, h, pc, hc) = await PairAsync(plain, helper, ops, offset, cpu);
                 plainRates.Add(p);
                 helperRates.Add(h);
                 ratios.Add(h / p);
+                plainCpu.Add(pc);
+                helperCpu.Add(hc);
+                cpuRatios.Add(pc / hc);
             }
 
-            report.AppendLine(CultureInfo.InvariantCulture, $"| {database.Name} | {name} | {Median(plainRates):N0} | {Median(helperRates):N0} | {Median(ratios):0.00}× (rounds {string.Join(", ", ratios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) | {target} |");
+            report.AppendLine(CultureInfo.InvariantCulture, $"| {database.Name} | {name} | {Median(plainRates):N0} | {Median(helperRates):N0} | {Median(ratios):0.00}× (rounds {string.Join(", ", ratios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) | {target} | {Median(plainCpu):0.0} → {Median(helperCpu):0.0} | {Median(cpuRatios):0.00}× (rounds {string.Join(", ", cpuRatios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) |");
+            Console.Error.WriteLine(report.ToString().TrimEnd().Split('\n')[^1]);
         }
 
         for (var trial = 1; trial <= 3 && options.Only is null; trial++)
@@ -117,11 +139,12 @@ static async Task<double> RunAsync(Func<int, Task> call, int count, int offset)
 }
 
 // Both sides of a ratio in interleaved blocks of 20 calls (which side goes first alternates), so that the shared box's
-// drift, which moves single rounds by 2× and more, hits both sides alike; the elapsed time is summed per side.
-static async Task<(double Plain, double Helper)> PairAsync(Func<int, Task> plain, Func<int, Task> helper, int count, int offset)
+// drift, which moves single rounds by 2× and more, hits both sides alike; the elapsed time is summed per side, and so
+// is the CPU time (read outside the timed part): calls/s of each side and CPU µs per call of each side.
+static async Task<(double Plain, double Helper, double PlainCpu, double HelperCpu)> PairAsync(Func<int, Task> plain, Func<int, Task> helper, int count, int offset, Func<long> cpu)
 {
     const int Block = 20;
-    long plainTicks = 0, helperTicks = 0;
+    long plainTicks = 0, helperTicks = 0, plainNs = 0, helperNs = 0;
     for (var start = 0; start < count; start += Block)
     {
         var n = Math.Min(Block, count - start);
@@ -129,6 +152,7 @@ static async Task<(double Plain, double Helper)> PairAsync(Func<int, Task> plain
         {
             var helperSide = (side == 0) == (start / Block % 2 == 1);
             var call = helperSide ? helper : plain;
+            var cpuBefore = cpu();
             var began = Stopwatch.GetTimestamp();
             for (var i = 0; i < n; i++)
             {
@@ -136,24 +160,65 @@ static async Task<(double Plain, double Helper)> PairAsync(Func<int, Task> plain
             }
 
             var elapsed = Stopwatch.GetTimestamp() - began;
+            var cpuUsed = cpu() - cpuBefore;
             if (helperSide)
             {
                 helperTicks += elapsed;
+                helperNs += cpuUsed;
             }
             else
             {
                 plainTicks += elapsed;
+                plainNs += cpuUsed;
             }
         }
     }
 
-    return (count * (double)Stopwatch.Frequency / plainTicks, count * (double)Stopwatch.Frequency / helperTicks);
+    return (count * (double)Stopwatch.Frequency / plainTicks, count * (double)Stopwatch.Frequency / helperTicks, plainNs / 1000.0 / count, helperNs / 1000.0 / count);
 }
 
 static double Median(List<double> values)
 {
     var sorted = values.Order().ToArray();
     return sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
+}
+
+internal static partial class Cpu
+{
+    /// <summary>This process's user + system CPU time (getrusage, RUSAGE_SELF), in nanoseconds.</summary>
+    public static long ProcessNs()
+    {
+        _ = GetRusage(0, out var usage);
+        return (usage.UserSeconds + usage.SystemSeconds) * 1_000_000_000 + (usage.UserMicroseconds + usage.SystemMicroseconds) * 1_000;
+    }
+
+    /// <summary>A process's CPU time from /proc/&lt;pid&gt;/schedstat (its first field, nanoseconds on CPU); 0 once it is gone.</summary>
+    public static long SchedstatNs(string file)
+    {
+        try
+        {
+            var text = File.ReadAllText(file);
+            return long.Parse(text.AsSpan(0, text.IndexOf(' ')), CultureInfo.InvariantCulture);
+        }
+        catch (IOException)
+        {
+            return 0;
+        }
+    }
+
+    [LibraryImport("libc", EntryPoint = "getrusage")]
+    private static partial int GetRusage(int who, out Rusage usage);
+
+    // struct rusage on 64-bit Linux: two timevals (16 bytes each), then 14 longs.
+    [StructLayout(LayoutKind.Sequential)]
+    private struct Rusage
+    {
+        public long UserSeconds;
+        public long UserMicroseconds;
+        public long SystemSeconds;
+        public long SystemMicroseconds;
+        public long MaxRss, IxRss, IdRss, IsRss, MinFlt, MajFlt, NSwap, InBlock, OuBlock, MsgSnd, MsgRcv, NSignals, NvCsw, NivCsw;
+    }
 }
 
 internal sealed record Args(string Postgres, int Ops, int Rounds, string Out, string? Only)
@@ -223,6 +288,79 @@ internal abstract class Database : IAsyncDisposable
     }
 
     public async Task SelectAsync(int i) => await ExecuteAsync("SELECT id FROM items WHERE k = @k", "existing-" + i);
+
+    private DbCommand? _keptSelect;
+
+    /// <summary>The strongest hand-written read: one command, prepared once, only its parameter's value set per call.</summary>
+    public async Task SelectKeptAsync(int i)
+    {
+        if (_keptSelect is null)
+        {
+            _keptSelect = Connection.CreateCommand();
+            _keptSelect.CommandText = "SELECT id FROM items WHERE k = @k";
+            AddKey(_keptSelect, "");
+            await _keptSelect.PrepareAsync();
+        }
+
+        _keptSelect.Parameters[0].Value = "existing-" + i;
+        await using var reader = await _keptSelect.ExecuteReaderAsync();
+        if (!await reader.ReadAsync())
+        {
+            throw new InvalidOperationException("Expected an existing row.");
+        }
+    }
+
+    public async Task InsertReturningAsync(int i)
+    {
+        if (!await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v') RETURNING id", "plain-returning-" + i))
+        {
+            throw new InvalidOperationException("Expected the new row's id.");
+        }
+    }
+
+    private const string InsertFirstStatement =
+        "WITH idem_inserted AS (INSERT INTO items (k, v) VALUES (@k, 'v') ON CONFLICT (k) DO NOTHING RETURNING id) " +
+        "SELECT id, TRUE FROM idem_inserted UNION ALL SELECT id, FALSE FROM items WHERE k = @k AND NOT EXISTS (SELECT 1 FROM idem_inserted)";
+
+    public async Task InsertFirstStatementExistingAsync(int i)
+    {
+        if (!await ExecuteAsync(InsertFirstStatement, "existing-" + i))
+        {
+            throw new InvalidOperationException("Expected the existing row.");
+        }
+    }
+
+    private const string ReadFirstStatement =
+        "WITH idem_found AS (SELECT id FROM items WHERE k = @k), " +
+        "idem_inserted AS (INSERT INTO items (k, v) SELECT @k, 'v' WHERE NOT EXISTS (SELECT 1 FROM idem_found) ON CONFLICT (k) DO NOTHING RETURNING id) " +
+        "SELECT id, FALSE FROM idem_found UNION ALL SELECT id, TRUE FROM idem_inserted";
+
+    public async Task ReadFirstStatementExistingAsync(int i)
+    {
+        if (!await ExecuteAsync(ReadFirstStatement, "existing-" + i))
+        {
+            throw new InvalidOperationException("Expected the existing row.");
+        }
+    }
+
+    public async Task ReadFirstStatementNewAsync(int i)
+    {
+        if (!await ExecuteAsync(ReadFirstStatement, "option-read-first-new-" + i))
+        {
+            throw new InvalidOperationException("Expected a new row.");
+        }
+    }
+
+    public async Task InsertFirstStatementNewAsync(int i)
+    {
+        if (!await ExecuteAsync(InsertFirstStatement, "option-first-new-" + i))
+        {
+            throw new InvalidOperationException("Expected a new row.");
+        }
+    }
+
+    /// <summary>CPU nanoseconds so far: this process, plus the server processes of this database (PostgreSQL).</summary>
+    public virtual Task<Func<long>> CpuClockAsync() => Task.FromResult<Func<long>>(Cpu.ProcessNs);
 
     public async Task CreateOrGetExistingAsync(int i) => Check(await CreateOrGetAsync(Connection, "existing-" + i), created: false);
 
@@ -377,6 +515,11 @@ internal abstract class Database : IAsyncDisposable
 
     public virtual async ValueTask DisposeAsync()
     {
+        if (_keptSelect is not null)
+        {
+            await _keptSelect.DisposeAsync();
+        }
+
         if (_connection is not null)
         {
             await _connection.DisposeAsync();
@@ -460,6 +603,23 @@ internal sealed class PostgreSqlDatabase : Database
     protected override DbContextOptions<BenchContext> ContextOptions => new DbContextOptionsBuilder<BenchContext>().UseNpgsql(_dataSource!).Options;
 
     protected override async Task<DbConnection> OpenAsync() => await _dataSource!.OpenConnectionAsync();
+
+    /// <summary>The server processes are those connected to this database when a case starts (the pool's).</summary>
+    public override async Task<Func<long>> CpuClockAsync()
+    {
+        var pids = new List<int>();
+        await using (var command = new NpgsqlCommand("SELECT pid FROM pg_stat_activity WHERE datname = current_database()", (NpgsqlConnection)Connection))
+        await using (var reader = await command.ExecuteReaderAsync())
+        {
+            while (await reader.ReadAsync())
+            {
+                pids.Add(reader.GetInt32(0));
+            }
+        }
+
+        var files = pids.Select(p => $"/proc/{p}/schedstat").Where(File.Exists).ToArray();
+        return () => Cpu.ProcessNs() + files.Sum(Cpu.SchedstatNs);
+    }
 
     protected override Task<CreateOrGetResult<long>> CreateOrGetAsync(DbConnection connection, string key, DbTransaction? transaction = null) =>
         ((NpgsqlConnection)connection).CreateOrGetAsync(Items, [key, "v"], r => r.GetInt64(0), (NpgsqlTransaction?)transaction);

@@ -13,11 +13,21 @@ namespace Idem.PostgreSql;
 public static class PostgreSqlDataLayerExtensions
 {
     /// <summary>
-    /// Inserts the row unless one with the same natural key exists, and returns the one row either way. One statement
-    /// (<c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c> with the read of an existing row in the same
-    /// statement); one more read only when a concurrent insert of the same key committed while it ran. Runs in
-    /// <paramref name="transaction"/> when given (opens and closes <paramref name="connection"/> when it is closed).
+    /// A kept NpgsqlCommand runs prepared as long as the connection keeps its physical connection; after a close and
+    /// open it may have another one, which <see cref="NpgsqlCommand.IsPrepared"/> tells.
     /// </summary>
+    private static readonly CommandKeeping KeptCommands = new(keep: true, isPrepared: static command => ((NpgsqlCommand)command).IsPrepared);
+
+    /// <summary>
+    /// Inserts the row unless one with the same natural key exists, and returns the one row either way. One statement
+    /// reads the row by its key and, only when it found none, inserts with <c>INSERT … ON CONFLICT (key) DO NOTHING
+    /// RETURNING …</c> (the unique index decides, never a check-then-insert); one more read only when a concurrent insert
+    /// of the same key committed while it ran. Runs in <paramref name="transaction"/> when given (opens and closes
+    /// <paramref name="connection"/> when it is closed).
+    /// </summary>
+    /// <remarks>
+    /// On a connection kept open across calls the command is kept too, prepared, until the connection closes.
+    /// </remarks>
     /// <typeparam name="T">What <paramref name="read"/> makes of the row.</typeparam>
     /// <param name="connection">The caller's connection.</param>
     /// <param name="definition">The table, inserted columns, natural key and returned columns.</param>
@@ -35,7 +45,7 @@ public static class PostgreSqlDataLayerExtensions
         Func<DbDataReader, T> read,
         NpgsqlTransaction? transaction = null,
         CancellationToken cancellationToken = default) =>
-        DataLayerCommands.CreateOrGetAsync(connection, transaction, SqlDialect.PostgreSql, definition, values, read, cancellationToken);
+        DataLayerCommands.CreateOrGetAsync(connection, transaction, SqlDialect.PostgreSql, definition, values, read, KeptCommands, cancellationToken);
 
     /// <summary>
     /// <see cref="CreateOrGetAsync{T}(NpgsqlConnection, CreateOrGetDefinition, IReadOnlyList{object?}, Func{DbDataReader, T}, NpgsqlTransaction?, CancellationToken)"/>
@@ -52,7 +62,7 @@ public static class PostgreSqlDataLayerExtensions
         var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
         {
-            return await DataLayerCommands.CreateOrGetAsync(connection, null, SqlDialect.PostgreSql, definition, values, read, cancellationToken).ConfigureAwait(false);
+            return await DataLayerCommands.CreateOrGetAsync(connection, null, SqlDialect.PostgreSql, definition, values, read, CommandKeeping.None, cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -76,8 +86,8 @@ public static class PostgreSqlDataLayerExtensions
     /// <exception cref="SlugAllocationException">Every attempt met a concurrent insert; nothing was inserted.</exception>
     /// <exception cref="PostgresException">Any error other than a conflict on the slug, untouched.</exception>
     /// <remarks>
-    /// The next suffix is found with <c>LIKE 'base-%'</c> on the slug column: on a large table give that column
-    /// <c>COLLATE "C"</c> (slugs are ASCII) or a <c>text_pattern_ops</c> index so the prefix search uses an index.
+    /// The next suffix is found with a byte-order range on the slug column (<c>COLLATE "C"</c>): on a large table give
+    /// that column <c>COLLATE "C"</c> (slugs are ASCII) so the prefix search uses its unique index.
     /// Under contention suffixes may skip numbers.
     /// </remarks>
     public static Task<T> InsertWithUniqueSlugAsync<T>(
@@ -88,7 +98,7 @@ public static class PostgreSqlDataLayerExtensions
         Func<DbDataReader, T> read,
         NpgsqlTransaction? transaction = null,
         CancellationToken cancellationToken = default) =>
-        DataLayerCommands.InsertWithUniqueSlugAsync(connection, transaction, SqlDialect.PostgreSql, definition, name, values, read, cancellationToken);
+        DataLayerCommands.InsertWithUniqueSlugAsync(connection, transaction, SqlDialect.PostgreSql, definition, name, values, read, KeptCommands, cancellationToken);
 
     /// <summary>
     /// <see cref="InsertWithUniqueSlugAsync{T}(NpgsqlConnection, UniqueSlugDefinition, string, IReadOnlyList{object?}, Func{DbDataReader, T}, NpgsqlTransaction?, CancellationToken)"/>
@@ -106,7 +116,7 @@ public static class PostgreSqlDataLayerExtensions
         var connection = await dataSource.OpenConnectionAsync(cancellationToken).ConfigureAwait(false);
         await using (connection.ConfigureAwait(false))
         {
-            return await DataLayerCommands.InsertWithUniqueSlugAsync(connection, null, SqlDialect.PostgreSql, definition, name, values, read, cancellationToken).ConfigureAwait(false);
+            return await DataLayerCommands.InsertWithUniqueSlugAsync(connection, null, SqlDialect.PostgreSql, definition, name, values, read, CommandKeeping.None, cancellationToken).ConfigureAwait(false);
         }
     }
 

@@ -11,6 +11,9 @@ namespace Idem.Sqlite;
 /// </summary>
 public static class SqliteDataLayerExtensions
 {
+    /// <summary>A kept SqliteCommand stays prepared by itself until its connection closes.</summary>
+    private static readonly CommandKeeping KeptCommands = new(keep: true, isPrepared: null);
+
     /// <summary>
     /// Inserts the row unless one with the same natural key exists, and returns the one row either way, with
     /// <c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>: the unique index decides, never a check-then-insert.
@@ -22,7 +25,8 @@ public static class SqliteDataLayerExtensions
     /// that inserts nothing, takes the single write lock, while a read does not; so an existing row costs one read. When
     /// the read finds nothing the conflict-safe insert follows (it never assumes the row is absent), then one read only if
     /// a concurrent insert won. In <paramref name="transaction"/> the insert goes first and the read follows only on
-    /// conflict: a read first could pin a snapshot that the insert cannot upgrade in WAL mode.
+    /// conflict: a read first could pin a snapshot that the insert cannot upgrade in WAL mode. On a connection kept open
+    /// across calls the commands are kept too, prepared, until the connection closes.
     /// </remarks>
     /// <typeparam name="T">What <paramref name="read"/> makes of the row.</typeparam>
     /// <param name="connection">The caller's connection.</param>
@@ -41,7 +45,7 @@ public static class SqliteDataLayerExtensions
         Func<DbDataReader, T> read,
         SqliteTransaction? transaction = null,
         CancellationToken cancellationToken = default) =>
-        DataLayerCommands.CreateOrGetAsync(connection, transaction, SqlDialect.Sqlite, definition, values, read, cancellationToken);
+        DataLayerCommands.CreateOrGetAsync(connection, transaction, SqlDialect.Sqlite, definition, values, read, KeptCommands, cancellationToken);
 
     /// <summary>
     /// Inserts the row with a unique slug made from <paramref name="name"/> (<c>my-community</c>, then
@@ -69,7 +73,7 @@ public static class SqliteDataLayerExtensions
         Func<DbDataReader, T> read,
         SqliteTransaction? transaction = null,
         CancellationToken cancellationToken = default) =>
-        DataLayerCommands.InsertWithUniqueSlugAsync(connection, transaction, SqlDialect.Sqlite, definition, name, values, read, cancellationToken);
+        DataLayerCommands.InsertWithUniqueSlugAsync(connection, transaction, SqlDialect.Sqlite, definition, name, values, read, KeptCommands, cancellationToken);
 
     /// <summary>
     /// <see langword="true"/> when <paramref name="exception"/> (or one it wraps, such as EF Core's

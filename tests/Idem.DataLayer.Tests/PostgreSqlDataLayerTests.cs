@@ -83,8 +83,9 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
         var bare = await RaceTheCommitAsync("sam,tess", async connection =>
         {
             await using var command = new NpgsqlCommand(
-                "WITH idem_inserted AS (INSERT INTO chats (participants_key) VALUES (@key) ON CONFLICT (participants_key) DO NOTHING RETURNING id) " +
-                "SELECT id, TRUE FROM idem_inserted UNION ALL SELECT id, FALSE FROM chats WHERE participants_key = @key AND NOT EXISTS (SELECT 1 FROM idem_inserted)",
+                "WITH idem_found AS (SELECT id FROM chats WHERE participants_key = @key), " +
+                "idem_inserted AS (INSERT INTO chats (participants_key) SELECT @key WHERE NOT EXISTS (SELECT 1 FROM idem_found) ON CONFLICT (participants_key) DO NOTHING RETURNING id) " +
+                "SELECT id, FALSE FROM idem_found UNION ALL SELECT id, TRUE FROM idem_inserted",
                 (NpgsqlConnection)connection);
             command.Parameters.AddWithValue("key", "sam,tess");
             await using var reader = await command.ExecuteReaderAsync();
@@ -92,6 +93,49 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
         });
         Output.WriteLine($"bare statement after the concurrent commit: id {bare.Answer.Value} (0 = no row)");
         Assert.Equal(0, bare.Answer.Value);
+    }
+
+    [Fact]
+    public async Task A_kept_command_is_prepared_again_when_its_values_types_change_or_its_connection_reopens()
+    {
+        // On a connection kept open the helper keeps its prepared command. The server's prepared statement has its
+        // parameters' types, so a value of another type (an int, then a long) must prepare it again.
+        await using (var create = _dataSource!.CreateCommand("CREATE TABLE counters (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL UNIQUE, amount bigint)"))
+        {
+            await create.ExecuteNonQueryAsync();
+        }
+
+        var counters = new CreateOrGetDefinition("counters", ["name", "amount"], ["name"], ["amount"]);
+        await using (var connection = await _dataSource.OpenConnectionAsync())
+        {
+            foreach (var (name, amount) in new (string, object)[] { ("a", 1), ("b", 5_000_000_000L), ("c", 2), ("a", 7L) })
+            {
+                var result = await connection.CreateOrGetAsync(counters, [name, amount], r => r.GetInt64(0));
+                Assert.Equal(name == "a" ? 1L : Convert.ToInt64(amount, System.Globalization.CultureInfo.InvariantCulture), result.Value);
+            }
+
+            await connection.CloseAsync();
+            await connection.OpenAsync();
+            Assert.False((await connection.CreateOrGetAsync(counters, ["b", 3], r => r.GetInt64(0))).Created);
+            Assert.True((await connection.CreateOrGetAsync(counters, ["d", 4L], r => r.GetInt64(0))).Created);
+        }
+
+        Assert.Equal(4L, await CountAsync("SELECT count(*) FROM counters"));
+
+        // Naive variant: one kept, prepared command whose value's type changes without preparing it again.
+        await using (var connection = await _dataSource.OpenConnectionAsync())
+        {
+            await using var command = new NpgsqlCommand("INSERT INTO counters (name, amount) VALUES (@name, @amount)", connection);
+            command.Parameters.AddWithValue("name", "naive-int");
+            command.Parameters.AddWithValue("amount", 1);
+            await command.PrepareAsync();
+            await command.ExecuteNonQueryAsync();
+            command.Parameters[0].Value = "naive-long";
+            command.Parameters[1].Value = 5_000_000_000L;
+            var error = await Record.ExceptionAsync(() => command.ExecuteNonQueryAsync());
+            Output.WriteLine($"naive kept command after its value's type changed: {error?.GetType().Name}: {error?.Message}");
+            Assert.NotNull(error);
+        }
     }
 
     /// <summary>

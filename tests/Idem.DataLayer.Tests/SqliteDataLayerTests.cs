@@ -53,6 +53,71 @@ public sealed class SqliteDataLayerTests(ITestOutputHelper output) : DataLayerTe
             new UniqueSlugDefinition("communities", "slug", columns: ["name"], returning: ["id", "slug"]) { Options = options, Logger = SlugLogger },
             name, [name], r => (r.GetInt64(0), r.GetString(1)), (SqliteTransaction?)transaction);
 
+    [Fact]
+    public async Task Commands_kept_prepared_on_a_connection_leave_nothing_on_the_pooled_handle_when_it_closes()
+    {
+        // The helpers keep their commands prepared on a connection the caller keeps open. A closed connection hands its
+        // SQLite handle back to the pool, where the next connection takes it: no statement of ours may stay on it.
+        // A pool of its own (another timeout), whose one handle lists its statements from the moment it is opened.
+        var pooled = new SqliteConnectionStringBuilder(_connectionString) { DefaultTimeout = 59 }.ConnectionString;
+        await using (var first = new SqliteConnection(pooled))
+        {
+            await first.OpenAsync();
+            first.Handle!.enable_sqlite3_next_stmt(true);
+        }
+
+        var connection = new SqliteConnection(pooled);
+        await using (connection)
+        {
+            for (var cycle = 0; cycle < 3; cycle++)
+            {
+                await connection.OpenAsync();
+                Assert.True((await CreateOrGetChatAsync(connection, null, $"kept-{cycle}")).Created);
+                Assert.False((await CreateOrGetChatAsync(connection, null, $"kept-{cycle}")).Created);
+                await using (var transaction = (SqliteTransaction)await connection.BeginTransactionAsync())
+                {
+                    Assert.False((await CreateOrGetChatAsync(connection, transaction, $"kept-{cycle}")).Created);
+                    Assert.True((await CreateOrGetChatAsync(connection, transaction, $"kept-rolled-back-{cycle}")).Created);
+                    await transaction.RollbackAsync();
+                }
+
+                var slugs = new UniqueSlugDefinition("communities", "slug", columns: ["name"], returning: ["id", "slug"]);
+                Assert.Equal(cycle == 0 ? "kept" : $"kept-{cycle}", await connection.InsertWithUniqueSlugAsync(slugs, "Kept", ["Kept"], r => r.GetString(1)));
+                await connection.CloseAsync();
+                Assert.Null(await StatementLeftOnPooledHandleAsync(pooled));
+            }
+        }
+
+        Assert.Equal(3L, await CountAsync("SELECT count(*) FROM chats WHERE participants_key LIKE 'kept-%'"));
+
+        // Naive variant: a command kept across a close and reopen is prepared again on the new handle, but the connection
+        // no longer disposes it when it closes, so its statement stays on the handle the next connection takes.
+        var naive = new SqliteConnection(pooled);
+        await using (naive)
+        {
+            await naive.OpenAsync();
+            await using var command = naive.CreateCommand();
+            command.CommandText = "SELECT count(*) FROM chats";
+            await command.ExecuteScalarAsync();
+            await naive.CloseAsync();
+            await naive.OpenAsync();
+            await command.ExecuteScalarAsync();
+            await naive.CloseAsync();
+            var left = await StatementLeftOnPooledHandleAsync(pooled);
+            Output.WriteLine($"naive kept command, statement left on the pooled handle: {left}");
+            Assert.Equal("SELECT count(*) FROM chats", left);
+        }
+    }
+
+    /// <summary>The SQL of a statement still prepared on the handle a new connection takes from the pool, if any.</summary>
+    private static async Task<string?> StatementLeftOnPooledHandleAsync(string connectionString)
+    {
+        await using var next = new SqliteConnection(connectionString);
+        await next.OpenAsync();
+        var statement = SQLitePCL.raw.sqlite3_next_stmt(next.Handle, null);
+        return statement is null ? null : SQLitePCL.raw.sqlite3_sql(statement).utf8_to_string();
+    }
+
     protected override bool IsUniqueViolation(Exception exception) => exception.IsUniqueViolation();
 
     protected override void AssertCheckViolation(Exception exception)

@@ -6,12 +6,28 @@ using System.Runtime.CompilerServices;
 
 namespace Idem.DataLayer;
 
+/// <summary>
+/// Whether the helpers may keep their commands on the caller's connection between calls (not when the connection is
+/// opened for one call, as the data-source overloads do), and how to tell a kept command is still prepared (Npgsql).
+/// </summary>
+internal sealed class CommandKeeping(bool keep, Func<DbCommand, bool>? isPrepared)
+{
+    public static readonly CommandKeeping None = new(keep: false, isPrepared: null);
+
+    public bool Keep { get; } = keep;
+
+    public Func<DbCommand, bool>? IsPrepared { get; } = isPrepared;
+}
+
 internal static class DataLayerCommands
 {
     private const int MaxReads = 3;
 
-    private static readonly ConditionalWeakTable<CreateOrGetDefinition, string[]> CreateOrGetSql = new();
-    private static readonly ConditionalWeakTable<UniqueSlugDefinition, string> SlugSql = new();
+    private static readonly ConditionalWeakTable<CreateOrGetDefinition, CreateOrGetStatements> PostgreSqlCreateOrGet = new();
+    private static readonly ConditionalWeakTable<CreateOrGetDefinition, CreateOrGetStatements> SqliteCreateOrGet = new();
+    private static readonly ConditionalWeakTable<UniqueSlugDefinition, string> PostgreSqlSlug = new();
+    private static readonly ConditionalWeakTable<UniqueSlugDefinition, string> SqliteSlug = new();
+    private static readonly ConditionalWeakTable<DbConnection, PreparedCommands> Prepared = new();
 
     public static async Task<CreateOrGetResult<T>> CreateOrGetAsync<T>(
         DbConnection connection,
@@ -20,6 +36,7 @@ internal static class DataLayerCommands
         CreateOrGetDefinition definition,
         IReadOnlyList<object?> values,
         Func<DbDataReader, T> read,
+        CommandKeeping keeping,
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(connection);
@@ -27,23 +44,18 @@ internal static class DataLayerCommands
         ArgumentNullException.ThrowIfNull(values);
         ArgumentNullException.ThrowIfNull(read);
         CheckValues(values, definition.Columns.Count);
-        foreach (var ordinal in definition.KeyOrdinals)
+        var keyOrdinals = definition.KeyOrdinals;
+        for (var i = 0; i < keyOrdinals.Count; i++)
         {
-            if (values[ordinal] is null or DBNull)
+            if (values[keyOrdinals[i]] is null or DBNull)
             {
-                throw new ArgumentException($"The natural key column '{definition.Columns[ordinal]}' must not be null: a unique index never matches NULL, so the row could be created twice.", nameof(values));
+                throw new ArgumentException($"The natural key column '{definition.Columns[keyOrdinals[i]]}' must not be null: a unique index never matches NULL, so the row could be created twice.", nameof(values));
             }
         }
 
-        var sql = CreateOrGetSql.GetValue(definition, d =>
-        {
-            var table = DataLayerSql.Table(d.Table, d.Schema);
-            return
-            [
-                DataLayerSql.CreateOrGet(dialect, table, d.Columns, d.KeyColumns, d.KeyOrdinals, d.Returning),
-                DataLayerSql.Read(table, d.KeyColumns, d.KeyOrdinals, d.Returning, createdColumn: dialect == SqlDialect.PostgreSql),
-            ];
-        });
+        var sql = dialect == SqlDialect.PostgreSql
+            ? PostgreSqlCreateOrGet.GetValue(definition, static d => CreateOrGetStatements.For(SqlDialect.PostgreSql, d))
+            : SqliteCreateOrGet.GetValue(definition, static d => CreateOrGetStatements.For(SqlDialect.Sqlite, d));
 
         // SQLite outside a transaction reads first: a read is a shared lock, while every insert attempt, even one that
         // inserts nothing, takes the database's single write lock, so an existing row costs one read instead of a write
@@ -52,26 +64,70 @@ internal static class DataLayerCommands
         // the row is absent), and the unique index alone decides. Inside the caller's transaction the insert goes first:
         // a read would start a snapshot that the insert may then be unable to upgrade (SQLITE_BUSY_SNAPSHOT in WAL mode
         // when another writer committed in between), and with BEGIN IMMEDIATE the write lock is held anyway.
+        // PostgreSQL's one statement reads first itself (DataLayerSql.CreateOrGet).
         var readFirst = dialect == SqlDialect.Sqlite && transaction is null;
         var opened = await OpenAsync(connection, cancellationToken).ConfigureAwait(false);
+        // On a connection the caller keeps open, the commands stay prepared between calls (PreparedCommands).
+        var prepared = keeping.Keep && !opened && !HasParameterObjects(values) ? Prepared.GetValue(connection, static c => new PreparedCommands(c)) : null;
+        DbCommand? shared = null;
         try
         {
-            // One command for every statement: a caller's DbParameter can belong to one command only.
-            await using var command = connection.CreateCommand();
-            command.Transaction = transaction;
-            AddValues(command, values);
             var insertAt = readFirst ? 1 : 0;
             for (var statement = 0; statement <= MaxReads + insertAt; statement++)
             {
                 var insert = statement == insertAt;
-                command.CommandText = sql[insert ? 0 : 1];
-                await PrepareAsync(command, dialect, cancellationToken).ConfigureAwait(false);
-                await using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-                if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                var text = insert ? sql.Insert : sql.Read;
+                DbCommand command;
+                KeptCommand? keptCommand = null;
+                if (prepared is not null)
                 {
-                    var created = insert && (dialect == SqlDialect.Sqlite || reader.GetBoolean(definition.Returning.Count));
-                    var value = read(reader);
-                    if (created)
+                    keptCommand = prepared.Rent(connection, text, insert ? sql.InsertParameters : sql.ReadParameters);
+                    command = keptCommand.Command;
+                    if (insert)
+                    {
+                        SetValues(command, values);
+                    }
+                    else
+                    {
+                        for (var i = 0; i < keyOrdinals.Count; i++)
+                        {
+                            command.Parameters[i].Value = values[keyOrdinals[i]];
+                        }
+                    }
+                }
+                else
+                {
+                    // One command for every statement: a caller's DbParameter can belong to one command only.
+                    if (shared is null)
+                    {
+                        shared = connection.CreateCommand();
+                        AddValues(shared, values);
+                    }
+
+                    shared.CommandText = text;
+                    command = shared;
+                }
+
+                command.Transaction = transaction;
+                var kept = false;
+                (bool Found, bool Created, T Value) row;
+                try
+                {
+                    await PrepareAsync(command, keptCommand, keeping, dialect, cancellationToken).ConfigureAwait(false);
+                    row = await ReadRowAsync(command, insert, insert && dialect == SqlDialect.PostgreSql ? definition.Returning.Count : -1, read, cancellationToken).ConfigureAwait(false);
+                    kept = keptCommand is not null && prepared!.Return(text, keptCommand);
+                }
+                finally
+                {
+                    if (prepared is not null && !kept)
+                    {
+                        await command.DisposeAsync().ConfigureAwait(false);
+                    }
+                }
+
+                if (row.Found)
+                {
+                    if (row.Created)
                     {
                         DataLayerMetrics.Created(definition.Table);
                     }
@@ -86,12 +142,17 @@ internal static class DataLayerCommands
                         }
                     }
 
-                    return new CreateOrGetResult<T>(value, created);
+                    return new CreateOrGetResult<T>(row.Value, row.Created);
                 }
             }
         }
         finally
         {
+            if (shared is not null)
+            {
+                await shared.DisposeAsync().ConfigureAwait(false);
+            }
+
             if (opened)
             {
                 await connection.CloseAsync().ConfigureAwait(false);
@@ -102,6 +163,22 @@ internal static class DataLayerCommands
             $"Create-or-get on '{definition.Table}' met an existing row but could not read it back {MaxReads} times: it is being deleted concurrently, or no unique index covers exactly ({string.Join(", ", definition.KeyColumns)}).");
     }
 
+    /// <summary>
+    /// Runs <paramref name="command"/> and reads its first row, if any; <paramref name="createdOrdinal"/> is the
+    /// PostgreSQL statement's "inserted" column (-1: a row of the insert means inserted).
+    /// </summary>
+    private static async Task<(bool Found, bool Created, T Value)> ReadRowAsync<T>(DbCommand command, bool insert, int createdOrdinal, Func<DbDataReader, T> read, CancellationToken cancellationToken)
+    {
+        await using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
+        if (!await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+        {
+            return (false, false, default!);
+        }
+
+        var created = insert && (createdOrdinal < 0 || reader.GetBoolean(createdOrdinal));
+        return (true, created, read(reader));
+    }
+
     public static async Task<T> InsertWithUniqueSlugAsync<T>(
         DbConnection connection,
         DbTransaction? transaction,
@@ -110,6 +187,7 @@ internal static class DataLayerCommands
         string name,
         IReadOnlyList<object?> values,
         Func<DbDataReader, T> read,
+        CommandKeeping keeping,
         CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(connection);
@@ -119,30 +197,53 @@ internal static class DataLayerCommands
         CheckValues(values, definition.Columns.Count);
         var options = definition.Options;
         var baseSlug = Slug.FromName(name, options);
-        var sql = SlugSql.GetValue(definition, d => DataLayerSql.InsertWithSlug(dialect, DataLayerSql.Table(d.Table, d.Schema), d.SlugColumn, d.Columns, d.Returning));
+        var sql = dialect == SqlDialect.PostgreSql
+            ? PostgreSqlSlug.GetValue(definition, static d => SlugStatement(SqlDialect.PostgreSql, d))
+            : SqliteSlug.GetValue(definition, static d => SlugStatement(SqlDialect.Sqlite, d));
         var pattern = DataLayerSql.SlugPattern(dialect, baseSlug, options.MaxLength);
 
         var opened = await OpenAsync(connection, cancellationToken).ConfigureAwait(false);
-        try
+        var prepared = keeping.Keep && !opened && !HasParameterObjects(values) ? Prepared.GetValue(connection, static c => new PreparedCommands(c)) : null;
+        DbCommand command;
+        DbParameter offset;
+        KeptCommand? keptCommand = null;
+        if (prepared is not null)
         {
-            await using var command = connection.CreateCommand();
-            command.Transaction = transaction;
+            keptCommand = prepared.Rent(connection, sql, SlugParameters(values.Count));
+            command = keptCommand.Command;
+            SetValues(command, values);
+            command.Parameters[values.Count].Value = baseSlug;
+            command.Parameters[values.Count + 1].Value = options.MaxLength;
+            command.Parameters[values.Count + 2].Value = pattern;
+            offset = command.Parameters[values.Count + 3];
+            offset.Value = 0L; // typed before the statement is prepared
+        }
+        else
+        {
+            command = connection.CreateCommand();
             command.CommandText = sql;
             AddValues(command, values);
             Add(command, DataLayerSql.BaseParameter, baseSlug);
             Add(command, DataLayerSql.MaxLengthParameter, options.MaxLength);
             Add(command, DataLayerSql.PatternParameter, pattern);
-            var offset = Add(command, DataLayerSql.OffsetParameter, 0L);
-            await PrepareAsync(command, dialect, cancellationToken).ConfigureAwait(false);
+            offset = Add(command, DataLayerSql.OffsetParameter, 0L);
+        }
+
+        var kept = false;
+        try
+        {
+            command.Transaction = transaction;
+            await PrepareAsync(command, keptCommand, keeping, dialect, cancellationToken).ConfigureAwait(false);
             for (var attempt = 0; attempt < options.MaxAttempts; attempt++)
             {
                 DataLayerMetrics.SlugAttempt(definition.Table);
                 offset.Value = DataLayerSql.SlugOffset(attempt);
-                await using var reader = await command.ExecuteReaderAsync(cancellationToken).ConfigureAwait(false);
-                if (await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+                var row = await ReadRowAsync(command, insert: true, createdOrdinal: -1, read, cancellationToken).ConfigureAwait(false);
+                if (row.Found)
                 {
                     DataLayerMetrics.Created(definition.Table);
-                    return read(reader);
+                    kept = keptCommand is not null && prepared!.Return(sql, keptCommand);
+                    return row.Value;
                 }
 
                 DataLayerMetrics.ConflictResolved(definition.Table, "slug");
@@ -151,9 +252,16 @@ internal static class DataLayerCommands
                     DataLayerLog.SlugTaken(logger, definition.Table, baseSlug, attempt + 1);
                 }
             }
+
+            kept = keptCommand is not null && prepared!.Return(sql, keptCommand);
         }
         finally
         {
+            if (!kept)
+            {
+                await command.DisposeAsync().ConfigureAwait(false);
+            }
+
             if (opened)
             {
                 await connection.CloseAsync().ConfigureAwait(false);
@@ -168,6 +276,153 @@ internal static class DataLayerCommands
         throw new SlugAllocationException(baseSlug, options.MaxAttempts);
     }
 
+    private static string SlugStatement(SqlDialect dialect, UniqueSlugDefinition definition) =>
+        DataLayerSql.InsertWithSlug(dialect, DataLayerSql.Table(definition.Table, definition.Schema), definition.SlugColumn, definition.Columns, definition.Returning);
+
+    private static string[] SlugParameters(int values) =>
+        [.. Enumerable.Range(0, values).Select(DataLayerSql.ValueParameter), DataLayerSql.BaseParameter, DataLayerSql.MaxLengthParameter, DataLayerSql.PatternParameter, DataLayerSql.OffsetParameter];
+
+    /// <summary>A definition's two statements and the parameters each takes, built once per definition and dialect.</summary>
+    private sealed class CreateOrGetStatements(string insert, string[] insertParameters, string read, string[] readParameters)
+    {
+        public string Insert { get; } = insert;
+
+        public string[] InsertParameters { get; } = insertParameters;
+
+        public string Read { get; } = read;
+
+        /// <summary>The read takes the key's values only.</summary>
+        public string[] ReadParameters { get; } = readParameters;
+
+        public static CreateOrGetStatements For(SqlDialect dialect, CreateOrGetDefinition d)
+        {
+            var table = DataLayerSql.Table(d.Table, d.Schema);
+            return new(
+                DataLayerSql.CreateOrGet(dialect, table, d.Columns, d.KeyColumns, d.KeyOrdinals, d.Returning),
+                [.. Enumerable.Range(0, d.Columns.Count).Select(DataLayerSql.ValueParameter)],
+                DataLayerSql.Read(table, d.KeyColumns, d.KeyOrdinals, d.Returning, createdColumn: dialect == SqlDialect.PostgreSql),
+                [.. d.KeyOrdinals.Select(DataLayerSql.ValueParameter)]);
+        }
+    }
+
+    /// <summary>
+    /// The commands of one connection kept prepared between calls, one per statement text (the texts are the cached
+    /// strings of each definition, compared by reference). A command made per call pays for its SQL every time:
+    /// Microsoft.Data.Sqlite parses and plans it (a large part of an indexed read), Npgsql parses its text and looks its
+    /// prepared statement up again. A kept command skips both: Microsoft.Data.Sqlite keeps a command's statements
+    /// prepared until its text or connection changes or it is disposed, Npgsql runs an explicitly prepared command as is
+    /// on the physical connection it was prepared on. A command is rented for one call (so a connection misused from two
+    /// threads at once never shares one) and returned after. When the connection closes it is forgotten
+    /// (<see cref="OnStateChange"/>): Microsoft.Data.Sqlite disposes a connection's commands in Close, before it hands its
+    /// handle back to the pool, but only those created since it opened, so a command must never outlive a close; a
+    /// command rented across the close is disposed instead of returned (the generation changed). At most
+    /// <see cref="MaxCommands"/> are kept per connection, so definitions built per call cannot grow it.
+    /// </summary>
+    private sealed class PreparedCommands
+    {
+        private const int MaxCommands = 32;
+
+        private readonly Dictionary<string, KeptCommand> _idle = new(ReferenceEqualityComparer.Instance);
+        private int _generation;
+
+        public PreparedCommands(DbConnection connection) => connection.StateChange += OnStateChange;
+
+        public KeptCommand Rent(DbConnection connection, string sql, string[] parameters)
+        {
+            int generation;
+            lock (_idle)
+            {
+                generation = _generation;
+                if (_idle.Remove(sql, out var idle))
+                {
+                    return idle;
+                }
+            }
+
+            var command = connection.CreateCommand();
+            command.CommandText = sql;
+            foreach (var name in parameters)
+            {
+                var parameter = command.CreateParameter();
+                parameter.ParameterName = name;
+                command.Parameters.Add(parameter);
+            }
+
+            return new KeptCommand(command, generation);
+        }
+
+        /// <summary>Keeps the command for the next call; false when the caller must dispose it.</summary>
+        public bool Return(string sql, KeptCommand kept)
+        {
+            kept.Command.Transaction = null;
+            lock (_idle)
+            {
+                return kept.Generation == _generation && kept.Command.Connection?.State == ConnectionState.Open && _idle.Count < MaxCommands && _idle.TryAdd(sql, kept);
+            }
+        }
+
+        private void OnStateChange(object? sender, StateChangeEventArgs e)
+        {
+            if (e.CurrentState == ConnectionState.Open)
+            {
+                return;
+            }
+
+            KeptCommand[] closed;
+            lock (_idle)
+            {
+                _generation++;
+                closed = [.. _idle.Values];
+                _idle.Clear();
+            }
+
+            foreach (var kept in closed)
+            {
+                kept.Command.Dispose(); // Microsoft.Data.Sqlite: already done by Close, a no-op
+            }
+        }
+    }
+
+    /// <summary>A kept command, the generation of its connection it belongs to, and its parameters' value types when it was last prepared.</summary>
+    private sealed class KeptCommand(DbCommand command, int generation)
+    {
+        public DbCommand Command { get; } = command;
+
+        public int Generation { get; } = generation;
+
+        private Type?[]? _preparedTypes;
+
+        /// <summary>True when the parameters' value types differ from those it was prepared with (or it never was).</summary>
+        public bool TypesChanged()
+        {
+            var parameters = Command.Parameters;
+            if (_preparedTypes is null || _preparedTypes.Length != parameters.Count)
+            {
+                return true;
+            }
+
+            for (var i = 0; i < _preparedTypes.Length; i++)
+            {
+                if (_preparedTypes[i] != parameters[i].Value?.GetType())
+                {
+                    return true;
+                }
+            }
+
+            return false;
+        }
+
+        public void Prepared()
+        {
+            var parameters = Command.Parameters;
+            _preparedTypes ??= new Type?[parameters.Count];
+            for (var i = 0; i < _preparedTypes.Length; i++)
+            {
+                _preparedTypes[i] = parameters[i].Value?.GetType();
+            }
+        }
+    }
+
     private static void Resolved(CreateOrGetDefinition definition)
     {
         DataLayerMetrics.ConflictResolved(definition.Table, "create_or_get");
@@ -179,10 +434,27 @@ internal static class DataLayerCommands
 
     /// <summary>
     /// On PostgreSQL the statement is prepared: Npgsql keeps it prepared on each physical connection across pool
-    /// returns, so only the first call on a connection parses and plans it (as Idem's store does with its own).
+    /// returns, so only the first call on a connection parses and plans it (as Idem's store does with its own). A kept
+    /// command is prepared again only when it is not prepared on the connection's current physical connection, or its
+    /// values' types changed (the server's statement has its parameters' types). A kept SQLite command is prepared once,
+    /// explicitly: Microsoft.Data.Sqlite marks a command prepared only when all its statements were enumerated, which
+    /// a reader disposed after its first row does not always do, and an unmarked command parses its SQL again.
     /// </summary>
-    private static Task PrepareAsync(DbCommand command, SqlDialect dialect, CancellationToken cancellationToken) =>
-        dialect == SqlDialect.PostgreSql ? command.PrepareAsync(cancellationToken) : Task.CompletedTask;
+    private static async ValueTask PrepareAsync(DbCommand command, KeptCommand? kept, CommandKeeping keeping, SqlDialect dialect, CancellationToken cancellationToken)
+    {
+        if (kept is null)
+        {
+            if (dialect == SqlDialect.PostgreSql)
+            {
+                await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        else if (kept.TypesChanged() || keeping.IsPrepared?.Invoke(command) == false)
+        {
+            await command.PrepareAsync(cancellationToken).ConfigureAwait(false);
+            kept.Prepared();
+        }
+    }
 
     private static void CheckValues(IReadOnlyList<object?> values, int columns)
     {
@@ -201,6 +473,28 @@ internal static class DataLayerCommands
 
         await connection.OpenAsync(cancellationToken).ConfigureAwait(false);
         return true;
+    }
+
+    private static bool HasParameterObjects(IReadOnlyList<object?> values)
+    {
+        for (var i = 0; i < values.Count; i++)
+        {
+            if (values[i] is DbParameter)
+            {
+                return true;
+            }
+        }
+
+        return false;
+    }
+
+    /// <summary>Sets a kept command's first parameters, one per value (no value is a DbParameter: see HasParameterObjects).</summary>
+    private static void SetValues(DbCommand command, IReadOnlyList<object?> values)
+    {
+        for (var i = 0; i < values.Count; i++)
+        {
+            command.Parameters[i].Value = values[i] ?? DBNull.Value;
+        }
     }
 
     private static void AddValues(DbCommand command, IReadOnlyList<object?> values)

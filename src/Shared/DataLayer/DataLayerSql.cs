@@ -43,24 +43,26 @@ internal static class DataLayerSql
             .ToString();
 
     /// <summary>
-    /// The ADO.NET create-or-get. On PostgreSQL the insert carries the read of an existing row in the same statement (a
-    /// data-modifying CTE), so an existing row costs one round trip; the row's last column says whether it was inserted.
-    /// That read sees the statement's snapshot, so a row committed by a concurrent insert after it began (the conflict
-    /// that made this insert wait) is not in it: then the statement returns nothing and <see cref="Read"/> runs once.
-    /// On SQLite it is <see cref="InsertOrNothing"/>, then <see cref="Read"/> when it returned nothing.
+    /// The ADO.NET create-or-get. On PostgreSQL one statement reads the row by its key and, only when it found none,
+    /// inserts with <c>ON CONFLICT (key) DO NOTHING</c> (data-modifying CTEs); the row's last column says whether it was
+    /// inserted. An existing row so costs an index lookup: no insert attempt, no identity value drawn, no speculative
+    /// insertion, which an insert-first statement pays on every hit. The read is a shortcut, never the decision: the
+    /// insert after it still only inserts what the unique index lets through. Both see the statement's snapshot, so a
+    /// row committed by a concurrent insert after the statement began (the conflict that made the insert wait) is in
+    /// neither: then the statement returns nothing and <see cref="Read"/> runs once.
+    /// On SQLite it is <see cref="InsertOrNothing"/>, with <see cref="Read"/> before it (outside a transaction) or after it.
     /// </summary>
     public static string CreateOrGet(SqlDialect dialect, string table, IReadOnlyList<string> columns, IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals, IReadOnlyList<string> returning)
     {
-        var insert = InsertOrNothing(table, columns, keyColumns, returning);
         if (dialect == SqlDialect.Sqlite)
         {
-            return insert;
+            return InsertOrNothing(table, columns, keyColumns, returning);
         }
 
         return new StringBuilder()
-            .Append("WITH idem_inserted AS (").Append(insert).Append(") SELECT ").Append(List(returning)).Append(", TRUE FROM idem_inserted")
-            .Append(" UNION ALL SELECT ").Append(List(returning)).Append(", FALSE FROM ").Append(table)
-            .Append(" WHERE ").Append(KeyPredicate(keyColumns, keyOrdinals)).Append(" AND NOT EXISTS (SELECT 1 FROM idem_inserted)")
+            .Append(FoundThenInserted(table, columns, keyColumns, keyOrdinals, returning))
+            .Append(" SELECT ").Append(List(returning)).Append(", FALSE FROM idem_found")
+            .Append(" UNION ALL SELECT ").Append(List(returning)).Append(", TRUE FROM idem_inserted")
             .ToString();
     }
 
@@ -71,11 +73,24 @@ internal static class DataLayerSql
     /// </summary>
     public static string CreateOrGetRows(string table, IReadOnlyList<string> columns, IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals, IReadOnlyList<string> returning) =>
         new StringBuilder()
-            .Append("WITH idem_inserted AS (").Append(InsertOrNothing(table, columns, keyColumns, returning)).Append(')')
-            .Append(" SELECT ").Append(List(returning)).Append(" FROM idem_inserted")
+            .Append(FoundThenInserted(table, columns, keyColumns, keyOrdinals, returning))
+            .Append(" SELECT ").Append(List(returning)).Append(" FROM idem_found")
             .Append(" UNION ALL SELECT ").Append(List(returning)).Append(" FROM idem_inserted")
-            .Append(" UNION ALL SELECT ").Append(List(returning)).Append(" FROM ").Append(table)
-            .Append(" WHERE ").Append(KeyPredicate(keyColumns, keyOrdinals)).Append(" AND NOT EXISTS (SELECT 1 FROM idem_inserted)")
+            .Append(" UNION ALL SELECT ").Append(List(returning)).Append(" FROM idem_inserted")
+            .ToString();
+
+    /// <summary>
+    /// <c>WITH idem_found AS (the read by key), idem_inserted AS (INSERT … SELECT values WHERE NOT EXISTS (SELECT 1 FROM
+    /// idem_found) ON CONFLICT (key) DO NOTHING RETURNING …)</c>: the insert runs only when the read found nothing (the
+    /// one-time filter is evaluated before any row is formed, so an existing row draws no identity value).
+    /// </summary>
+    private static string FoundThenInserted(string table, IReadOnlyList<string> columns, IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals, IReadOnlyList<string> returning) =>
+        new StringBuilder()
+            .Append("WITH idem_found AS (SELECT ").Append(List(returning)).Append(" FROM ").Append(table)
+            .Append(" WHERE ").Append(KeyPredicate(keyColumns, keyOrdinals)).Append(')')
+            .Append(", idem_inserted AS (INSERT INTO ").Append(table).Append(" (").Append(List(columns)).Append(") SELECT ")
+            .Append(string.Join(", ", columns.Select((_, i) => ValueParameter(i))))
+            .Append(" WHERE NOT EXISTS (SELECT 1 FROM idem_found) ON CONFLICT (").Append(List(keyColumns)).Append(") DO NOTHING RETURNING ").Append(List(returning)).Append(')')
             .ToString();
 
     /// <summary>The read by natural key, after an insert that met an existing row; with a FALSE "created" column when asked.</summary>
