@@ -3,6 +3,7 @@ using System.Data.Common;
 using System.Diagnostics.Metrics;
 using System.Text.RegularExpressions;
 using Idem.EntityFrameworkCore;
+using Idem.TestUtils;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.Extensions.Logging;
 using Xunit;
@@ -261,21 +262,8 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
         return Convert.ToInt64(await ScalarAsync(connection, sql, null));
     }
 
-    protected static async Task<object?> ScalarAsync(DbConnection connection, string sql, object? key)
-    {
-        await using var command = connection.CreateCommand();
-        command.CommandText = sql;
-        if (key is not null)
-        {
-            var parameter = command.CreateParameter();
-            parameter.ParameterName = "@key";
-            parameter.Value = key;
-            command.Parameters.Add(parameter);
-        }
-
-        var value = await command.ExecuteScalarAsync();
-        return value is DBNull ? null : value;
-    }
+    protected static Task<object?> ScalarAsync(DbConnection connection, string sql, object? key) =>
+        DbCommands.ScalarAsync(connection, null, sql, key);
 
     /// <summary>Runs <paramref name="count"/> calls at once, each on its own open connection, released together.</summary>
     protected async Task<RaceResult<T>> RaceAsync<T>(int count, Func<DbConnection, int, Task<T>> call)

@@ -171,12 +171,12 @@ public abstract class TransactionalStoreConformanceTests : RecoveryPointConforma
 
         await using (var connection = await Joined.OpenConnectionAsync(default))
         {
-            await ExecuteAsync(connection, null, "CREATE TABLE IF NOT EXISTS idem_conformance_rows (key TEXT PRIMARY KEY)");
+            await DbCommands.ExecuteAsync(connection, null, "CREATE TABLE IF NOT EXISTS idem_conformance_rows (key TEXT PRIMARY KEY)");
 
             // The owner that still holds its key: its write and the completion commit together.
             await using (var transaction = await Joined.BeginTransactionAsync(connection, default))
             {
-                await ExecuteAsync(connection, transaction, "INSERT INTO idem_conformance_rows (key) VALUES (@key)", key);
+                await DbCommands.ExecuteAsync(connection, transaction, "INSERT INTO idem_conformance_rows (key) VALUES (@key)", key);
                 Assert.True(await Joined.CompleteAndCommitAsync(transaction, key, owner, new StoredResponse(201, null, new byte[] { 1 }), TimeSpan.FromHours(1), default));
                 Assert.True(Joined.IsCompleted(transaction));
             }
@@ -184,7 +184,7 @@ public abstract class TransactionalStoreConformanceTests : RecoveryPointConforma
             // The stale owner: nothing of its transaction may commit, and the connection stays usable after the rollback.
             await using (var transaction = await Joined.BeginTransactionAsync(connection, default))
             {
-                await ExecuteAsync(connection, transaction, "INSERT INTO idem_conformance_rows (key) VALUES (@key)", staleKey);
+                await DbCommands.ExecuteAsync(connection, transaction, "INSERT INTO idem_conformance_rows (key) VALUES (@key)", staleKey);
                 Assert.False(await Joined.CompleteAndCommitAsync(transaction, staleKey, stale, new StoredResponse(201, null, new byte[] { 2 }), TimeSpan.FromHours(1), default));
                 await transaction.RollbackAsync();
             }
@@ -201,32 +201,8 @@ public abstract class TransactionalStoreConformanceTests : RecoveryPointConforma
         Assert.Equal(fresh, takenOver.OwnerToken);
     }
 
-    private static async Task ExecuteAsync(DbConnection connection, DbTransaction? transaction, string sql, string? key = null)
-    {
-        await using var command = connection.CreateCommand();
-        command.Transaction = transaction;
-        command.CommandText = sql;
-        if (key is not null)
-        {
-            var parameter = command.CreateParameter();
-            parameter.ParameterName = "@key";
-            parameter.Value = key;
-            command.Parameters.Add(parameter);
-        }
-
-        await command.ExecuteNonQueryAsync();
-    }
-
-    private static async Task<long> CountRowsAsync(DbConnection connection, string key)
-    {
-        await using var command = connection.CreateCommand();
-        command.CommandText = "SELECT COUNT(*) FROM idem_conformance_rows WHERE key = @key";
-        var parameter = command.CreateParameter();
-        parameter.ParameterName = "@key";
-        parameter.Value = key;
-        command.Parameters.Add(parameter);
-        return Convert.ToInt64(await command.ExecuteScalarAsync(), System.Globalization.CultureInfo.InvariantCulture);
-    }
+    private static async Task<long> CountRowsAsync(DbConnection connection, string key) =>
+        Convert.ToInt64(await DbCommands.ScalarAsync(connection, null, "SELECT COUNT(*) FROM idem_conformance_rows WHERE key = @key", key), System.Globalization.CultureInfo.InvariantCulture);
 
     [Fact]
     public async Task A_connection_to_another_database_is_refused()
