@@ -136,7 +136,23 @@ internal static class HttpReport
     public static async Task WriteAsync(HttpRun run, IReadOnlyDictionary<string, HttpCase> cases, string jsonPath, string markdownPath)
     {
         await File.WriteAllTextAsync(jsonPath, JsonSerializer.Serialize(run, Json) + "\n");
-        await File.WriteAllTextAsync(markdownPath, Markdown(run, cases));
+        var kept = File.Exists(markdownPath) ? OtherScriptsSections(await File.ReadAllTextAsync(markdownPath)) : string.Empty;
+        await File.WriteAllTextAsync(markdownPath, Markdown(run, cases) + kept);
+    }
+
+    // Other scripts write their own sections into results.md between markers (joined.sh: "<!-- joined-transaction:
+    // written by benchmarks/joined.sh -->" … "<!-- /joined-transaction -->"). A run of run.sh rewrites the file, so it
+    // carries those sections over unchanged instead of dropping them.
+    internal static string OtherScriptsSections(string markdown)
+    {
+        var kept = new StringBuilder();
+        foreach (System.Text.RegularExpressions.Match section in System.Text.RegularExpressions.Regex.Matches(
+            markdown, @"<!-- (?<name>[a-z0-9-]+): written by [^>]*-->.*?<!-- /\k<name> -->", System.Text.RegularExpressions.RegexOptions.Singleline))
+        {
+            kept.Append('\n').Append(section.Value).Append('\n');
+        }
+
+        return kept.ToString();
     }
 
     public static string Markdown(HttpRun run, IReadOnlyDictionary<string, HttpCase> cases)
