@@ -18,9 +18,8 @@ internal sealed record GatewaySettings(int Seconds, int Connections, int Rounds,
     {
         int At(int index, int fallback) =>
             index < args.Length ? (int.TryParse(args[index], CultureInfo.InvariantCulture, out var value) && value > 0 ? value : throw new UsageException($"gateway: '{args[index]}' is not a positive number")) : fallback;
-        var warmup = Environment.GetEnvironmentVariable("WARMUP") is { Length: > 0 } w ? int.Parse(w.TrimEnd('s'), CultureInfo.InvariantCulture) : 6;
         static int Env(string name, int fallback) => Environment.GetEnvironmentVariable(name) is { Length: > 0 } v ? int.Parse(v.TrimEnd('s'), CultureInfo.InvariantCulture) : fallback;
-        return new GatewaySettings(At(0, 8), At(1, 32), At(2, 3), warmup, Env("JIT_SETTLE_MS", 100), Env("WARMUP_MAX", 60));
+        return new GatewaySettings(At(0, 8), At(1, 32), At(2, 3), Env("WARMUP", 6), Env("JIT_SETTLE_MS", 100), Env("WARMUP_MAX", 60));
     }
 }
 

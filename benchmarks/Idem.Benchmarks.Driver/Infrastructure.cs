@@ -99,9 +99,11 @@ internal static class ProcessCpu
         return long.TryParse(result.Output.Trim(), CultureInfo.InvariantCulture, out var hz) ? hz : 100;
     });
 
-    public static long Microseconds(int pid)
+    public static long Microseconds(int pid) => FromStat(File.ReadAllText($"/proc/{pid}/stat"));
+
+    // A /proc stat line (a process's or one of its threads'): utime + stime, in microseconds.
+    private static long FromStat(string stat)
     {
-        var stat = File.ReadAllText($"/proc/{pid}/stat");
         var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' '); // fields from the 3rd (state) on
         var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture); // utime (14th), stime (15th)
         return ticks * 1_000_000 / TicksPerSecond.Value;
@@ -122,10 +124,7 @@ internal static class ProcessCpu
                     continue;
                 }
 
-                var stat = File.ReadAllText(Path.Combine(task, "stat"));
-                var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-                var ticks = long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
-                return ticks * 1_000_000 / TicksPerSecond.Value;
+                return FromStat(File.ReadAllText(Path.Combine(task, "stat")));
             }
             catch (IOException)
             {

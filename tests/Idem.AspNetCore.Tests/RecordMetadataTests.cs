@@ -8,8 +8,8 @@ using Xunit;
 namespace Idem.AspNetCore.Tests;
 
 /// <summary>
-/// The metadata a claim carries for operators (principal hash, "METHOD route"). An anonymous request's metadata is made
-/// once per method and route pattern and reused; it must still be exactly what each request would have made itself.
+/// The metadata a claim carries for operators (principal hash, "METHOD route"). The anonymous principal's hash is computed
+/// once and shared by every request without a user; each claim must still carry exactly its own request's metadata.
 /// </summary>
 public sealed class RecordMetadataTests
 {
@@ -29,7 +29,7 @@ public sealed class RecordMetadataTests
         (HttpMethod Method, string Path, string? User)[] requests =
         [
             (HttpMethod.Post, "/orders/1", null),
-            (HttpMethod.Post, "/orders/2", null), // same method and route: the reused metadata
+            (HttpMethod.Post, "/orders/2", null), // same method and route, another key
             (HttpMethod.Patch, "/orders/1", null), // same route, another method
             (HttpMethod.Post, "/refunds", null), // another route
             (HttpMethod.Post, "/orders/3", "alice"), // a principal: its own hash, never the anonymous one

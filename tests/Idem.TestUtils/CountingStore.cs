@@ -21,6 +21,7 @@ public sealed class CountingStore(IIdempotencyStore inner) : IIdempotencyStore
     public void Reset()
     {
         _claims = _completes = _releases = _renews = _gets = _purges = _waits = 0;
+        ClaimMetadata.Clear();
     }
 
     /// <summary>Every claim's metadata, in order (what the caller passed with the claim).</summary>
