@@ -63,6 +63,11 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
             pairs.Add(("option: new row, the insert-first one statement vs INSERT", "—", database.InsertAsync, database.InsertFirstStatementNewAsync, true));
             pairs.Add(("option: new row, the read-first one statement vs the insert-first one statement (both plain commands)", "—", database.InsertFirstStatementNewAsync, database.ReadFirstStatementNewAsync, true));
         }
+        if (!sqlite)
+        {
+            pairs.Add(("ADO.NET, mixed (each call an existing or a new row, half and half in a fixed pseudo-random order): create-or-get vs the combined statement alone (as a plain command)", "—", database.ReadFirstStatementMixedAsync, database.CreateOrGetMixedAsync, true));
+        }
+
         pairs.Add((sqlite ? "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no read first) vs INSERT" : "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no folded read) vs INSERT", "—", database.InsertAsync, database.InsertOrNothingNewAsync, true));
         pairs.Add(("EF Core, existing row: CreateOrGetAsync vs FirstAsync by key", "—", database.EfSelectAsync, database.EfCreateOrGetExistingAsync, false));
         pairs.Add(("EF Core, new row: CreateOrGetAsync vs Add + SaveChangesAsync", "—", database.EfInsertAsync, database.EfCreateOrGetNewAsync, true));
@@ -349,6 +354,24 @@ internal abstract class Database : IAsyncDisposable
         {
             throw new InvalidOperationException("Expected a new row.");
         }
+    }
+
+    /// <summary>Half the calls find an existing row, half create one, in an order no streak predicts for long.</summary>
+    private static bool MixedExisting(int i) => ((uint)i * 2654435761u >> 16 & 1) == 0;
+
+    public async Task ReadFirstStatementMixedAsync(int i)
+    {
+        var existing = MixedExisting(i);
+        if (!await ExecuteAsync(ReadFirstStatement, existing ? "existing-" + (i % 1000) : "option-mixed-" + i))
+        {
+            throw new InvalidOperationException("Expected a row.");
+        }
+    }
+
+    public async Task CreateOrGetMixedAsync(int i)
+    {
+        var existing = MixedExisting(i);
+        Check(await CreateOrGetAsync(Connection, existing ? "existing-" + (i % 1000) : "helper-mixed-" + i), created: !existing);
     }
 
     public async Task InsertFirstStatementNewAsync(int i)

@@ -26,7 +26,10 @@ public static class PostgreSqlDataLayerExtensions
     /// <paramref name="connection"/> when it is closed).
     /// </summary>
     /// <remarks>
-    /// On a connection kept open across calls the command is kept too, prepared, until the connection closes.
+    /// After 4 consecutive calls of <paramref name="definition"/> that found their row, the next sends only the plain read
+    /// first; after 4 that created theirs, only the insert; a call that breaks the streak costs one more statement and
+    /// sends the next back to the combined one (the package README has the details). On a connection kept open across
+    /// calls the commands are kept too, prepared, until the connection closes.
     /// </remarks>
     /// <typeparam name="T">What <paramref name="read"/> makes of the row.</typeparam>
     /// <param name="connection">The caller's connection.</param>

@@ -67,32 +67,156 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
         Assert.True(error.IsUniqueViolation("chats_participants_key_key"));
         Assert.False(error.IsUniqueViolation("another_constraint"));
     }
-    [Fact]
-    public async Task A_row_committed_after_the_statements_snapshot_is_read_again_and_never_answered_with_nothing()
+    /// <summary>How a fresh definition is brought to each first statement: four calls that all created, or all found, their row.</summary>
+    public static TheoryData<string> FirstStatements => new() { "combined", "read", "insert" };
+
+    [Theory]
+    [MemberData(nameof(FirstStatements))]
+    public async Task A_row_committed_after_the_statements_snapshot_is_read_again_and_never_answered_with_nothing(string first)
     {
-        // Under READ COMMITTED the one statement's read half sees its snapshot: a conflicting row committed by a
-        // concurrent transaction after the statement began (the insert waited for it) is not in it, so the statement
-        // returns no row. The helper reads once more; the bare statement (the naive variant) answers nothing.
+        // Under READ COMMITTED a statement sees its snapshot: a conflicting row committed by a concurrent transaction
+        // after the statement began (the insert waited for it) is not in it, so the statement returns no row. Whichever
+        // statement the helper sends first, it reads once more; the bare combined statement (the naive variant) answers
+        // nothing.
+        var chats = await PrimedChatsAsync(first);
         using var counters = new DataCounters("chats");
-        var helper = await RaceTheCommitAsync("quinn,rose", connection => CreateOrGetChatAsync(connection, null, "quinn,rose"));
+        var key = "quinn,rose," + first;
+        var helper = await RaceTheCommitAsync(key, connection => ((NpgsqlConnection)connection).CreateOrGetAsync(chats, [key, "t"], r => r.GetInt64(0)));
         Assert.False(helper.Answer.Created);
         Assert.Equal(helper.CommittedId, helper.Answer.Value);
-        Assert.Equal(1, counters.Conflicts); // the second read ran
-        Assert.Equal(1L, await CountAsync("SELECT count(*) FROM chats WHERE participants_key = 'quinn,rose'"));
+        // The read first and the combined statement know the row was absent before: a resolved conflict. The plain insert
+        // first cannot tell a concurrent insert from a row that was there.
+        Assert.Equal(first == "insert" ? 0 : 1, counters.Conflicts);
+        Assert.Equal(1L, await CountAsync($"SELECT count(*) FROM chats WHERE participants_key = '{key}'"));
 
-        var bare = await RaceTheCommitAsync("sam,tess", async connection =>
+        var bareKey = "sam,tess," + first;
+        var bare = await RaceTheCommitAsync(bareKey, async connection =>
         {
             await using var command = new NpgsqlCommand(
                 "WITH idem_found AS (SELECT id FROM chats WHERE participants_key = @key), " +
                 "idem_inserted AS (INSERT INTO chats (participants_key) SELECT @key WHERE NOT EXISTS (SELECT 1 FROM idem_found) ON CONFLICT (participants_key) DO NOTHING RETURNING id) " +
                 "SELECT id, FALSE FROM idem_found UNION ALL SELECT id, TRUE FROM idem_inserted",
                 (NpgsqlConnection)connection);
-            command.Parameters.AddWithValue("key", "sam,tess");
+            command.Parameters.AddWithValue("key", bareKey);
             await using var reader = await command.ExecuteReaderAsync();
             return await reader.ReadAsync() ? new CreateOrGetResult<long>(reader.GetInt64(0), reader.GetBoolean(1)) : new CreateOrGetResult<long>(0, false);
         });
         Output.WriteLine($"bare statement after the concurrent commit: id {bare.Answer.Value} (0 = no row)");
         Assert.Equal(0, bare.Answer.Value);
+    }
+
+    [Theory]
+    [MemberData(nameof(FirstStatements))]
+    public async Task Whichever_statement_goes_first_150_concurrent_calls_for_a_new_and_an_existing_key_return_one_id_and_one_row(string first)
+    {
+        foreach (var existing in new[] { false, true })
+        {
+            var key = $"uma,victor,{first},{existing}";
+            long? before = existing ? (await _dataSource!.CreateOrGetAsync(Chats, [key, "t"], r => r.GetInt64(0), CancellationToken.None)).Value : null;
+            var chats = await PrimedChatsAsync(first); // all 150 read the primed first statement before any of them ends
+            var answers = await RaceAsync(150, (connection, _) => ((NpgsqlConnection)connection).CreateOrGetAsync(chats, [key, "t"], r => r.GetInt64(0)));
+
+            Assert.True(answers.Errors.IsEmpty, string.Join("\n", answers.Errors));
+            var id = Assert.Single(answers.Values.Select(a => a.Value).Distinct());
+            Assert.Equal(existing ? 0 : 1, answers.Values.Count(a => a.Created));
+            if (before is { } existingId)
+            {
+                Assert.Equal(existingId, id);
+            }
+
+            Assert.Equal(1L, await CountAsync($"SELECT count(*) FROM chats WHERE participants_key = '{key}'"));
+        }
+    }
+
+    [Fact]
+    public async Task Each_first_statement_sends_exactly_the_statements_it_promises()
+    {
+        // Round trips counted by Npgsql's own tracing: after four calls that created their rows the next sends only
+        // INSERT … ON CONFLICT DO NOTHING; after four that found theirs, only the SELECT; a call that breaks a streak
+        // costs one more statement and sends the next call back to the combined one.
+        var chats = new CreateOrGetDefinition("chats", ["participants_key", "title"], ["participants_key"], ["id"]);
+        await using var connection = await _dataSource!.OpenConnectionAsync();
+        var database = connection.Database;
+        var sent = new List<string>();
+        using var listener = new System.Diagnostics.ActivityListener
+        {
+            ShouldListenTo = source => source.Name == "Npgsql",
+            Sample = (ref System.Diagnostics.ActivityCreationOptions<System.Diagnostics.ActivityContext> _) => System.Diagnostics.ActivitySamplingResult.AllData,
+            ActivityStopped = activity =>
+            {
+                // This test's database only: tests of other classes run at the same time.
+                if (activity.GetTagItem("db.namespace") as string == database && activity.GetTagItem("db.query.text") is string text)
+                {
+                    lock (sent)
+                    {
+                        sent.Add(text.Split(' ')[0]);
+                    }
+                }
+            },
+        };
+        System.Diagnostics.ActivitySource.AddActivityListener(listener);
+
+        async Task<string> CallAsync(string key, bool created)
+        {
+            lock (sent)
+            {
+                sent.Clear();
+            }
+
+            var result = await connection.CreateOrGetAsync(chats, [key, "t"], r => r.GetInt64(0));
+            Assert.Equal(created, result.Created);
+            lock (sent)
+            {
+                return string.Join(" ", sent);
+            }
+        }
+
+        var expected = new List<(string Key, bool Created, string Statements)>
+        {
+            ("w1", true, "WITH"), ("w2", true, "WITH"), ("w3", true, "WITH"), ("w4", true, "WITH"),
+            ("w5", true, "INSERT"), ("w6", true, "INSERT"),
+            ("w1", false, "INSERT SELECT"), // breaks the streak: the insert met the row, then the read
+            ("w2", false, "WITH"), ("w3", false, "WITH"), ("w4", false, "WITH"),
+            ("w5", false, "SELECT"), ("w6", false, "SELECT"),
+            ("w7", true, "SELECT WITH"), // the read missed, then the combined statement inserted
+            ("w8", true, "WITH"),
+        };
+        var actual = new List<string>();
+        foreach (var (key, created, _) in expected)
+        {
+            actual.Add(await CallAsync("streak-" + key, created));
+        }
+
+        Output.WriteLine(string.Join(" | ", actual));
+        Assert.Equal(expected.Select(e => e.Statements), actual);
+    }
+
+    /// <summary>
+    /// A definition of its own (the first statement is chosen per definition) after four calls that all created their
+    /// rows ("insert"), all found them ("read"), or none ("combined").
+    /// </summary>
+    private async Task<CreateOrGetDefinition> PrimedChatsAsync(string first)
+    {
+        var chats = new CreateOrGetDefinition("chats", ["participants_key", "title"], ["participants_key"], ["id"]);
+        if (first == "combined")
+        {
+            return chats;
+        }
+
+        await using var connection = await _dataSource!.OpenConnectionAsync();
+        var prefix = "primer-" + Guid.NewGuid().ToString("N");
+        if (first == "read")
+        {
+            await _dataSource.CreateOrGetAsync(Chats, [prefix, "t"], r => r.GetInt64(0), CancellationToken.None);
+        }
+
+        for (var i = 0; i < 4; i++)
+        {
+            var created = first == "insert";
+            Assert.Equal(created, (await connection.CreateOrGetAsync(chats, [created ? prefix + i : prefix, "t"], r => r.GetInt64(0))).Created);
+        }
+
+        return chats;
     }
 
     [Fact]

@@ -19,6 +19,19 @@ internal sealed class CommandKeeping(bool keep, Func<DbCommand, bool>? isPrepare
     public Func<DbCommand, bool>? IsPrepared { get; } = isPrepared;
 }
 
+/// <summary>Which statement a PostgreSQL create-or-get sends first (see CreateOrGetStatements.FirstStatement).</summary>
+internal enum CreateOrGetFirst
+{
+    /// <summary>The one statement that reads and, only when it found nothing, inserts.</summary>
+    Combined,
+
+    /// <summary>The plain read by key; on a miss, the combined statement.</summary>
+    Read,
+
+    /// <summary><c>INSERT … ON CONFLICT DO NOTHING RETURNING</c>; when it inserted nothing, the read.</summary>
+    Insert,
+}
+
 internal static class DataLayerCommands
 {
     private const int MaxReads = 3;
@@ -64,8 +77,13 @@ internal static class DataLayerCommands
         // the row is absent), and the unique index alone decides. Inside the caller's transaction the insert goes first:
         // a read would start a snapshot that the insert may then be unable to upgrade (SQLITE_BUSY_SNAPSHOT in WAL mode
         // when another writer committed in between), and with BEGIN IMMEDIATE the write lock is held anyway.
-        // PostgreSQL's one statement reads first itself (DataLayerSql.CreateOrGet).
-        var readFirst = dialect == SqlDialect.Sqlite && transaction is null;
+        // PostgreSQL picks its first statement from the definition's recent calls (CreateOrGetStatements.FirstStatement).
+        var first = dialect == SqlDialect.PostgreSql ? sql.FirstStatement : CreateOrGetFirst.Combined;
+        var readFirst = dialect == SqlDialect.Sqlite ? transaction is null : first == CreateOrGetFirst.Read;
+        var insertText = first == CreateOrGetFirst.Insert ? sql.InsertOnly : sql.Insert;
+        // The combined PostgreSQL statement's last column says whether it inserted; a plain insert returns a row only
+        // when it inserted.
+        var createdOrdinal = dialect == SqlDialect.PostgreSql && first != CreateOrGetFirst.Insert ? definition.Returning.Count : -1;
         var opened = await OpenAsync(connection, cancellationToken).ConfigureAwait(false);
         // On a connection the caller keeps open, the commands stay prepared between calls (PreparedCommands).
         var prepared = keeping.Keep && !opened && !HasParameterObjects(values) ? Prepared.GetValue(connection, static c => new PreparedCommands(c)) : null;
@@ -76,7 +94,7 @@ internal static class DataLayerCommands
             for (var statement = 0; statement <= MaxReads + insertAt; statement++)
             {
                 var insert = statement == insertAt;
-                var text = insert ? sql.Insert : sql.Read;
+                var text = insert ? insertText : sql.Read;
                 DbCommand command;
                 KeptCommand? keptCommand = null;
                 if (prepared is not null)
@@ -114,7 +132,7 @@ internal static class DataLayerCommands
                 try
                 {
                     await PrepareAsync(command, keptCommand, keeping, dialect, cancellationToken).ConfigureAwait(false);
-                    row = await ReadRowAsync(command, insert, insert && dialect == SqlDialect.PostgreSql ? definition.Returning.Count : -1, read, cancellationToken).ConfigureAwait(false);
+                    row = await ReadRowAsync(command, insert, insert ? createdOrdinal : -1, read, cancellationToken).ConfigureAwait(false);
                     kept = keptCommand is not null && prepared!.Return(text, keptCommand);
                 }
                 finally
@@ -127,6 +145,11 @@ internal static class DataLayerCommands
 
                 if (row.Found)
                 {
+                    if (dialect == SqlDialect.PostgreSql)
+                    {
+                        sql.Observe(row.Created);
+                    }
+
                     if (row.Created)
                     {
                         DataLayerMetrics.Created(definition.Table);
@@ -134,10 +157,11 @@ internal static class DataLayerCommands
                     else
                     {
                         DataLayerMetrics.Found(definition.Table);
-                        if (statement > insertAt && (dialect == SqlDialect.PostgreSql || readFirst))
+                        if (readFirst ? statement >= insertAt : statement > insertAt && createdOrdinal >= 0)
                         {
-                            // Known only when the row was absent before the insert: PostgreSQL's one statement returned
-                            // nothing, or SQLite's first read found nothing. SQLite's insert-first cannot tell.
+                            // Known only when the row was absent before: a first read found nothing, or PostgreSQL's
+                            // combined statement returned nothing. An insert that goes first cannot tell whether the row
+                            // it met was there before or inserted concurrently.
                             Resolved(definition);
                         }
                     }
@@ -282,12 +306,62 @@ internal static class DataLayerCommands
     private static string[] SlugParameters(int values) =>
         [.. Enumerable.Range(0, values).Select(DataLayerSql.ValueParameter), DataLayerSql.BaseParameter, DataLayerSql.MaxLengthParameter, DataLayerSql.PatternParameter, DataLayerSql.OffsetParameter];
 
-    /// <summary>A definition's two statements and the parameters each takes, built once per definition and dialect.</summary>
-    private sealed class CreateOrGetStatements(string insert, string[] insertParameters, string read, string[] readParameters)
+    /// <summary>
+    /// A definition's statements and the parameters each takes, built once per definition and dialect, and on
+    /// PostgreSQL which statement its next call sends first.
+    /// </summary>
+    private sealed class CreateOrGetStatements(string insert, string insertOnly, string[] insertParameters, string read, string[] readParameters)
     {
+        /// <summary>
+        /// How many consecutive calls of a definition must have found (or created) their row before the next one sends
+        /// the plain read (or the plain insert) first on PostgreSQL.
+        /// </summary>
+        public const int Streak = 4;
+
+        // > 0: how many consecutive calls found their row; < 0: created it; capped at ±Streak so that a steady workload
+        // stops writing it. Read and written without a lock by concurrent calls: it only picks a statement, never an
+        // answer, so a lost update costs at most one round trip.
+        private int _run;
+
+        /// <summary>The combined statement on PostgreSQL (read, then insert only when nothing was found); the plain insert on SQLite.</summary>
         public string Insert { get; } = insert;
 
+        /// <summary><c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>: a row only when it inserted.</summary>
+        public string InsertOnly { get; } = insertOnly;
+
+        /// <summary>Both inserts take one parameter per column.</summary>
         public string[] InsertParameters { get; } = insertParameters;
+
+        /// <summary>
+        /// PostgreSQL's first statement. The combined statement answers a new and an existing row in one round trip,
+        /// but costs more than either half alone: its insert is planned and started even when the read found the row
+        /// (every node of a plan is initialised before it runs), and its read runs even before an insert that will
+        /// succeed. After <see cref="Streak"/> calls that all found their row, the next sends the plain read first (an
+        /// existing row then costs exactly a <c>SELECT</c>; a new one a read, then the combined statement); after as
+        /// many that all created theirs, the plain insert (a new row costs exactly an <c>INSERT … ON CONFLICT DO NOTHING
+        /// RETURNING</c>; an existing one that insert, then a read). One call that breaks the streak sends the next
+        /// back to the combined statement, so a mixed workload keeps one round trip per call. Every path is
+        /// conflict-safe on its own: the unique index decides, the reads are only shortcuts.
+        /// </summary>
+        public CreateOrGetFirst FirstStatement
+        {
+            get
+            {
+                var run = Volatile.Read(ref _run);
+                return run >= Streak ? CreateOrGetFirst.Read : run <= -Streak ? CreateOrGetFirst.Insert : CreateOrGetFirst.Combined;
+            }
+        }
+
+        /// <summary>Counts a call's outcome toward the streak.</summary>
+        public void Observe(bool created)
+        {
+            var run = Volatile.Read(ref _run);
+            var next = created ? (run < 0 ? Math.Max(run - 1, -Streak) : -1) : (run > 0 ? Math.Min(run + 1, Streak) : 1);
+            if (next != run)
+            {
+                Volatile.Write(ref _run, next);
+            }
+        }
 
         public string Read { get; } = read;
 
@@ -299,6 +373,7 @@ internal static class DataLayerCommands
             var table = DataLayerSql.Table(d.Table, d.Schema);
             return new(
                 DataLayerSql.CreateOrGet(dialect, table, d.Columns, d.KeyColumns, d.KeyOrdinals, d.Returning),
+                DataLayerSql.InsertOrNothing(table, d.Columns, d.KeyColumns, d.Returning),
                 [.. Enumerable.Range(0, d.Columns.Count).Select(DataLayerSql.ValueParameter)],
                 DataLayerSql.Read(table, d.KeyColumns, d.KeyOrdinals, d.Returning, createdColumn: dialect == SqlDialect.PostgreSql),
                 [.. d.KeyOrdinals.Select(DataLayerSql.ValueParameter)]);
