@@ -25,7 +25,9 @@ public static class DbSetDataLayerExtensions
     /// </summary>
     /// <remarks>
     /// On PostgreSQL one statement inserts or reads the existing row; one more read only when a concurrent insert of the
-    /// key committed while it ran. On SQLite outside a transaction a read by the key goes first (an existing row costs a
+    /// key committed while it ran. After 4 consecutive calls for the entity type that found their row, the next sends only
+    /// the plain read first; after 4 that created theirs, only the insert; a call that breaks the streak costs one more
+    /// statement and sends the next back to the one statement (as Idem.PostgreSql's helper does). On SQLite outside a transaction a read by the key goes first (an existing row costs a
     /// read, not an attempt at SQLite's single write lock), then the conflict-safe insert, then a read only when that
     /// met a row inserted concurrently; inside a transaction the insert goes first and the read follows only on conflict.
     /// </remarks>
@@ -62,20 +64,45 @@ public static class DbSetDataLayerExtensions
             }
         }
 
-        var keyColumns = keyOrdinals.Select(i => row.Columns[i]).ToArray();
-        var readSql = DataLayerSql.Read(mapping.Table, keyColumns, keyOrdinals, mapping.AllColumns, createdColumn: false);
+        var statements = mapping.CreateOrGet(row, keyOrdinals);
         var conflict = false;
         if (mapping.Dialect == SqlDialect.PostgreSql)
         {
-            // One statement: the insert with the read of an existing row (an inserted row comes back twice).
-            var rows = await ListAsync(set, DataLayerSql.CreateOrGetRows(mapping.Table, row.Columns, keyColumns, keyOrdinals, mapping.AllColumns), mapping.Parameters(row), 2, cancellationToken).ConfigureAwait(false);
-            if (rows.Count > 0)
+            // As the ADO.NET helper: the combined statement, or the plain read or insert after a streak of calls that
+            // found or created their row (CreateOrGetStreak).
+            var first = statements.Streak.First;
+            if (first == CreateOrGetFirst.Read
+                && await FirstAsync(set, statements.Read, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } found)
             {
-                return Answer(mapping, rows[0], created: rows.Count == 2, conflict: false);
+                statements.Streak.Observe(created: false);
+                return Answer(mapping, found, created: false, conflict: false);
             }
 
-            // Nothing: a concurrent insert of the key committed after the statement's snapshot; its row is read below.
-            conflict = true;
+            if (first == CreateOrGetFirst.Insert)
+            {
+                if (await FirstAsync(set, statements.InsertOnly, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
+                {
+                    statements.Streak.Observe(created: true);
+                    return Answer(mapping, inserted, created: true, conflict: false);
+                }
+
+                // The insert met a row: whether it was there before or inserted concurrently is unknown.
+            }
+            else
+            {
+                // One statement: the insert with the read of an existing row (an inserted row comes back twice).
+                var rows = await ListAsync(set, statements.Combined, mapping.Parameters(row), 2, cancellationToken).ConfigureAwait(false);
+                if (rows.Count > 0)
+                {
+                    var created = rows.Count == 2;
+                    statements.Streak.Observe(created);
+                    // After a read that missed, a row found here was inserted concurrently in between.
+                    return Answer(mapping, rows[0], created, conflict: !created && first == CreateOrGetFirst.Read);
+                }
+
+                // Nothing: a concurrent insert of the key committed after the statement's snapshot; its row is read below.
+                conflict = true;
+            }
         }
         else
         {
@@ -83,24 +110,28 @@ public static class DbSetDataLayerExtensions
             // attempt takes the single write lock); the insert below is still the conflict-safe one and the unique
             // index decides. Inside a transaction the insert goes first, as a read could pin a snapshot the insert
             // could not upgrade.
-            if (set.GetService<ICurrentDbContext>().Context.Database.CurrentTransaction is null
-                && await FirstAsync(set, readSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } found)
+            var readFirst = set.GetService<ICurrentDbContext>().Context.Database.CurrentTransaction is null;
+            if (readFirst && await FirstAsync(set, statements.Read, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } found)
             {
                 return Answer(mapping, found, created: false, conflict: false);
             }
 
-            var insertSql = DataLayerSql.InsertOrNothing(mapping.Table, row.Columns, keyColumns, mapping.AllColumns);
-            if (await FirstAsync(set, insertSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
+            if (await FirstAsync(set, statements.InsertOnly, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
             {
                 return Answer(mapping, inserted, created: true, conflict: false);
             }
 
-            conflict = true;
+            conflict = readFirst;
         }
 
-        var existing = await FirstAsync(set, readSql, mapping.Parameters(row), cancellationToken).ConfigureAwait(false)
+        var existing = await FirstAsync(set, statements.Read, mapping.Parameters(row), cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException(
-                $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", keyColumns)}).");
+                $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", statements.KeyColumns)}).");
+        if (mapping.Dialect == SqlDialect.PostgreSql)
+        {
+            statements.Streak.Observe(created: false);
+        }
+
         return Answer(mapping, existing, created: false, conflict);
     }
 

@@ -1,5 +1,7 @@
+using System.Collections.Concurrent;
 using System.Linq.Expressions;
 using System.Reflection;
+using System.Runtime.CompilerServices;
 using Idem.DataLayer;
 using Microsoft.EntityFrameworkCore;
 using Microsoft.EntityFrameworkCore.Infrastructure;
@@ -15,52 +17,35 @@ internal sealed class EntityTableMapping
     private const string NpgsqlProvider = "Npgsql.EntityFrameworkCore.PostgreSQL";
     private const string SqliteProvider = "Microsoft.EntityFrameworkCore.Sqlite";
 
-    private readonly DbContext _context;
-    private readonly StoreObjectIdentifier _storeObject;
+    private static readonly ConditionalWeakTable<IEntityType, TableShape> Shapes = new();
 
-    private EntityTableMapping(DbContext context, IEntityType entityType, SqlDialect dialect, ILogger logger)
+    private readonly DbContext _context;
+    private readonly TableShape _shape;
+    private ILogger? _logger;
+
+    private EntityTableMapping(DbContext context, TableShape shape, SqlDialect dialect)
     {
         _context = context;
-        EntityType = entityType;
+        _shape = shape;
         Dialect = dialect;
-        Logger = logger;
-        TableName = entityType.GetTableName()
-            ?? throw new InvalidOperationException($"The entity type '{entityType.DisplayName()}' is not mapped to a table.");
-        // Owned and complex types live in other columns (or tables) that these statements neither insert nor return:
-        // refused here rather than inserted half (a NOT NULL column failing, or a nullable one silently left empty).
-        if (entityType.GetNavigations().FirstOrDefault(n => n.TargetEntityType.IsOwned() && !n.IsOnDependent) is { } owned)
-        {
-            throw new NotSupportedException(
-                $"The entity type '{entityType.DisplayName()}' has the owned type '{owned.Name}': create-or-get and unique-slug inserts handle entity types whose columns are their own scalar properties (value converters apply). Use the ADO.NET helpers (Idem.PostgreSql, Idem.Sqlite) with the table's columns instead.");
-        }
-
-        if (entityType.GetComplexProperties().FirstOrDefault() is { } complex)
-        {
-            throw new NotSupportedException(
-                $"The entity type '{entityType.DisplayName()}' has the complex property '{complex.Name}' (not owned, but stored in its own columns): create-or-get and unique-slug inserts handle entity types whose columns are their own scalar properties (value converters apply). Use the ADO.NET helpers (Idem.PostgreSql, Idem.Sqlite) with the table's columns instead.");
-        }
-
-        _storeObject = StoreObjectIdentifier.Table(TableName, entityType.GetSchema());
-        Table = DataLayerSql.Table(TableName, entityType.GetSchema());
-        Mapped = [.. entityType.GetProperties().Where(p => p.GetColumnName(_storeObject) is not null)];
-        AllColumns = [.. Mapped.Select(Column)];
     }
 
-    public IEntityType EntityType { get; }
+    public IEntityType EntityType => _shape.EntityType;
 
     public SqlDialect Dialect { get; }
 
-    public ILogger Logger { get; }
+    /// <summary>The context's logger, made when something is logged (most calls log nothing).</summary>
+    public ILogger Logger => _logger ??= _context.GetService<ILoggerFactory>()?.CreateLogger("Idem.EntityFrameworkCore") ?? NullLogger.Instance;
 
     /// <summary>The table's name, unquoted (the metrics' tag).</summary>
-    public string TableName { get; }
+    public string TableName => _shape.TableName;
 
     /// <summary>The table's name, quoted, with its schema.</summary>
-    public string Table { get; }
+    public string Table => _shape.Table;
 
-    public IProperty[] Mapped { get; }
+    public IProperty[] Mapped => _shape.Mapped;
 
-    public string[] AllColumns { get; }
+    public string[] AllColumns => _shape.AllColumns;
 
     public static EntityTableMapping For<TEntity>(DbSet<TEntity> set)
         where TEntity : class
@@ -72,12 +57,20 @@ internal sealed class EntityTableMapping
             SqliteProvider => SqlDialect.Sqlite,
             var other => throw new NotSupportedException($"Idem.EntityFrameworkCore supports PostgreSQL (Npgsql) and SQLite; this context uses '{other}'."),
         };
-        var logger = context.GetService<ILoggerFactory>()?.CreateLogger("Idem.EntityFrameworkCore") ?? NullLogger.Instance;
-        return new EntityTableMapping(context, set.EntityType, dialect, logger);
+        // The model's entity types live as long as the model (built once per context type), so what is read from one is
+        // read once; a shape that cannot be mapped throws from the factory and is not kept.
+        return new EntityTableMapping(context, Shapes.GetValue(set.EntityType, static e => new TableShape(e)), dialect);
     }
 
-    public string Column(IProperty property) => property.GetColumnName(_storeObject)
-        ?? throw new ArgumentException($"The property '{property.Name}' has no column in '{TableName}'.");
+    /// <summary>
+    /// The create-or-get statements for a row that inserts <paramref name="row"/>'s columns with the natural key at
+    /// <paramref name="keyOrdinals"/>, built once per set of columns and key (an entity whose generated key is left to
+    /// the database inserts fewer columns than one that sets it).
+    /// </summary>
+    public CreateOrGetSql CreateOrGet(InsertRow row, int[] keyOrdinals) =>
+        _shape.Statements.GetOrAdd(new StatementKey(row.Properties, keyOrdinals), static (key, args) => new CreateOrGetSql(key, args), (_shape, row.Columns));
+
+    public string Column(IProperty property) => _shape.Column(property);
 
     /// <summary>The properties a lambda names: <c>e => e.A</c> or <c>e => new { e.A, e.B }</c>.</summary>
     public static IProperty[] Properties(IEntityType entityType, LambdaExpression expression, string parameterName)
@@ -171,4 +164,109 @@ internal sealed class EntityTableMapping
 internal sealed record InsertRow(string[] Columns, object?[] Values, IProperty[] Properties)
 {
     public int IndexOf(IProperty property) => Array.IndexOf(Properties, property);
+}
+
+/// <summary>What the model says of an entity type's table, read once per entity type.</summary>
+internal sealed class TableShape
+{
+    private readonly StoreObjectIdentifier _storeObject;
+
+    public TableShape(IEntityType entityType)
+    {
+        EntityType = entityType;
+        TableName = entityType.GetTableName()
+            ?? throw new InvalidOperationException($"The entity type '{entityType.DisplayName()}' is not mapped to a table.");
+        // Owned and complex types live in other columns (or tables) that these statements neither insert nor return:
+        // refused here rather than inserted half (a NOT NULL column failing, or a nullable one silently left empty).
+        if (entityType.GetNavigations().FirstOrDefault(n => n.TargetEntityType.IsOwned() && !n.IsOnDependent) is { } owned)
+        {
+            throw new NotSupportedException(
+                $"The entity type '{entityType.DisplayName()}' has the owned type '{owned.Name}': create-or-get and unique-slug inserts handle entity types whose columns are their own scalar properties (value converters apply). Use the ADO.NET helpers (Idem.PostgreSql, Idem.Sqlite) with the table's columns instead.");
+        }
+
+        if (entityType.GetComplexProperties().FirstOrDefault() is { } complex)
+        {
+            throw new NotSupportedException(
+                $"The entity type '{entityType.DisplayName()}' has the complex property '{complex.Name}' (not owned, but stored in its own columns): create-or-get and unique-slug inserts handle entity types whose columns are their own scalar properties (value converters apply). Use the ADO.NET helpers (Idem.PostgreSql, Idem.Sqlite) with the table's columns instead.");
+        }
+
+        _storeObject = StoreObjectIdentifier.Table(TableName, entityType.GetSchema());
+        Table = DataLayerSql.Table(TableName, entityType.GetSchema());
+        Mapped = [.. entityType.GetProperties().Where(p => p.GetColumnName(_storeObject) is not null)];
+        AllColumns = [.. Mapped.Select(Column)];
+    }
+
+    public IEntityType EntityType { get; }
+
+    public string TableName { get; }
+
+    public string Table { get; }
+
+    public IProperty[] Mapped { get; }
+
+    public string[] AllColumns { get; }
+
+    /// <summary>The create-or-get statements per inserted columns and key; a handful per entity type.</summary>
+    public ConcurrentDictionary<StatementKey, CreateOrGetSql> Statements { get; } = new();
+
+    public string Column(IProperty property) => property.GetColumnName(_storeObject)
+        ?? throw new ArgumentException($"The property '{property.Name}' has no column in '{TableName}'.");
+}
+
+/// <summary>Inserted properties and the key's ordinals among them, compared by their elements.</summary>
+internal sealed class StatementKey(IProperty[] inserted, int[] keyOrdinals) : IEquatable<StatementKey>
+{
+    public IProperty[] Inserted { get; } = inserted;
+
+    public int[] KeyOrdinals { get; } = keyOrdinals;
+
+    public bool Equals(StatementKey? other) =>
+        other is not null && Inserted.AsSpan().SequenceEqual(other.Inserted) && KeyOrdinals.AsSpan().SequenceEqual(other.KeyOrdinals);
+
+    public override bool Equals(object? obj) => Equals(obj as StatementKey);
+
+    public override int GetHashCode()
+    {
+        var hash = new HashCode();
+        foreach (var property in Inserted)
+        {
+            hash.Add(property);
+        }
+
+        foreach (var ordinal in KeyOrdinals)
+        {
+            hash.Add(ordinal);
+        }
+
+        return hash.ToHashCode();
+    }
+}
+
+/// <summary>A create-or-get's statements for one set of inserted columns and key, and on PostgreSQL its streak.</summary>
+internal sealed class CreateOrGetSql
+{
+    public CreateOrGetSql(StatementKey key, (TableShape Shape, string[] Columns) args)
+    {
+        var (shape, columns) = args;
+        var keyColumns = key.KeyOrdinals.Select(i => columns[i]).ToArray();
+        KeyColumns = keyColumns;
+        Read = DataLayerSql.Read(shape.Table, keyColumns, key.KeyOrdinals, shape.AllColumns, createdColumn: false);
+        Combined = DataLayerSql.CreateOrGetRows(shape.Table, columns, keyColumns, key.KeyOrdinals, shape.AllColumns);
+        InsertOnly = DataLayerSql.InsertOrNothing(shape.Table, columns, keyColumns, shape.AllColumns);
+    }
+
+    /// <summary>The natural key's columns.</summary>
+    public string[] KeyColumns { get; }
+
+    /// <summary>The read by key.</summary>
+    public string Read { get; }
+
+    /// <summary>PostgreSQL's one statement that reads and inserts only when it found nothing (an inserted row comes back twice).</summary>
+    public string Combined { get; }
+
+    /// <summary><c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>.</summary>
+    public string InsertOnly { get; }
+
+    /// <summary>PostgreSQL: which statement the next call sends first.</summary>
+    public CreateOrGetStreak Streak { get; } = new();
 }

@@ -19,19 +19,6 @@ internal sealed class CommandKeeping(bool keep, Func<DbCommand, bool>? isPrepare
     public Func<DbCommand, bool>? IsPrepared { get; } = isPrepared;
 }
 
-/// <summary>Which statement a PostgreSQL create-or-get sends first (see CreateOrGetStatements.FirstStatement).</summary>
-internal enum CreateOrGetFirst
-{
-    /// <summary>The one statement that reads and, only when it found nothing, inserts.</summary>
-    Combined,
-
-    /// <summary>The plain read by key; on a miss, the combined statement.</summary>
-    Read,
-
-    /// <summary><c>INSERT … ON CONFLICT DO NOTHING RETURNING</c>; when it inserted nothing, the read.</summary>
-    Insert,
-}
-
 internal static class DataLayerCommands
 {
     private const int MaxReads = 3;
@@ -77,8 +64,8 @@ internal static class DataLayerCommands
         // the row is absent), and the unique index alone decides. Inside the caller's transaction the insert goes first:
         // a read would start a snapshot that the insert may then be unable to upgrade (SQLITE_BUSY_SNAPSHOT in WAL mode
         // when another writer committed in between), and with BEGIN IMMEDIATE the write lock is held anyway.
-        // PostgreSQL picks its first statement from the definition's recent calls (CreateOrGetStatements.FirstStatement).
-        var first = dialect == SqlDialect.PostgreSql ? sql.FirstStatement : CreateOrGetFirst.Combined;
+        // PostgreSQL picks its first statement from the definition's recent calls (CreateOrGetStreak).
+        var first = dialect == SqlDialect.PostgreSql ? sql.Streak.First : CreateOrGetFirst.Combined;
         var readFirst = dialect == SqlDialect.Sqlite ? transaction is null : first == CreateOrGetFirst.Read;
         var insertText = first == CreateOrGetFirst.Insert ? sql.InsertOnly : sql.Insert;
         // The combined PostgreSQL statement's last column says whether it inserted; a plain insert returns a row only
@@ -147,7 +134,7 @@ internal static class DataLayerCommands
                 {
                     if (dialect == SqlDialect.PostgreSql)
                     {
-                        sql.Observe(row.Created);
+                        sql.Streak.Observe(row.Created);
                     }
 
                     if (row.Created)
@@ -312,17 +299,6 @@ internal static class DataLayerCommands
     /// </summary>
     private sealed class CreateOrGetStatements(string insert, string insertOnly, string[] insertParameters, string read, string[] readParameters)
     {
-        /// <summary>
-        /// How many consecutive calls of a definition must have found (or created) their row before the next one sends
-        /// the plain read (or the plain insert) first on PostgreSQL.
-        /// </summary>
-        public const int Streak = 4;
-
-        // > 0: how many consecutive calls found their row; < 0: created it; capped at ±Streak so that a steady workload
-        // stops writing it. Read and written without a lock by concurrent calls: it only picks a statement, never an
-        // answer, so a lost update costs at most one round trip.
-        private int _run;
-
         /// <summary>The combined statement on PostgreSQL (read, then insert only when nothing was found); the plain insert on SQLite.</summary>
         public string Insert { get; } = insert;
 
@@ -332,37 +308,10 @@ internal static class DataLayerCommands
         /// <summary>Both inserts take one parameter per column.</summary>
         public string[] InsertParameters { get; } = insertParameters;
 
-        /// <summary>
-        /// PostgreSQL's first statement. The combined statement answers a new and an existing row in one round trip,
-        /// but costs more than either half alone: its insert is planned and started even when the read found the row
-        /// (every node of a plan is initialised before it runs), and its read runs even before an insert that will
-        /// succeed. After <see cref="Streak"/> calls that all found their row, the next sends the plain read first (an
-        /// existing row then costs exactly a <c>SELECT</c>; a new one a read, then the combined statement); after as
-        /// many that all created theirs, the plain insert (a new row costs exactly an <c>INSERT … ON CONFLICT DO NOTHING
-        /// RETURNING</c>; an existing one that insert, then a read). One call that breaks the streak sends the next
-        /// back to the combined statement, so a mixed workload keeps one round trip per call. Every path is
-        /// conflict-safe on its own: the unique index decides, the reads are only shortcuts.
-        /// </summary>
-        public CreateOrGetFirst FirstStatement
-        {
-            get
-            {
-                var run = Volatile.Read(ref _run);
-                return run >= Streak ? CreateOrGetFirst.Read : run <= -Streak ? CreateOrGetFirst.Insert : CreateOrGetFirst.Combined;
-            }
-        }
+        /// <summary>PostgreSQL: which statement the definition's next call sends first.</summary>
+        public CreateOrGetStreak Streak { get; } = new();
 
-        /// <summary>Counts a call's outcome toward the streak.</summary>
-        public void Observe(bool created)
-        {
-            var run = Volatile.Read(ref _run);
-            var next = created ? (run < 0 ? Math.Max(run - 1, -Streak) : -1) : (run > 0 ? Math.Min(run + 1, Streak) : 1);
-            if (next != run)
-            {
-                Volatile.Write(ref _run, next);
-            }
-        }
-
+        /// <summary>The read by key (on PostgreSQL with a FALSE "created" column).</summary>
         public string Read { get; } = read;
 
         /// <summary>The read takes the key's values only.</summary>

@@ -52,7 +52,7 @@ internal static class DataLayerSql
     /// neither: then the statement returns nothing and <see cref="Read"/> runs once.
     /// On SQLite it is <see cref="InsertOrNothing"/>, with <see cref="Read"/> before it (outside a transaction) or after it.
     /// On PostgreSQL a definition whose recent calls all found (or all created) their row sends <see cref="Read"/> (or
-    /// <see cref="InsertOrNothing"/>) first instead (DataLayerCommands.CreateOrGetStatements.FirstStatement).
+    /// <see cref="InsertOrNothing"/>) first instead (<see cref="CreateOrGetStreak"/>).
     /// </summary>
     public static string CreateOrGet(SqlDialect dialect, string table, IReadOnlyList<string> columns, IReadOnlyList<string> keyColumns, IReadOnlyList<int> keyOrdinals, IReadOnlyList<string> returning)
     {
