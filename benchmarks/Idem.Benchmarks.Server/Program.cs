@@ -77,7 +77,9 @@ else if (store != "none")
                 return 2;
             }
 
-            idem.UsePostgreSqlStore(connection, o => o.CreateSchemaAutomatically = true).WithRedisResponseCache(redis);
+            // The tiered store's default local replay cache is measured as the cached cases (--local-cache), so the
+            // plain tiered cases measure the store itself.
+            idem.UsePostgreSqlStore(connection, o => o.CreateSchemaAutomatically = true).WithRedisResponseCache(redis, configureTiering: t => t.LocalReplayCache = null);
             break;
 
         default:

@@ -58,7 +58,10 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStoreAdmin
     }
 
     /// <inheritdoc />
-    /// <remarks>One statement; waiters on any node are notified as for a release.</remarks>
+    /// <remarks>
+    /// One statement; waiters on any node are notified as for a release, and every node's deletion subscribers
+    /// (<see cref="SubscribeToDeletions"/>) hear of it through the same channel when the deletion commits.
+    /// </remarks>
     public async ValueTask<bool> DeleteAsync(string key, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(key);
@@ -69,15 +72,17 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStoreAdmin
             using var command = new NpgsqlCommand(
                 $"""
                 WITH gone AS (DELETE FROM {QuotedTable} WHERE key = $1 RETURNING key, has_waiters)
-                SELECT CASE WHEN has_waiters THEN pg_notify($2, key)::text END FROM gone
+                SELECT CASE WHEN has_waiters THEN pg_notify($2, key)::text END, pg_notify($2, $3 || key)::text FROM gone
                 """,
                 connection);
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NotificationChannel });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = DeletedPayloadPrefix });
             var deleted = await ReturnsRowAsync(command, cancellationToken).ConfigureAwait(false);
             if (deleted)
             {
                 _signals.Signal(key);
+                _deletionSubscribers.Deleted(key); // This process at once, even while its listener is down.
             }
 
             return deleted;

@@ -9,10 +9,15 @@ namespace Idem.PostgreSql;
 /// release are one statement (one round trip) each; leases and retention are judged by the server's clock
 /// (<c>clock_timestamp()</c>), never by the nodes'. Completions and releases of keys someone waits for are announced
 /// with <c>NOTIFY</c> and heard by one shared <c>LISTEN</c> connection per store instance, which reconnects by itself;
-/// while it is down, waiters simply time out and the executor polls.
+/// while it is down, waiters simply time out and the executor polls. Deletions (<see cref="DeleteAsync"/>) are announced
+/// on the same channel for <see cref="SubscribeToDeletions"/>.
 /// </summary>
-public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore, IAsyncDisposable, IDisposable
+public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore, IIdempotencyDeletionNotifier, IAsyncDisposable, IDisposable
 {
+    // A deletion's payload on the notification channel: this prefix, then the store key. Store keys are hashes in hex
+    // (and a key that began with it would only make waiters read again or a node forget a cached copy: both harmless).
+    private const string DeletedPayloadPrefix = "\u001Fdeleted:";
+
     // What the batched completion fails with when the owner lost the key (see _completeForCommitSql).
     private const string LostClaimMarker = "idem: this owner no longer holds the key";
     private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases, principal_hash, operation";
@@ -26,6 +31,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
     private readonly bool _ownsDataSource;
     private readonly ILogger _logger;
     private readonly KeyChangeSignals _signals = new();
+    private readonly DeletionSubscribers _deletionSubscribers = new();
     private readonly CancellationTokenSource _disposing = new();
     private readonly Task _listener;
     private readonly string _claimSql, _completeSql, _completeForCommitSql, _releaseSql, _renewSql, _getSql, _isUnchangedSql, _purgeSql, _recordPhasesSql;
@@ -198,6 +204,13 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
 
     /// <summary>How many claim statements ran again because their snapshot predated a concurrent claim; for tests.</summary>
     internal long StaleSnapshotRetries => Interlocked.Read(ref _staleSnapshotRetries);
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Heard through this store's <c>LISTEN</c> connection, so from every node and the CLI once the deletion commits;
+    /// <paramref name="missed"/> runs each time that connection is established again.
+    /// </remarks>
+    public IDisposable SubscribeToDeletions(Action<string> deleted, Action missed) => _deletionSubscribers.Add(deleted, missed);
 
     /// <summary>
     /// Creates or upgrades the schema, for <see cref="PostgreSqlIdempotencyStoreOptions.CreateSchemaAutomatically"/> and
@@ -834,12 +847,25 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
                 var connection = await _listenerDataSource.OpenConnectionAsync(stopping).ConfigureAwait(false);
                 await using (connection.ConfigureAwait(false))
                 {
-                    connection.Notification += (_, e) => _signals.Signal(e.Payload);
+                    connection.Notification += (_, e) =>
+                    {
+                        if (e.Payload.StartsWith(DeletedPayloadPrefix, StringComparison.Ordinal))
+                        {
+                            _deletionSubscribers.Deleted(e.Payload[DeletedPayloadPrefix.Length..]);
+                        }
+                        else
+                        {
+                            _signals.Signal(e.Payload);
+                        }
+                    };
                     using (var command = new NpgsqlCommand(listen, connection))
                     {
                         await command.ExecuteNonQueryAsync(stopping).ConfigureAwait(false);
                     }
 
+                    // Deletions committed while no LISTEN was up went unheard: the subscribers forget what they kept
+                    // (before the process id is published, which tests take as "listening").
+                    _deletionSubscribers.Missed();
                     _listenerProcessId = connection.ProcessID;
                     delay = _options.ListenerReconnectMinDelay;
                     Log.Listening(_logger, _options.NotificationChannel);

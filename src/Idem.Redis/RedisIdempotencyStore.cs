@@ -17,7 +17,7 @@ namespace Idem.Redis;
 /// Redis failover is not acceptable, use PostgreSQL as the authority with Redis as a response cache
 /// (<c>UsePostgreSqlStore(…).WithRedisResponseCache(…)</c>).
 /// </remarks>
-public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDisposable, IDisposable
+public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IIdempotencyDeletionNotifier, IAsyncDisposable, IDisposable
 {
     // Every script reads Redis's clock itself: leases and retention never depend on a node's clock.
     private const string Now = """
@@ -99,6 +99,10 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDis
     private readonly RedisValue _channelName;
     private readonly ILogger _logger;
     private readonly KeyChangeSignals _signals = new();
+    private readonly DeletionSubscribers _deletionSubscribers = new();
+    private int _deletionListenerStarted;
+    private volatile bool _listeningForDeletions;
+    private IConnectionMultiplexer? _restoreWatched;
     private readonly object _subscribeGate = new();
     private readonly Action<RedisChannel, RedisValue> _onMessage;
     private Task? _subscribed;
@@ -129,11 +133,92 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDis
         _logger = loggerFactory?.CreateLogger<RedisIdempotencyStore>() ?? NullLogger<RedisIdempotencyStore>.Instance;
         _onMessage = (_, message) =>
         {
-            if (!message.IsNullOrEmpty)
+            if (message.IsNullOrEmpty)
             {
-                _signals.Signal(message!);
+                return;
+            }
+
+            var text = (string)message!;
+            if (text.StartsWith(DeletedMessagePrefix, StringComparison.Ordinal))
+            {
+                _deletionSubscribers.Deleted(text[DeletedMessagePrefix.Length..]);
+            }
+            else
+            {
+                _signals.Signal(text);
             }
         };
+    }
+
+    /// <summary>A deletion's message on the change channel: this prefix, then the store key (store keys are hashes in hex).</summary>
+    internal const string DeletedMessagePrefix = "\u001Fdeleted:";
+
+    /// <inheritdoc />
+    /// <remarks>
+    /// Heard on the store's change channel (<c>&lt;prefix&gt;changed</c>, the subscription waiters use), published by
+    /// <see cref="DeleteAsync"/> on any node or process. The first subscriber makes the store subscribe, retrying in the
+    /// background until Redis answers; <paramref name="missed"/> runs once subscribed and after every reconnection of the
+    /// subscription's connection (StackExchange.Redis subscribes again by itself).
+    /// </remarks>
+    public IDisposable SubscribeToDeletions(Action<string> deleted, Action missed)
+    {
+        var subscription = _deletionSubscribers.Add(deleted, missed);
+        if (Interlocked.Exchange(ref _deletionListenerStarted, 1) == 0)
+        {
+            _ = Task.Run(ListenForDeletionsAsync);
+        }
+
+        return subscription;
+    }
+
+    /// <summary>Whether the store hears deletions (subscribed for its deletion subscribers); for tests.</summary>
+    internal bool ListeningForDeletions => _listeningForDeletions;
+
+    /// <summary>Subscribes to the change channel for deletions, retrying with a capped back-off until it is done or the store is disposed.</summary>
+    private async Task ListenForDeletionsAsync()
+    {
+        var delay = TimeSpan.FromMilliseconds(100);
+        while (Volatile.Read(ref _disposed) == 0)
+        {
+            try
+            {
+                var multiplexer = await _connection.GetMultiplexerAsync(CancellationToken.None).ConfigureAwait(false);
+                lock (_subscribeGate)
+                {
+                    if (_restoreWatched is null)
+                    {
+                        _restoreWatched = multiplexer;
+                        multiplexer.ConnectionRestored += OnConnectionRestored;
+                    }
+                }
+
+                await EnsureSubscribedAsync(CancellationToken.None).ConfigureAwait(false);
+                if (Volatile.Read(ref _subscribed) is { IsCompletedSuccessfully: true })
+                {
+                    _deletionSubscribers.Missed();
+                    _listeningForDeletions = true; // after "missed": tests take it as "listening"
+                    return;
+                }
+            }
+#pragma warning disable CA1031 // Retried until Redis answers; EnsureSubscribedAsync logs its own failures.
+            catch (Exception ex)
+#pragma warning restore CA1031
+            {
+                Log.SubscribeFailed(_logger, ex, _channel.ToString());
+            }
+
+            await Task.Delay(delay).ConfigureAwait(false);
+            delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
+        }
+    }
+
+    private void OnConnectionRestored(object? sender, ConnectionFailedEventArgs e)
+    {
+        if (e.ConnectionType == ConnectionType.Subscription)
+        {
+            // Messages published while the subscription's connection was down were lost.
+            _deletionSubscribers.Missed();
+        }
     }
 
     /// <summary>The Redis key a store key is kept under; for diagnostics and tests.</summary>
@@ -308,6 +393,10 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDis
         lock (_subscribeGate)
         {
             subscriber = _subscriber;
+            if (_restoreWatched is not null)
+            {
+                _restoreWatched.ConnectionRestored -= OnConnectionRestored;
+            }
         }
 
         if (subscriber is not null)
@@ -344,6 +433,10 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IAsyncDis
         lock (_subscribeGate)
         {
             subscriber = _subscriber;
+            if (_restoreWatched is not null)
+            {
+                _restoreWatched.ConnectionRestored -= OnConnectionRestored;
+            }
         }
 
         subscriber?.Unsubscribe(_channel, _onMessage, CommandFlags.FireAndForget);

@@ -36,7 +36,9 @@ public static class IdempotencyBuilderExtensions
     /// <summary>
     /// Puts <paramref name="cacheFactory"/>'s cache of completed responses in front of the store registered so far, which
     /// stays the authority for every claim (see <see cref="TieredIdempotencyStore"/>). Call it after the store's
-    /// <c>Use…Store</c>; a store registered later replaces the tiered store entirely.
+    /// <c>Use…Store</c>; a store registered later replaces the tiered store entirely. By default a node-local cache of
+    /// completed records goes in front of the tiered store (<see cref="TieredIdempotencyStoreOptions.LocalReplayCache"/>;
+    /// set it to <see langword="null"/> to turn it off).
     /// </summary>
     /// <param name="builder">The builder from <c>AddIdempotency()</c>, with a durable store registered.</param>
     /// <param name="cacheFactory">Creates the cache; the tiered store disposes it (and the durable store) with itself.</param>
@@ -96,7 +98,7 @@ public static class IdempotencyBuilderExtensions
                 throw;
             }
 
-            return new TieredIdempotencyStore(
+            var tiered = new TieredIdempotencyStore(
                 store,
                 cache,
                 options,
@@ -105,6 +107,9 @@ public static class IdempotencyBuilderExtensions
                 sp.GetService<IdempotencyMetrics>(),
                 ownsDurable,
                 ownsCache: true);
+            return options.LocalReplayCache is { } local
+                ? new LocalReplayCacheStore(tiered, local, sp.GetService<TimeProvider>(), sp.GetService<IdempotencyMetrics>(), ownsInner: true)
+                : tiered;
         });
     }
 }

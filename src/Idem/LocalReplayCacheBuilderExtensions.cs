@@ -8,7 +8,8 @@ public static class LocalReplayCacheBuilderExtensions
     /// <summary>
     /// Serves replays of completed records from this node's memory, in front of the store registered so far (which stays
     /// the authority for every claim, completion and read). Call it last, after the store's <c>Use…Store</c> and any
-    /// <c>With…ResponseCache</c>; a store registered later replaces it entirely.
+    /// <c>With…ResponseCache</c>; a store registered later replaces it entirely. A tiered store registered with
+    /// <c>With…ResponseCache</c> has one already: this replaces it with one of these options.
     /// </summary>
     /// <param name="builder">The builder from <c>AddIdempotency()</c>, with a store registered.</param>
     /// <param name="configure">Adjusts the size bound, the clock tolerance and whether completions are cached.</param>
@@ -53,11 +54,15 @@ public static class LocalReplayCacheBuilderExtensions
         };
         var ownsInner = registered.ImplementationInstance is null;
 
-        return builder.UseStore(sp => new LocalReplayCacheStore(
-            createInner(sp),
-            options,
-            sp.GetService<TimeProvider>(),
-            sp.GetService<IdempotencyMetrics>(),
-            ownsInner));
+        return builder.UseStore(sp =>
+        {
+            var inner = createInner(sp);
+            return new LocalReplayCacheStore(
+                inner is LocalReplayCacheStore existing ? existing.Detach() : inner, // the tiered store's default one, replaced
+                options,
+                sp.GetService<TimeProvider>(),
+                sp.GetService<IdempotencyMetrics>(),
+                ownsInner);
+        });
     }
 }

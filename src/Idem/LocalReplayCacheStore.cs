@@ -23,8 +23,16 @@ namespace Idem;
 /// insert takes only the concurrent dictionary's per-bucket lock; eviction runs on one inserting thread at a time, and
 /// the others skip it rather than wait.
 /// </para>
+/// <para>
+/// An operator may still delete a record before it expires (<see cref="IIdempotencyStoreAdmin.DeleteAsync"/>, for example
+/// <c>idem keys purge KEY</c>). When the store tells its nodes of deletions (<see cref="IIdempotencyDeletionNotifier"/>:
+/// the PostgreSQL, Redis and tiered stores do), the cache forgets a deleted key as soon as the store's notification
+/// arrives, and forgets everything when the store says notifications may have been missed; a record read from the store
+/// while a deletion arrived is not cached. Over a store that does not notify, a deleted record may be replayed from a
+/// node's cache until its retention ends.
+/// </para>
 /// </remarks>
-public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable, IDisposable
+public sealed class LocalReplayCacheStore : IIdempotencyStore, IIdempotencyHealthReporter, IAsyncDisposable, IDisposable
 {
     // A fixed estimate of what an entry costs besides its strings and body: the entry, the record, the stored response,
     // the header array and the dictionary node.
@@ -50,6 +58,11 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
     private long _hits;
     private int _disposed;
 
+    // Advanced by every deletion notification (and every "missed"): a record read from the store or completed while it
+    // moved may be a deleted one, and is not cached.
+    private long _deletionEpoch;
+    private readonly IDisposable? _deletions;
+
     /// <summary>Creates a cache in front of <paramref name="inner"/>, which the caller owns and disposes.</summary>
     /// <param name="inner">The store that stays the authority.</param>
     /// <param name="options">The size bound and clock tolerance; the defaults when <see langword="null"/>.</param>
@@ -71,6 +84,7 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
         _metrics = metrics;
         _ownsInner = ownsInner;
         _maxEntryBytes = copy.MaxBytes / 16;
+        _deletions = (inner as IIdempotencyDeletionNotifier)?.SubscribeToDeletions(OnDeleted, OnDeletionsMissed);
     }
 
     /// <summary>The store every miss and every write goes to.</summary>
@@ -107,10 +121,11 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
             Remove(entry);
         }
 
+        var epoch = Volatile.Read(ref _deletionEpoch);
         var pending = _inner.TryClaimAsync(request, cancellationToken);
         return pending.IsCompletedSuccessfully
-            ? new ValueTask<ClaimResult>(OnClaimed(request, pending.Result))
-            : AwaitClaimAsync(pending, request);
+            ? new ValueTask<ClaimResult>(OnClaimed(request, pending.Result, epoch))
+            : AwaitClaimAsync(pending, request, epoch);
     }
 
     /// <inheritdoc />
@@ -163,13 +178,24 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
     }
 
     /// <inheritdoc />
+    /// <remarks>The inner store's health (its own report when it gives one, as the tiered store does): the cache cannot fail.</remarks>
+    public ValueTask<IdempotencyHealthResult> CheckHealthAsync(TimeSpan timeout, CancellationToken cancellationToken) =>
+        IdempotencyStoreHealth.ProbeAsync(_inner, timeout, cancellationToken);
+
+    /// <inheritdoc />
     public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken) =>
         _inner.WaitForChangeAsync(key, observedOwner, timeout, cancellationToken);
 
-    /// <summary>Disposes the inner store when this cache was registered over it (through the builder).</summary>
+    /// <summary>Stops listening for deletions, and disposes the inner store when this cache was registered over it (through the builder).</summary>
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0 || !_ownsInner)
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _deletions?.Dispose();
+        if (!_ownsInner)
         {
             return;
         }
@@ -184,10 +210,16 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
         }
     }
 
-    /// <summary>Disposes the inner store when this cache was registered over it; prefer <see cref="DisposeAsync"/>.</summary>
+    /// <summary>Stops listening for deletions, and disposes the inner store when this cache was registered over it; prefer <see cref="DisposeAsync"/>.</summary>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0 || !_ownsInner)
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return;
+        }
+
+        _deletions?.Dispose();
+        if (!_ownsInner)
         {
             return;
         }
@@ -195,10 +227,10 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
         (_inner as IDisposable)?.Dispose();
     }
 
-    private async ValueTask<ClaimResult> AwaitClaimAsync(ValueTask<ClaimResult> pending, ClaimRequest request) =>
-        OnClaimed(request, await pending.ConfigureAwait(false));
+    private async ValueTask<ClaimResult> AwaitClaimAsync(ValueTask<ClaimResult> pending, ClaimRequest request, long epoch) =>
+        OnClaimed(request, await pending.ConfigureAwait(false), epoch);
 
-    private ClaimResult OnClaimed(ClaimRequest request, ClaimResult result)
+    private ClaimResult OnClaimed(ClaimRequest request, ClaimResult result, long epoch)
     {
         switch (result.Status)
         {
@@ -207,7 +239,7 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
                 var remaining = completed.ExpiresAt - _timeProvider.GetUtcNow() - _options.StoreClockTolerance;
                 if (remaining > TimeSpan.Zero)
                 {
-                    Insert(request.Key, completed, _timeProvider.GetTimestamp() + ToTimestampTicks(remaining));
+                    Insert(request.Key, completed, _timeProvider.GetTimestamp() + ToTimestampTicks(remaining), epoch);
                 }
 
                 break;
@@ -229,6 +261,7 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
     {
         // Taken before the completion is sent: the store starts the retention no earlier than this.
         var sentAt = _timeProvider.GetTimestamp();
+        var epoch = Volatile.Read(ref _deletionEpoch);
         var completed = await _inner.CompleteAsync(key, ownerToken, response, retention, cancellationToken).ConfigureAwait(false);
         if (completed)
         {
@@ -244,7 +277,7 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
                 ExpiresAt = now + retention,
                 Response = new StoredResponse(response.StatusCode, response.Headers.ToArray(), response.Body.ToArray()) { BodyOmitted = response.BodyOmitted },
             };
-            Insert(key, record, sentAt + ToTimestampTicks(retention));
+            Insert(key, record, sentAt + ToTimestampTicks(retention), epoch);
         }
 
         return completed;
@@ -252,10 +285,11 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
 
     private long ToTimestampTicks(TimeSpan span) => (long)(span.TotalSeconds * _timeProvider.TimestampFrequency);
 
-    private void Insert(string key, IdempotencyRecord record, long expiresAt)
+    /// <summary>Caches <paramref name="record"/> unless a deletion was heard since <paramref name="epoch"/> was read.</summary>
+    private void Insert(string key, IdempotencyRecord record, long expiresAt, long epoch)
     {
         var size = EstimateBytes(record);
-        if (size > _maxEntryBytes)
+        if (size > _maxEntryBytes || epoch != Volatile.Read(ref _deletionEpoch))
         {
             return;
         }
@@ -278,6 +312,14 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
 
         Interlocked.Add(ref _bytes, size);
         Interlocked.Increment(ref _count);
+        if (epoch != Volatile.Read(ref _deletionEpoch))
+        {
+            // A deletion arrived while this entry went in: its Forget may have run before the add. The epoch moves before
+            // each Forget, so either this sees it or that Forget sees the entry.
+            Remove(entry);
+            return;
+        }
+
         _clock.Enqueue(entry);
         Interlocked.Increment(ref _queued);
         if (Interlocked.Read(ref _bytes) > _options.MaxBytes || QueueBloated())
@@ -336,6 +378,32 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IAsyncDisposable,
         {
             Volatile.Write(ref _evicting, 0);
         }
+    }
+
+    private void OnDeleted(string key)
+    {
+        Interlocked.Increment(ref _deletionEpoch);
+        Forget(key);
+    }
+
+    private void OnDeletionsMissed()
+    {
+        Interlocked.Increment(ref _deletionEpoch);
+        foreach (var pair in _entries)
+        {
+            Remove(pair.Value);
+        }
+    }
+
+    /// <summary>
+    /// Stops listening for deletions and hands over the inner store without disposing it, for a registration that
+    /// replaces this cache with another in front of the same store.
+    /// </summary>
+    internal IIdempotencyStore Detach()
+    {
+        _deletions?.Dispose();
+        Interlocked.Exchange(ref _disposed, 1);
+        return _inner;
     }
 
     private void Forget(string key)

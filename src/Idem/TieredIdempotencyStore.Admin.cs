@@ -1,8 +1,20 @@
 namespace Idem;
 
 /// <summary>Administration of a tiered store goes to its durable store; a deletion also drops the cached copy.</summary>
-public sealed partial class TieredIdempotencyStore : IIdempotencyStoreAdmin
+public sealed partial class TieredIdempotencyStore : IIdempotencyStoreAdmin, IIdempotencyDeletionNotifier
 {
+    /// <inheritdoc />
+    /// <remarks>
+    /// The durable store's notifications (a deletion always goes through it first); when the durable store sends none,
+    /// the subscription never calls back, and a node's copies live until their records expire.
+    /// </remarks>
+    public IDisposable SubscribeToDeletions(Action<string> deleted, Action missed)
+    {
+        ArgumentNullException.ThrowIfNull(deleted);
+        ArgumentNullException.ThrowIfNull(missed);
+        return _durable is IIdempotencyDeletionNotifier notifier ? notifier.SubscribeToDeletions(deleted, missed) : NoSubscription.Instance;
+    }
+
     /// <inheritdoc />
     public IAsyncEnumerable<IdempotencyRecord> ListAsync(IdempotencyRecordQuery query, CancellationToken cancellationToken) =>
         DurableAdmin.ListAsync(query, cancellationToken);
@@ -38,4 +50,14 @@ public sealed partial class TieredIdempotencyStore : IIdempotencyStoreAdmin
 
     private IIdempotencyStoreAdmin DurableAdmin => _durable as IIdempotencyStoreAdmin
         ?? throw new NotSupportedException($"The durable store {_durable.GetType().Name} does not implement {nameof(IIdempotencyStoreAdmin)}.");
+}
+
+/// <summary>A subscription to nothing.</summary>
+internal sealed class NoSubscription : IDisposable
+{
+    public static readonly NoSubscription Instance = new();
+
+    public void Dispose()
+    {
+    }
 }

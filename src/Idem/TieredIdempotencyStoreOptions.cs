@@ -17,6 +17,17 @@ public sealed class TieredIdempotencyStoreOptions
     /// <value>Default: 5 s. Range: 0 (never skip) to 10 min.</value>
     public TimeSpan CacheBackoff { get; set; } = TimeSpan.FromSeconds(5);
 
+    /// <summary>
+    /// The node's in-process cache of completed records in front of the tiered store when it is registered with
+    /// <c>WithResponseCache</c> (or <c>WithRedisResponseCache</c>): replays of hot keys are answered from memory, without
+    /// a round trip to the response cache or the durable store (<see cref="LocalReplayCacheStore"/>). A record an operator
+    /// deletes is forgotten on every node when the durable store's deletion notification arrives
+    /// (<see cref="IIdempotencyDeletionNotifier"/>; PostgreSQL's <c>NOTIFY</c>). <see langword="null"/> turns it off.
+    /// A <see cref="TieredIdempotencyStore"/> constructed directly has none.
+    /// </summary>
+    /// <value>Default: on, with <see cref="LocalReplayCacheOptions"/>' defaults (16 MiB).</value>
+    public LocalReplayCacheOptions? LocalReplayCache { get; set; } = new();
+
     /// <summary>Throws when the options cannot work.</summary>
     /// <exception cref="InvalidOperationException">An option is out of range.</exception>
     public void Validate()
@@ -30,7 +41,14 @@ public sealed class TieredIdempotencyStoreOptions
         {
             throw new InvalidOperationException($"{nameof(CacheBackoff)} must be between 0 and 10 minutes.");
         }
+
+        LocalReplayCache?.Validate();
     }
 
-    internal TieredIdempotencyStoreOptions Clone() => (TieredIdempotencyStoreOptions)MemberwiseClone();
+    internal TieredIdempotencyStoreOptions Clone()
+    {
+        var copy = (TieredIdempotencyStoreOptions)MemberwiseClone();
+        copy.LocalReplayCache = LocalReplayCache?.Clone();
+        return copy;
+    }
 }

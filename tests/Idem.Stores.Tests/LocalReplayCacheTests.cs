@@ -127,6 +127,91 @@ public sealed class LocalReplayCacheTests
     }
 
     [Fact]
+    public async Task A_record_read_while_a_deletion_of_it_arrives_is_not_cached()
+    {
+        // The interleaving a real channel cannot be made to produce on demand: the store's notification of a deletion
+        // lands while the claim that read the (now deleted) record is on its way back. That record must not be kept.
+        var shared = new InMemoryIdempotencyStore();
+        var notifying = new DeletionDuringRead(shared);
+        var node = new LocalReplayCacheStore(notifying);
+        var key = NewKey();
+        var owner = Guid.NewGuid();
+        await shared.TryClaimAsync(Claim(key, owner), CancellationToken.None);
+        Assert.True(await shared.CompleteAsync(key, owner, Response(), Retention, CancellationToken.None));
+
+        notifying.DeleteDuringNextRead = key;
+        Assert.Equal(ClaimStatus.Completed, (await node.TryClaimAsync(Claim(key, Guid.NewGuid()), CancellationToken.None)).Status);
+        Assert.Equal(0, node.Count);
+
+        // Without a deletion in flight the same read is kept.
+        Assert.Equal(ClaimStatus.Completed, (await node.TryClaimAsync(Claim(key, Guid.NewGuid()), CancellationToken.None)).Status);
+        Assert.Equal(1, node.Count);
+
+        // A deletion heard later drops it; "missed" drops everything.
+        notifying.Deleted(key);
+        Assert.Equal(0, node.Count);
+        Assert.Equal(ClaimStatus.Completed, (await node.TryClaimAsync(Claim(key, Guid.NewGuid()), CancellationToken.None)).Status);
+        Assert.Equal(1, node.Count);
+        notifying.Missed();
+        Assert.Equal(0, node.Count);
+
+        await node.DisposeAsync();
+        Assert.Equal(0, notifying.Subscribers);
+    }
+
+    /// <summary>An in-memory store that announces deletions as the tests tell it, one of them in the middle of a read.</summary>
+    private sealed class DeletionDuringRead(InMemoryIdempotencyStore inner) : IIdempotencyStore, IIdempotencyDeletionNotifier
+    {
+        private readonly List<(Action<string> Deleted, Action Missed)> _subscribers = [];
+
+        public string? DeleteDuringNextRead { get; set; }
+
+        public int Subscribers => _subscribers.Count;
+
+        public IDisposable SubscribeToDeletions(Action<string> deleted, Action missed)
+        {
+            var subscriber = (deleted, missed);
+            _subscribers.Add(subscriber);
+            return new Unsubscribe(() => _subscribers.Remove(subscriber));
+        }
+
+        public void Deleted(string key) => _subscribers.ForEach(s => s.Deleted(key));
+
+        public void Missed() => _subscribers.ForEach(s => s.Missed());
+
+        public async ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken)
+        {
+            var result = await inner.TryClaimAsync(request, cancellationToken);
+            if (DeleteDuringNextRead == request.Key)
+            {
+                DeleteDuringNextRead = null;
+                Deleted(request.Key);
+            }
+
+            return result;
+        }
+
+        public ValueTask<bool> CompleteAsync(string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken) =>
+            inner.CompleteAsync(key, ownerToken, response, retention, cancellationToken);
+
+        public ValueTask<bool> ReleaseAsync(string key, Guid ownerToken, CancellationToken cancellationToken) => inner.ReleaseAsync(key, ownerToken, cancellationToken);
+
+        public ValueTask<bool> RenewAsync(string key, Guid ownerToken, TimeSpan lease, CancellationToken cancellationToken) => inner.RenewAsync(key, ownerToken, lease, cancellationToken);
+
+        public ValueTask<IdempotencyRecord?> GetAsync(string key, CancellationToken cancellationToken) => inner.GetAsync(key, cancellationToken);
+
+        public ValueTask<int> PurgeExpiredAsync(int maxRecords, CancellationToken cancellationToken) => inner.PurgeExpiredAsync(maxRecords, cancellationToken);
+
+        public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken) =>
+            inner.WaitForChangeAsync(key, observedOwner, timeout, cancellationToken);
+
+        private sealed class Unsubscribe(Action action) : IDisposable
+        {
+            public void Dispose() => action();
+        }
+    }
+
+    [Fact]
     public async Task The_cache_stays_within_its_byte_bound_and_keeps_a_hot_record()
     {
         var time = new FakeTimeProvider();
@@ -256,6 +341,11 @@ public sealed class LocalReplayCachePostgreSqlTests(PostgreSqlServer server)
         await storeA.MigrateAsync(CancellationToken.None);
         var nodeA = new LocalReplayCacheStore(storeA, new LocalReplayCacheOptions { CacheCompletions = true, StoreClockTolerance = TimeSpan.FromMilliseconds(200) });
         var nodeB = new LocalReplayCacheStore(storeB, new LocalReplayCacheOptions { StoreClockTolerance = TimeSpan.FromMilliseconds(200) });
+        for (var i = 0; i < 500 && (storeA.ListenerProcessId == 0 || storeB.ListenerProcessId == 0); i++)
+        {
+            await Task.Delay(20); // a listener's start tells the cache "missed", which empties it
+        }
+
         var retention = TimeSpan.FromSeconds(2);
         var key = NewKey();
         var owner = Guid.NewGuid();

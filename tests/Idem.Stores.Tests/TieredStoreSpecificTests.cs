@@ -211,7 +211,7 @@ public sealed class TieredStoreSpecificTests(PostgreSqlServer postgres, RedisSer
         _disposables.Add(durable);
         await durable.MigrateAsync(CancellationToken.None);
         builder.UsePostgreSqlStore(postgres.ConnectionString, o => { o.SchemaName = _schema; o.NotificationChannel = _schema + "_changed"; })
-            .WithRedisResponseCache(redis.Endpoint, o => o.KeyPrefix = _prefix, t => t.CacheTimeout = TimeSpan.FromSeconds(1));
+            .WithRedisResponseCache(redis.Endpoint, o => o.KeyPrefix = _prefix, t => { t.CacheTimeout = TimeSpan.FromSeconds(1); t.LocalReplayCache = null; });
         Assert.Single(services, d => d.ServiceType == typeof(IIdempotencyStore));
         await using var provider = services.BuildServiceProvider();
         var tiered = Assert.IsType<TieredIdempotencyStore>(provider.GetRequiredService<IIdempotencyStore>());
