@@ -95,6 +95,9 @@ public sealed class FaultHarness
     private readonly ConcurrentDictionary<FaultKind, int> _injected = new();
     private readonly ConcurrentQueue<string> _killedNodeLogs = new();
     private GatewayProcess?[] _nodes = [];
+
+    // The Redis server the run uses now: a KillRedis fault replaces it, and the run disposes this one whatever happens.
+    private RedisServer? _redis;
     private List<string> _gatewayArgs = [];
     private int _roundRobin;
 
@@ -108,6 +111,7 @@ public sealed class FaultHarness
     {
         await using var postgres = await PostgreSqlServer.StartPrivateAsync();
         var redis = await RedisServer.StartPrivateAsync();
+        _redis = redis;
         await using var upstream = await CountingUpstream.StartAsync(_run.UpstreamHonoursKey);
         await using var pgProxy = new FaultProxy(new IPEndPoint(IPAddress.Loopback, postgres.Port));
         await using var redisProxy = new FaultProxy(IPEndPoint.Parse(redis.Endpoint));
@@ -179,7 +183,7 @@ public sealed class FaultHarness
                 }
             }
 
-            await redis.DisposeAsync();
+            await (_redis ?? redis).DisposeAsync();
         }
     }
 
@@ -337,6 +341,7 @@ public sealed class FaultHarness
                     var fresh = await RedisServer.StartPrivateAsync();
                     await redis.DisposeAsync();
                     redis = fresh;
+                    _redis = fresh; // what the run disposes, even when the nemesis throws later
                     redisProxy.Target = IPEndPoint.Parse(redis.Endpoint);
                     redisProxy.Drop();
                     redisProxy.Heal();

@@ -146,7 +146,13 @@ internal sealed class FaultProxy : IAsyncDisposable
 
     private void Close(int id, (TcpClient Client, TcpClient Server) pair)
     {
-        _connections.TryRemove(id, out _);
+        // Drop, DisposeAsync and the connection's own end can close it at the same moment: only the one that removes
+        // it closes it (a disposed TcpClient's Client is null, and a second close threw on it).
+        if (!_connections.TryRemove(id, out _))
+        {
+            return;
+        }
+
         foreach (var side in new[] { pair.Client, pair.Server })
         {
             try

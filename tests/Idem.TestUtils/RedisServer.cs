@@ -121,21 +121,24 @@ public sealed class RedisServer : IAsyncLifetime
     /// <inheritdoc />
     public async Task DisposeAsync()
     {
-        if (_process is not null)
+        // Idempotent: a harness that replaced this server may dispose it again from a finally block.
+        if (_process is { } process)
         {
-            if (!_process.HasExited)
+            _process = null;
+            if (!process.HasExited)
             {
                 // SIGKILL ends a frozen process too.
-                _process.Kill();
-                await _process.WaitForExitAsync();
+                process.Kill();
+                await process.WaitForExitAsync();
             }
 
-            _process.Dispose();
+            process.Dispose();
         }
 
-        if (_root is not null)
+        if (_root is { } root)
         {
-            Directory.Delete(_root, recursive: true);
+            _root = null;
+            Directory.Delete(root, recursive: true);
         }
     }
 
