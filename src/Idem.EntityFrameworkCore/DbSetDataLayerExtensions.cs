@@ -27,9 +27,10 @@ public static class DbSetDataLayerExtensions
     /// On PostgreSQL one statement inserts or reads the existing row; one more read only when a concurrent insert of the
     /// key committed while it ran. After 4 consecutive calls for the entity type that found their row, the next sends only
     /// the plain read first; after 4 that created theirs, only the insert; a call that breaks the streak costs one more
-    /// statement and sends the next back to the one statement (as Idem.PostgreSql's helper does). On SQLite outside a transaction a read by the key goes first (an existing row costs a
-    /// read, not an attempt at SQLite's single write lock), then the conflict-safe insert, then a read only when that
-    /// met a row inserted concurrently; inside a transaction the insert goes first and the read follows only on conflict.
+    /// statement and sends the next back to the one statement (as Idem.PostgreSql's helper does). On SQLite outside a
+    /// transaction a read by the key goes first (an existing row costs a read, not an attempt at SQLite's single write
+    /// lock), then the conflict-safe insert, then a read only when that met a row inserted concurrently; inside a
+    /// transaction the insert goes first and the read follows only on conflict.
     /// </remarks>
     /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
     /// <param name="set">The set.</param>

@@ -77,7 +77,7 @@ public sealed partial class PostgreSqlIdempotencyStore : IIdempotencyStoreAdmin
                 connection);
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = key });
             command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = _options.NotificationChannel });
-            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = DeletedPayloadPrefix });
+            command.Parameters.Add(new NpgsqlParameter<string> { TypedValue = DeletionSubscribers.MessagePrefix });
             var deleted = await ReturnsRowAsync(command, cancellationToken).ConfigureAwait(false);
             if (deleted)
             {

@@ -14,10 +14,6 @@ namespace Idem.PostgreSql;
 /// </summary>
 public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempotencyStore, IIdempotencyDeletionNotifier, IAsyncDisposable, IDisposable
 {
-    // A deletion's payload on the notification channel: this prefix, then the store key. Store keys are hashes in hex
-    // (and a key that began with it would only make waiters read again or a node forget a cached copy: both harmless).
-    private const string DeletedPayloadPrefix = "\u001Fdeleted:";
-
     // What the batched completion fails with when the owner lost the key (see _completeForCommitSql).
     private const string LostClaimMarker = "idem: this owner no longer holds the key";
     private const string Columns = "state, fingerprint, owner_token, took_over, lease_expires_at, expires_at, status_code, headers, body, body_omitted, phases, principal_hash, operation";
@@ -849,11 +845,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
                 {
                     connection.Notification += (_, e) =>
                     {
-                        if (e.Payload.StartsWith(DeletedPayloadPrefix, StringComparison.Ordinal))
-                        {
-                            _deletionSubscribers.Deleted(e.Payload[DeletedPayloadPrefix.Length..]);
-                        }
-                        else
+                        if (!_deletionSubscribers.TryDeliver(e.Payload))
                         {
                             _signals.Signal(e.Payload);
                         }

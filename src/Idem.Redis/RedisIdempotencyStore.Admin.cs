@@ -17,7 +17,7 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStoreAdmin
         {
             // Waiters on every node re-check and claim the key themselves; every node's deletion subscribers forget it.
             await _connection.RunAsync(static (db, p) => db.PublishAsync(p.Channel, p.Key), (Channel: _channel, Key: (StackExchange.Redis.RedisValue)key), cancellationToken).ConfigureAwait(false);
-            await _connection.RunAsync(static (db, p) => db.PublishAsync(p.Channel, p.Key), (Channel: _channel, Key: (StackExchange.Redis.RedisValue)(DeletedMessagePrefix + key)), cancellationToken).ConfigureAwait(false);
+            await _connection.RunAsync(static (db, p) => db.PublishAsync(p.Channel, p.Key), (Channel: _channel, Key: (StackExchange.Redis.RedisValue)(DeletionSubscribers.MessagePrefix + key)), cancellationToken).ConfigureAwait(false);
             _signals.Signal(key);
             _deletionSubscribers.Deleted(key); // This process at once, even while its subscription is down.
         }

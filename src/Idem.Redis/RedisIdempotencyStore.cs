@@ -139,19 +139,12 @@ public sealed partial class RedisIdempotencyStore : IIdempotencyStore, IIdempote
             }
 
             var text = (string)message!;
-            if (text.StartsWith(DeletedMessagePrefix, StringComparison.Ordinal))
-            {
-                _deletionSubscribers.Deleted(text[DeletedMessagePrefix.Length..]);
-            }
-            else
+            if (!_deletionSubscribers.TryDeliver(text))
             {
                 _signals.Signal(text);
             }
         };
     }
-
-    /// <summary>A deletion's message on the change channel: this prefix, then the store key (store keys are hashes in hex).</summary>
-    internal const string DeletedMessagePrefix = "\u001Fdeleted:";
 
     /// <inheritdoc />
     /// <remarks>

@@ -320,9 +320,10 @@ internal static class DataLayerCommands
         public static CreateOrGetStatements For(SqlDialect dialect, CreateOrGetDefinition d)
         {
             var table = DataLayerSql.Table(d.Table, d.Schema);
+            var insert = DataLayerSql.CreateOrGet(dialect, table, d.Columns, d.KeyColumns, d.KeyOrdinals, d.Returning);
             return new(
-                DataLayerSql.CreateOrGet(dialect, table, d.Columns, d.KeyColumns, d.KeyOrdinals, d.Returning),
-                DataLayerSql.InsertOrNothing(table, d.Columns, d.KeyColumns, d.Returning),
+                insert,
+                dialect == SqlDialect.Sqlite ? insert : DataLayerSql.InsertOrNothing(table, d.Columns, d.KeyColumns, d.Returning), // SQLite's insert is this already
                 [.. Enumerable.Range(0, d.Columns.Count).Select(DataLayerSql.ValueParameter)],
                 DataLayerSql.Read(table, d.KeyColumns, d.KeyOrdinals, d.Returning, createdColumn: dialect == SqlDialect.PostgreSql),
                 [.. d.KeyOrdinals.Select(DataLayerSql.ValueParameter)]);

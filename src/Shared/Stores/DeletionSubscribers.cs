@@ -10,8 +10,24 @@ internal sealed class DeletionSubscribers
     private readonly Lock _gate = new();
     private Subscription[] _subscriptions = [];
 
-    /// <summary>Whether anyone listens (a store may skip work for nobody).</summary>
-    public bool Any => Volatile.Read(ref _subscriptions).Length > 0;
+    /// <summary>
+    /// A deletion's message on a store's change channel: this prefix, then the store key, beside the plain store keys
+    /// that wake waiters. Store keys are hashes in hex; a key that began with it would only make waiters read again or a
+    /// node forget a cached copy, both harmless.
+    /// </summary>
+    public const string MessagePrefix = "\u001Fdeleted:";
+
+    /// <summary>Tells the subscribers of a deletion message and returns true; false for any other message.</summary>
+    public bool TryDeliver(string message)
+    {
+        if (!message.StartsWith(MessagePrefix, StringComparison.Ordinal))
+        {
+            return false;
+        }
+
+        Deleted(message[MessagePrefix.Length..]);
+        return true;
+    }
 
     public IDisposable Add(Action<string> deleted, Action missed)
     {
