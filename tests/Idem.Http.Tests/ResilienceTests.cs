@@ -80,15 +80,18 @@ public sealed class ResilienceTests : IAsyncLifetime
             }
         }));
 
-        // Every attempt had a key the server had never seen, so each ran the handler again (and met the fault again).
-        // On a loaded box the server may reach an attempt's handler after the client gave up on it: wait for those.
-        var expected = N * (MaxRetries + 1);
-        for (var i = 0; i < 200 && _server.Executions < expected; i++)
+        // Every attempt had a key the server had never seen, so each one that reached the handler ran it again (and met
+        // the fault again): more executions than logical calls, where the registrations above give exactly N. On a
+        // loaded box an attempt may be given up before its body reaches the server (it then runs nothing) or reach the
+        // handler after the client gave up on it, so the exact count is N × attempts only on a quiet one: wait
+        // (bounded) for the late ones, then claim only what holds on any box.
+        var attempts = N * (MaxRetries + 1);
+        for (var i = 0; i < 100 && _server.Executions < attempts; i++)
         {
             await Task.Delay(50);
         }
 
-        Assert.Equal(expected, _server.Executions);
+        Assert.True(_server.Executions > N, $"{_server.Executions} executions for {N} logical calls ({_server.Requests} requests)");
         Assert.All(calls, status => Assert.Equal((HttpStatusCode)0, status));
     }
 
