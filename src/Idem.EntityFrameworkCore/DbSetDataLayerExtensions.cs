@@ -29,8 +29,11 @@ public static class DbSetDataLayerExtensions
     /// the plain read first; after 4 that created theirs, only the insert; a call that breaks the streak costs one more
     /// statement and sends the next back to the one statement (as Idem.PostgreSql's helper does). On SQLite outside a
     /// transaction a read by the key goes first (an existing row costs a read, not an attempt at SQLite's single write
-    /// lock), then the conflict-safe insert, then a read only when that met a row inserted concurrently; inside a
-    /// transaction the insert goes first and the read follows only on conflict.
+    /// lock), then the conflict-safe insert, then a read only when that met a row inserted concurrently; after 4
+    /// consecutive calls that created their rows the insert goes first. Inside a transaction the insert goes first and
+    /// the read follows only on conflict. An existing row is read with the key's values as the entity holds them, before
+    /// anything is tracked; the entity is prepared for insertion (its client-side value generation run) only when a row
+    /// may have to be inserted.
     /// </remarks>
     /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
     /// <param name="set">The set.</param>
@@ -55,6 +58,29 @@ public static class DbSetDataLayerExtensions
         ArgumentNullException.ThrowIfNull(naturalKey);
         var mapping = EntityTableMapping.For(set);
         var keyProperties = EntityTableMapping.Properties(mapping.EntityType, naturalKey, nameof(naturalKey));
+        var key = mapping.NaturalKey(keyProperties);
+        var first = key.Streak.First;
+        // PostgreSQL: the streak picks the first statement (CreateOrGetStreak). SQLite outside a transaction reads first
+        // (see DataLayerCommands: a read is a shared lock, any insert attempt takes the single write lock) unless its
+        // recent calls all created their rows; inside a transaction the insert goes first, as a read could pin a
+        // snapshot the insert could not upgrade. Every path is conflict-safe: the unique index decides, reads only
+        // shortcut.
+        var readFirst = mapping.Dialect == SqlDialect.PostgreSql
+            ? first == CreateOrGetFirst.Read
+            : first != CreateOrGetFirst.Insert && set.GetService<ICurrentDbContext>().Context.Database.CurrentTransaction is null;
+
+        // An existing row is read with the key's values taken from the entity as it is: tracking it for a moment to
+        // run value generation (below) costs more than the read itself, and is needed only to insert.
+        var keyValues = readFirst ? EntityTableMapping.KeyValues(entity, keyProperties) : null;
+        if (keyValues is not null)
+        {
+            if (await ReadAsync(set, key, keyValues, cancellationToken).ConfigureAwait(false) is { } found)
+            {
+                key.Streak.Observe(created: false);
+                return Answer(mapping, found, created: false, conflict: false);
+            }
+        }
+
         var row = mapping.Values(entity, exclude: null);
         var keyOrdinals = keyProperties.Select(p => row.IndexOf(p)).ToArray();
         for (var i = 0; i < keyOrdinals.Length; i++)
@@ -65,74 +91,52 @@ public static class DbSetDataLayerExtensions
             }
         }
 
-        var statements = mapping.CreateOrGet(row, keyOrdinals);
-        var conflict = false;
-        if (mapping.Dialect == SqlDialect.PostgreSql)
+        if (readFirst && keyValues is null)
         {
-            // As the ADO.NET helper: the combined statement, or the plain read or insert after a streak of calls that
-            // found or created their row (CreateOrGetStreak).
-            var first = statements.Streak.First;
-            if (first == CreateOrGetFirst.Read
-                && await FirstAsync(set, statements.Read, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } found)
+            // A key left to value generation has its value now.
+            keyValues = [.. keyOrdinals.Select(i => row.Values[i])];
+            if (await ReadAsync(set, key, keyValues, cancellationToken).ConfigureAwait(false) is { } found)
             {
-                statements.Streak.Observe(created: false);
+                key.Streak.Observe(created: false);
                 return Answer(mapping, found, created: false, conflict: false);
             }
+        }
 
-            if (first == CreateOrGetFirst.Insert)
+        keyValues ??= [.. keyOrdinals.Select(i => row.Values[i])];
+        var statements = mapping.CreateOrGet(row, keyOrdinals);
+        bool conflict;
+        if (mapping.Dialect == SqlDialect.PostgreSql && first != CreateOrGetFirst.Insert)
+        {
+            // One statement: the insert with the read of an existing row (an inserted row comes back twice).
+            var rows = await ListAsync(set, statements.Combined, mapping.Parameters(row), 2, cancellationToken).ConfigureAwait(false);
+            if (rows.Count > 0)
             {
-                if (await FirstAsync(set, statements.InsertOnly, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
-                {
-                    statements.Streak.Observe(created: true);
-                    return Answer(mapping, inserted, created: true, conflict: false);
-                }
-
-                // The insert met a row: whether it was there before or inserted concurrently is unknown.
+                var created = rows.Count == 2;
+                key.Streak.Observe(created);
+                // After a read that missed, a row found here was inserted concurrently in between.
+                return Answer(mapping, rows[0], created, conflict: !created && readFirst);
             }
-            else
-            {
-                // One statement: the insert with the read of an existing row (an inserted row comes back twice).
-                var rows = await ListAsync(set, statements.Combined, mapping.Parameters(row), 2, cancellationToken).ConfigureAwait(false);
-                if (rows.Count > 0)
-                {
-                    var created = rows.Count == 2;
-                    statements.Streak.Observe(created);
-                    // After a read that missed, a row found here was inserted concurrently in between.
-                    return Answer(mapping, rows[0], created, conflict: !created && first == CreateOrGetFirst.Read);
-                }
 
-                // Nothing: a concurrent insert of the key committed after the statement's snapshot; its row is read below.
-                conflict = true;
-            }
+            // Nothing: a concurrent insert of the key committed after the statement's snapshot; its row is read below.
+            conflict = true;
         }
         else
         {
-            // SQLite outside a transaction reads first (see DataLayerCommands: a read is a shared lock, any insert
-            // attempt takes the single write lock); the insert below is still the conflict-safe one and the unique
-            // index decides. Inside a transaction the insert goes first, as a read could pin a snapshot the insert
-            // could not upgrade.
-            var readFirst = set.GetService<ICurrentDbContext>().Context.Database.CurrentTransaction is null;
-            if (readFirst && await FirstAsync(set, statements.Read, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } found)
-            {
-                return Answer(mapping, found, created: false, conflict: false);
-            }
-
             if (await FirstAsync(set, statements.InsertOnly, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
             {
+                key.Streak.Observe(created: true);
                 return Answer(mapping, inserted, created: true, conflict: false);
             }
 
+            // The insert met a row: inserted concurrently when a read had just missed it; otherwise it is unknown
+            // whether it was there before.
             conflict = readFirst;
         }
 
-        var existing = await FirstAsync(set, statements.Read, mapping.Parameters(row), cancellationToken).ConfigureAwait(false)
+        var existing = await ReadAsync(set, key, keyValues, cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException(
-                $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", statements.KeyColumns)}).");
-        if (mapping.Dialect == SqlDialect.PostgreSql)
-        {
-            statements.Streak.Observe(created: false);
-        }
-
+                $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", key.KeyColumns)}).");
+        key.Streak.Observe(created: false);
         return Answer(mapping, existing, created: false, conflict);
     }
 
@@ -219,6 +223,10 @@ public static class DbSetDataLayerExtensions
         DataLayerLog.SlugExhausted(mapping.Logger, mapping.TableName, baseSlug, options.MaxAttempts);
         throw new SlugAllocationException(baseSlug, options.MaxAttempts);
     }
+
+    private static Task<TEntity?> ReadAsync<TEntity>(DbSet<TEntity> set, NaturalKeyStatements key, object?[] values, CancellationToken cancellationToken)
+        where TEntity : class =>
+        (key.HasQueryFilters ? set.IgnoreQueryFilters() : set).FirstOrDefaultAsync(key.Predicate<TEntity>(values), cancellationToken);
 
     private static async Task<List<TEntity>> ListAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, int max, CancellationToken cancellationToken)
         where TEntity : class

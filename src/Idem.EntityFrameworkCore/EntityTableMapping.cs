@@ -72,6 +72,38 @@ internal sealed class EntityTableMapping
 
     public string Column(IProperty property) => _shape.Column(property);
 
+    /// <summary>The read by a natural key and the streak of its calls, built once per entity type and key.</summary>
+    public NaturalKeyStatements NaturalKey(IProperty[] keyProperties) =>
+        _shape.NaturalKeys.GetOrAdd(new PropertySet(keyProperties), static (key, shape) => new NaturalKeyStatements(shape, key.Properties), _shape);
+
+    /// <summary>
+    /// The natural key's values read straight from the entity's properties, without tracking it, or
+    /// <see langword="null"/> when one is missing or left to value generation (the full <see cref="Values"/> decides
+    /// those, and reports a missing one).
+    /// </summary>
+    public static object?[]? KeyValues(object entity, IProperty[] keyProperties)
+    {
+        var values = new object?[keyProperties.Length];
+        for (var i = 0; i < keyProperties.Length; i++)
+        {
+            var property = keyProperties[i];
+            if (property.IsShadowProperty())
+            {
+                return null;
+            }
+
+            var value = property.GetGetter().GetClrValueUsingContainingEntity(entity);
+            if (value is null || (property.ValueGenerated != ValueGenerated.Never && Equals(value, property.Sentinel)))
+            {
+                return null;
+            }
+
+            values[i] = value;
+        }
+
+        return values;
+    }
+
     /// <summary>The properties a lambda names: <c>e => e.A</c> or <c>e => new { e.A, e.B }</c>.</summary>
     public static IProperty[] Properties(IEntityType entityType, LambdaExpression expression, string parameterName)
     {
@@ -209,6 +241,9 @@ internal sealed class TableShape
     /// <summary>The create-or-get statements per inserted columns and key; a handful per entity type.</summary>
     public ConcurrentDictionary<StatementKey, CreateOrGetSql> Statements { get; } = new();
 
+    /// <summary>The reads by natural key and their streaks; one per key an application uses.</summary>
+    public ConcurrentDictionary<PropertySet, NaturalKeyStatements> NaturalKeys { get; } = new();
+
     public string Column(IProperty property) => property.GetColumnName(_storeObject)
         ?? throw new ArgumentException($"The property '{property.Name}' has no column in '{TableName}'.");
 }
@@ -242,31 +277,120 @@ internal sealed class StatementKey(IProperty[] inserted, int[] keyOrdinals) : IE
     }
 }
 
-/// <summary>A create-or-get's statements for one set of inserted columns and key, and on PostgreSQL its streak.</summary>
+/// <summary>Properties compared by their elements (a natural key).</summary>
+internal sealed class PropertySet(IProperty[] properties) : IEquatable<PropertySet>
+{
+    public IProperty[] Properties { get; } = properties;
+
+    public bool Equals(PropertySet? other) => other is not null && Properties.AsSpan().SequenceEqual(other.Properties);
+
+    public override bool Equals(object? obj) => Equals(obj as PropertySet);
+
+    public override int GetHashCode()
+    {
+        var hash = new HashCode();
+        foreach (var property in Properties)
+        {
+            hash.Add(property);
+        }
+
+        return hash.ToHashCode();
+    }
+}
+
+/// <summary>
+/// A natural key's read, as a LINQ predicate over the key's properties, and the streak of its calls, which decides the
+/// first statement of the next (<see cref="CreateOrGetStreak"/>). The read goes through EF Core's own query pipeline
+/// (its compiled-query cache, value converters, tracking), so an existing row costs what a <c>FirstOrDefaultAsync</c> by
+/// the key costs.
+/// </summary>
+internal sealed class NaturalKeyStatements
+{
+    private static readonly MethodInfo PropertyMethod = typeof(EF).GetMethod(nameof(EF.Property))!;
+    private static readonly MethodInfo CapturedMethod = typeof(NaturalKeyStatements).GetMethod(nameof(Captured), BindingFlags.NonPublic | BindingFlags.Static)!;
+
+    private readonly IProperty[] _properties;
+    private readonly Func<object?, Expression>[] _captures;
+    private readonly Func<Expression, Expression, Expression>[] _equals;
+
+    public NaturalKeyStatements(TableShape shape, IProperty[] keyProperties)
+    {
+        _properties = keyProperties;
+        KeyColumns = [.. keyProperties.Select(shape.Column)];
+        _captures = [.. keyProperties.Select(p => CapturedMethod.MakeGenericMethod(p.ClrType).CreateDelegate<Func<object?, Expression>>())];
+        _equals = [.. keyProperties.Select(p => EqualityFor(p.ClrType))];
+        HasQueryFilters = shape.EntityType.GetAllBaseTypesInclusive().Any(t => t.GetDeclaredQueryFilters().Count > 0);
+    }
+
+    /// <summary>The natural key's columns.</summary>
+    public string[] KeyColumns { get; }
+
+    /// <summary>
+    /// Whether the entity type has query filters, which the read must ignore: a row a filter hides still holds the key
+    /// (and the insert would meet it).
+    /// </summary>
+    public bool HasQueryFilters { get; }
+
+    /// <summary>Which statement the next call sends first.</summary>
+    public CreateOrGetStreak Streak { get; } = new();
+
+    /// <summary>
+    /// <c>e => EF.Property&lt;T0&gt;(e, "A") == a &amp;&amp; …</c> with the values captured as a closure would capture
+    /// them, so EF Core sends them as parameters and compiles the query once for every value.
+    /// </summary>
+    public Expression<Func<TEntity, bool>> Predicate<TEntity>(object?[] values)
+    {
+        var entity = Expression.Parameter(typeof(TEntity), "e");
+        Expression? body = null;
+        for (var i = 0; i < _properties.Length; i++)
+        {
+            var property = _properties[i];
+            // The member itself where the property has one, as a hand-written lambda would say it (EF Core translates
+            // it with less work than EF.Property).
+            Expression column = property.PropertyInfo is { } clrProperty ? Expression.Property(entity, clrProperty)
+                : property.FieldInfo is { } field ? Expression.Field(entity, field)
+                : Expression.Call(PropertyMethod.MakeGenericMethod(property.ClrType), entity, Expression.Constant(property.Name));
+            var equal = _equals[i](column, _captures[i](values[i]));
+            body = body is null ? equal : Expression.AndAlso(body, equal);
+        }
+
+        return Expression.Lambda<Func<TEntity, bool>>(body!, entity);
+    }
+
+    /// <summary><c>a == b</c>, or <c>a.Equals((object)b)</c> for a type without an equality operator (EF Core translates both).</summary>
+    private static Func<Expression, Expression, Expression> EqualityFor(Type type)
+    {
+        var probe = Expression.Parameter(type);
+        try
+        {
+            Expression.Equal(probe, probe);
+            return Expression.Equal;
+        }
+        catch (InvalidOperationException)
+        {
+            var equals = type.GetMethod(nameof(object.Equals), [typeof(object)])!;
+            return (column, value) => Expression.Call(column, equals, Expression.Convert(value, typeof(object)));
+        }
+    }
+
+    private static MemberExpression Captured<T>(object? value) =>
+        Expression.Field(Expression.Constant(new StrongBox<T>((T)value!)), nameof(StrongBox<T>.Value));
+}
+
+/// <summary>A create-or-get's insert statements for one set of inserted columns and key.</summary>
 internal sealed class CreateOrGetSql
 {
     public CreateOrGetSql(StatementKey key, (TableShape Shape, string[] Columns) args)
     {
         var (shape, columns) = args;
         var keyColumns = key.KeyOrdinals.Select(i => columns[i]).ToArray();
-        KeyColumns = keyColumns;
-        Read = DataLayerSql.Read(shape.Table, keyColumns, key.KeyOrdinals, shape.AllColumns, createdColumn: false);
         Combined = DataLayerSql.CreateOrGetRows(shape.Table, columns, keyColumns, key.KeyOrdinals, shape.AllColumns);
         InsertOnly = DataLayerSql.InsertOrNothing(shape.Table, columns, keyColumns, shape.AllColumns);
     }
-
-    /// <summary>The natural key's columns.</summary>
-    public string[] KeyColumns { get; }
-
-    /// <summary>The read by key.</summary>
-    public string Read { get; }
 
     /// <summary>PostgreSQL's one statement that reads and inserts only when it found nothing (an inserted row comes back twice).</summary>
     public string Combined { get; }
 
     /// <summary><c>INSERT … ON CONFLICT (key) DO NOTHING RETURNING …</c>.</summary>
     public string InsertOnly { get; }
-
-    /// <summary>PostgreSQL: which statement the next call sends first.</summary>
-    public CreateOrGetStreak Streak { get; } = new();
 }

@@ -41,6 +41,9 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
     protected override TestContext NewContext() =>
         new(new DbContextOptionsBuilder<TestContext>().UseNpgsql(_connectionString).Options);
 
+    protected override HiddenChatsContext NewHiddenChatsContext() =>
+        new(new DbContextOptionsBuilder<HiddenChatsContext>().UseNpgsql(_connectionString).Options);
+
     protected override Task<CreateOrGetResult<long>> CreateOrGetChatAsync(DbConnection connection, DbTransaction? transaction, string key, string? title = null) =>
         ((NpgsqlConnection)connection).CreateOrGetAsync(Chats, [key, title is null ? new NpgsqlParameter { Value = DBNull.Value, NpgsqlDbType = NpgsqlTypes.NpgsqlDbType.Text } : title], r => r.GetInt64(0), (NpgsqlTransaction?)transaction);
 

@@ -1,4 +1,5 @@
 using System.Data.Common;
+using Idem.EntityFrameworkCore;
 using Idem.Sqlite;
 using Microsoft.Data.Sqlite;
 using Microsoft.EntityFrameworkCore;
@@ -45,6 +46,9 @@ public sealed class SqliteDataLayerTests(ITestOutputHelper output) : DataLayerTe
     protected override TestContext NewContext() =>
         new(new DbContextOptionsBuilder<TestContext>().UseSqlite(_connectionString).Options);
 
+    protected override HiddenChatsContext NewHiddenChatsContext() =>
+        new(new DbContextOptionsBuilder<HiddenChatsContext>().UseSqlite(_connectionString).Options);
+
     protected override Task<CreateOrGetResult<long>> CreateOrGetChatAsync(DbConnection connection, DbTransaction? transaction, string key, string? title = null) =>
         ((SqliteConnection)connection).CreateOrGetAsync(Chats, [key, title], r => r.GetInt64(0), (SqliteTransaction?)transaction);
 
@@ -52,6 +56,57 @@ public sealed class SqliteDataLayerTests(ITestOutputHelper output) : DataLayerTe
         ((SqliteConnection)connection).InsertWithUniqueSlugAsync(
             new UniqueSlugDefinition("communities", "slug", columns: ["name"], returning: ["id", "slug"]) { Options = options, Logger = SlugLogger },
             name, [name], r => (r.GetInt64(0), r.GetString(1)), (SqliteTransaction?)transaction);
+
+    [Fact]
+    public async Task Through_EF_Core_each_first_statement_sends_exactly_the_statements_it_promises()
+    {
+        // Outside a transaction the read goes first (an existing row costs a read, not a write-lock attempt), unless the
+        // last four calls all created their rows: then the insert goes first, and a call that meets an existing row reads
+        // it after. The streak belongs to the entity type of the model, which other tests share: the first four calls
+        // create their rows, which brings it to the insert from any state, so their own statements are not compared.
+        var sent = new SentCommands();
+        await using var db = new TestContext(new DbContextOptionsBuilder<TestContext>().UseSqlite(_connectionString).AddInterceptors(sent).Options);
+        foreach (var key in new[] { "w1", "w2", "w3", "w4" })
+        {
+            Assert.True((await db.Chats.CreateOrGetAsync(new Chat { ParticipantsKey = "ef-streak-" + key }, c => c.ParticipantsKey)).Created);
+        }
+
+        (string Key, bool Created, string Statements)[] calls =
+        [
+            ("w5", true, "INSERT"), ("w6", true, "INSERT"),
+            ("w1", false, "INSERT SELECT"), // breaks the streak: the insert met the row, then the read
+            ("w2", false, "SELECT"), ("w3", false, "SELECT"), ("w4", false, "SELECT"), ("w5", false, "SELECT"), ("w6", false, "SELECT"),
+            ("w7", true, "SELECT INSERT"), ("w8", true, "SELECT INSERT"),
+        ];
+        var actual = new List<string>();
+        foreach (var (key, created, _) in calls)
+        {
+            sent.Clear();
+            Assert.Equal(created, (await db.Chats.CreateOrGetAsync(new Chat { ParticipantsKey = "ef-streak-" + key }, c => c.ParticipantsKey)).Created);
+            actual.Add(sent.Statements);
+        }
+
+        Output.WriteLine(string.Join(" | ", actual));
+        Assert.Equal(calls.Select(c => c.Statements), actual);
+        Assert.Equal(8L, await CountAsync("SELECT count(*) FROM chats WHERE participants_key LIKE 'ef-streak-%'"));
+    }
+
+    /// <summary>The first word of each command EF Core sends, from its own interceptor.</summary>
+    private sealed class SentCommands : Microsoft.EntityFrameworkCore.Diagnostics.DbCommandInterceptor
+    {
+        private readonly List<string> _sent = [];
+
+        public string Statements => string.Join(" ", _sent);
+
+        public void Clear() => _sent.Clear();
+
+        public override ValueTask<Microsoft.EntityFrameworkCore.Diagnostics.InterceptionResult<DbDataReader>> ReaderExecutingAsync(
+            DbCommand command, Microsoft.EntityFrameworkCore.Diagnostics.CommandEventData eventData, Microsoft.EntityFrameworkCore.Diagnostics.InterceptionResult<DbDataReader> result, CancellationToken cancellationToken = default)
+        {
+            _sent.Add(command.CommandText.TrimStart().Split(' ', '\n')[0]);
+            return ValueTask.FromResult(result);
+        }
+    }
 
     [Fact]
     public async Task Commands_kept_prepared_on_a_connection_leave_nothing_on_the_pooled_handle_when_it_closes()

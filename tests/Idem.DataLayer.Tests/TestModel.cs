@@ -90,3 +90,23 @@ public sealed class TestContext(DbContextOptions<TestContext> options) : DbConte
         });
     }
 }
+
+/// <summary>
+/// The chats table under a query filter that hides chats titled "hidden" (a soft delete, a tenant filter): a context of
+/// its own type, so its model (and Idem's streaks) are its own.
+/// </summary>
+public sealed class HiddenChatsContext(DbContextOptions<HiddenChatsContext> options) : DbContext(options)
+{
+    public DbSet<Chat> Chats => Set<Chat>();
+
+    protected override void OnModelCreating(ModelBuilder modelBuilder) =>
+        modelBuilder.Entity<Chat>(chat =>
+        {
+            chat.ToTable("chats");
+            chat.Property(c => c.Id).HasColumnName("id");
+            chat.Property(c => c.ParticipantsKey).HasColumnName("participants_key");
+            chat.Property(c => c.Title).HasColumnName("title");
+            chat.HasIndex(c => c.ParticipantsKey).IsUnique();
+            chat.HasQueryFilter(c => c.Title != "hidden");
+        });
+}
