@@ -25,7 +25,7 @@ using Npgsql;
 var options = Args.Parse(args);
 var report = new StringBuilder();
 report.AppendLine("# Data-layer benchmark results").AppendLine()
-    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start, {{END_LOAD}} at the end), {options.Ops} sequential calls per case and round ({Math.Max(50, options.Ops / 4)} for SQLite writes, each an fsync), {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round), the two sides run in interleaved blocks of 20 calls. Plain ADO.NET statements are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side. CPU per call is this process's CPU time (getrusage) plus, on PostgreSQL, the CPU time of the database's server processes (/proc/<pid>/schedstat), summed per side over the same interleaved blocks; its ratio (plain ÷ helper, the median over rounds) moves far less with the box's load than calls/s do.").AppendLine()
+    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start, {{END_LOAD}} at the end), {options.Ops} sequential calls per case and round ({Math.Max(50, options.Ops / 4)} for SQLite writes, each an fsync), {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round), the two sides run in interleaved blocks of 20 calls. Plain ADO.NET statements are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side. CPU per call is this process's CPU time (getrusage) plus, on PostgreSQL, the CPU time of the database's server processes (/proc/<pid>/schedstat), summed per side over the same interleaved blocks (on PostgreSQL this process's share is given in brackets, the rest is the server's); its ratio (plain ÷ helper, the median over rounds) moves far less with the box's load than calls/s do.").AppendLine()
     .AppendLine("| Database | Case | Plain calls/s | Helper calls/s | Ratio | Target | CPU µs per call, plain → helper | CPU ratio |")
     .AppendLine("|---|---|---:|---:|---:|---|---:|---:|");
 var slugLines = new List<string>();
@@ -93,11 +93,15 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
             var plainCpu = new List<double>();
             var helperCpu = new List<double>();
             var cpuRatios = new List<double>();
+            var plainAppCpu = new List<double>();
+            var helperAppCpu = new List<double>();
             var cpu = await database.CpuClockAsync();
             for (var round = 0; round < options.Rounds; round++)
             {
                 var offset = keys + (round + 1) * options.Ops;
-                var (p, h, pc, hc) = await PairAsync(plain, helper, ops, offset, cpu);
+                var (p, h, pc, hc, pa, ha) = await PairAsync(plain, helper, ops, offset, cpu);
+                plainAppCpu.Add(pa);
+                helperAppCpu.Add(ha);
                 plainRates.Add(p);
                 helperRates.Add(h);
                 ratios.Add(h / p);
@@ -106,7 +110,7 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
                 cpuRatios.Add(pc / hc);
             }
 
-            report.AppendLine(CultureInfo.InvariantCulture, $"| {database.Name} | {name} | {Median(plainRates):N0} | {Median(helperRates):N0} | {Median(ratios):0.00}× (rounds {string.Join(", ", ratios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) | {target} | {Median(plainCpu):0.0} → {Median(helperCpu):0.0} | {Median(cpuRatios):0.00}× (rounds {string.Join(", ", cpuRatios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) |");
+            report.AppendLine(CultureInfo.InvariantCulture, $"| {database.Name} | {name} | {Median(plainRates):N0} | {Median(helperRates):N0} | {Median(ratios):0.00}× (rounds {string.Join(", ", ratios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) | {target} | {Median(plainCpu):0.0} → {Median(helperCpu):0.0}{(sqlite ? "" : string.Create(CultureInfo.InvariantCulture, $" (this process {Median(plainAppCpu):0.0} → {Median(helperAppCpu):0.0})"))} | {Median(cpuRatios):0.00}× (rounds {string.Join(", ", cpuRatios.Select(r => r.ToString("0.00", CultureInfo.InvariantCulture)))}) |");
             Console.Error.WriteLine(report.ToString().TrimEnd().Split('\n')[^1]);
         }
 
@@ -146,10 +150,10 @@ static async Task<double> RunAsync(Func<int, Task> call, int count, int offset)
 // Both sides of a ratio in interleaved blocks of 20 calls (which side goes first alternates), so that the shared box's
 // drift, which moves single rounds by 2× and more, hits both sides alike; the elapsed time is summed per side, and so
 // is the CPU time (read outside the timed part): calls/s of each side and CPU µs per call of each side.
-static async Task<(double Plain, double Helper, double PlainCpu, double HelperCpu)> PairAsync(Func<int, Task> plain, Func<int, Task> helper, int count, int offset, Func<long> cpu)
+static async Task<(double Plain, double Helper, double PlainCpu, double HelperCpu, double PlainAppCpu, double HelperAppCpu)> PairAsync(Func<int, Task> plain, Func<int, Task> helper, int count, int offset, Func<long> cpu)
 {
     const int Block = 20;
-    long plainTicks = 0, helperTicks = 0, plainNs = 0, helperNs = 0;
+    long plainTicks = 0, helperTicks = 0, plainNs = 0, helperNs = 0, plainAppNs = 0, helperAppNs = 0;
     for (var start = 0; start < count; start += Block)
     {
         var n = Math.Min(Block, count - start);
@@ -158,6 +162,7 @@ static async Task<(double Plain, double Helper, double PlainCpu, double HelperCp
             var helperSide = (side == 0) == (start / Block % 2 == 1);
             var call = helperSide ? helper : plain;
             var cpuBefore = cpu();
+            var appBefore = Cpu.ProcessNs();
             var began = Stopwatch.GetTimestamp();
             for (var i = 0; i < n; i++)
             {
@@ -165,21 +170,25 @@ static async Task<(double Plain, double Helper, double PlainCpu, double HelperCp
             }
 
             var elapsed = Stopwatch.GetTimestamp() - began;
+            var appUsed = Cpu.ProcessNs() - appBefore;
             var cpuUsed = cpu() - cpuBefore;
             if (helperSide)
             {
                 helperTicks += elapsed;
                 helperNs += cpuUsed;
+                helperAppNs += appUsed;
             }
             else
             {
                 plainTicks += elapsed;
                 plainNs += cpuUsed;
+                plainAppNs += appUsed;
             }
         }
     }
 
-    return (count * (double)Stopwatch.Frequency / plainTicks, count * (double)Stopwatch.Frequency / helperTicks, plainNs / 1000.0 / count, helperNs / 1000.0 / count);
+    return (count * (double)Stopwatch.Frequency / plainTicks, count * (double)Stopwatch.Frequency / helperTicks, plainNs / 1000.0 / count, helperNs / 1000.0 / count,
+        plainAppNs / 1000.0 / count, helperAppNs / 1000.0 / count);
 }
 
 static double Median(List<double> values)

@@ -57,14 +57,7 @@ public sealed class TestContext(DbContextOptions<TestContext> options) : DbConte
 
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
-        modelBuilder.Entity<Chat>(chat =>
-        {
-            chat.ToTable("chats");
-            chat.Property(c => c.Id).HasColumnName("id");
-            chat.Property(c => c.ParticipantsKey).HasColumnName("participants_key");
-            chat.Property(c => c.Title).HasColumnName("title");
-            chat.HasIndex(c => c.ParticipantsKey).IsUnique();
-        });
+        modelBuilder.Entity<Chat>(MapChats);
         modelBuilder.Entity<Community>(community =>
         {
             community.ToTable("communities");
@@ -89,6 +82,15 @@ public sealed class TestContext(DbContextOptions<TestContext> options) : DbConte
             shipment.OwnsOne(s => s.Destination, d => d.Property(a => a.City).HasColumnName("destination_city"));
         });
     }
+
+    internal static void MapChats(Microsoft.EntityFrameworkCore.Metadata.Builders.EntityTypeBuilder<Chat> chat)
+    {
+        chat.ToTable("chats");
+        chat.Property(c => c.Id).HasColumnName("id");
+        chat.Property(c => c.ParticipantsKey).HasColumnName("participants_key");
+        chat.Property(c => c.Title).HasColumnName("title");
+        chat.HasIndex(c => c.ParticipantsKey).IsUnique();
+    }
 }
 
 /// <summary>
@@ -102,11 +104,7 @@ public sealed class HiddenChatsContext(DbContextOptions<HiddenChatsContext> opti
     protected override void OnModelCreating(ModelBuilder modelBuilder) =>
         modelBuilder.Entity<Chat>(chat =>
         {
-            chat.ToTable("chats");
-            chat.Property(c => c.Id).HasColumnName("id");
-            chat.Property(c => c.ParticipantsKey).HasColumnName("participants_key");
-            chat.Property(c => c.Title).HasColumnName("title");
-            chat.HasIndex(c => c.ParticipantsKey).IsUnique();
+            TestContext.MapChats(chat);
             chat.HasQueryFilter(c => c.Title != "hidden");
         });
 }
