@@ -357,9 +357,21 @@ internal sealed class NaturalKeyStatements
         return Expression.Lambda<Func<TEntity, bool>>(body!, entity);
     }
 
-    /// <summary><c>a == b</c>, or <c>a.Equals((object)b)</c> for a type without an equality operator (EF Core translates both).</summary>
+    /// <summary>
+    /// <c>a == b</c> as the C# compiler writes it: on the underlying type for an enum (expression trees define no
+    /// <c>==</c> on enums), or <c>a.Equals((object)b)</c> for a struct without an equality operator (EF Core translates
+    /// each).
+    /// </summary>
     private static Func<Expression, Expression, Expression> EqualityFor(Type type)
     {
+        var enumType = Nullable.GetUnderlyingType(type) ?? type;
+        if (enumType.IsEnum)
+        {
+            var underlying = Enum.GetUnderlyingType(enumType);
+            var compared = type == enumType ? underlying : typeof(Nullable<>).MakeGenericType(underlying);
+            return (column, value) => Expression.Equal(Expression.Convert(column, compared), Expression.Convert(value, compared));
+        }
+
         var probe = Expression.Parameter(type);
         try
         {

@@ -24,6 +24,7 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
             CREATE TABLE communities (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL, slug text COLLATE "C" NOT NULL UNIQUE);
             CREATE TABLE tags (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL UNIQUE);
             CREATE TABLE shipments (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, reference text NOT NULL UNIQUE, destination_city text NOT NULL);
+            CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kind integer NOT NULL, number integer NOT NULL, UNIQUE (kind, number));
             """);
         await command.ExecuteNonQueryAsync();
     }

@@ -25,6 +25,7 @@ public sealed class SqliteDataLayerTests(ITestOutputHelper output) : DataLayerTe
             CREATE TABLE communities (id INTEGER PRIMARY KEY, name TEXT NOT NULL, slug TEXT NOT NULL UNIQUE);
             CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
             CREATE TABLE shipments (id INTEGER PRIMARY KEY, reference TEXT NOT NULL UNIQUE, destination_city TEXT NOT NULL);
+            CREATE TABLE tickets (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, number INTEGER NOT NULL, UNIQUE (kind, number));
             """;
         await command.ExecuteNonQueryAsync();
     }

@@ -30,6 +30,22 @@ public sealed class Tag
     public TagName Name { get; set; }
 }
 
+public enum TicketKind
+{
+    Bug = 1,
+    Feature = 2,
+}
+
+/// <summary>A composite natural key with an enum: (kind, number).</summary>
+public sealed class Ticket
+{
+    public long Id { get; set; }
+
+    public TicketKind Kind { get; set; }
+
+    public int Number { get; set; }
+}
+
 public sealed class Shipment
 {
     public long Id { get; set; }
@@ -55,6 +71,8 @@ public sealed class TestContext(DbContextOptions<TestContext> options) : DbConte
 
     public DbSet<Shipment> Shipments => Set<Shipment>();
 
+    public DbSet<Ticket> Tickets => Set<Ticket>();
+
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
         modelBuilder.Entity<Chat>(MapChats);
@@ -72,6 +90,14 @@ public sealed class TestContext(DbContextOptions<TestContext> options) : DbConte
             tag.Property(t => t.Id).HasColumnName("id");
             tag.Property(t => t.Name).HasColumnName("name").HasConversion(n => "tag:" + n.Value, stored => new TagName(stored.Substring(4)));
             tag.HasIndex(t => t.Name).IsUnique();
+        });
+        modelBuilder.Entity<Ticket>(ticket =>
+        {
+            ticket.ToTable("tickets");
+            ticket.Property(t => t.Id).HasColumnName("id");
+            ticket.Property(t => t.Kind).HasColumnName("kind");
+            ticket.Property(t => t.Number).HasColumnName("number");
+            ticket.HasIndex(t => new { t.Kind, t.Number }).IsUnique();
         });
         modelBuilder.Entity<Shipment>(shipment =>
         {
