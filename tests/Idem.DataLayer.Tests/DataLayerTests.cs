@@ -110,6 +110,43 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
         Assert.All(naive.Errors, e => Assert.True(e is DbUpdateException && IsUniqueViolation(e), e.ToString()));
     }
 
+    [Theory]
+    [InlineData("combined")]
+    [InlineData("read")]
+    [InlineData("insert")]
+    public async Task CreateOrGet_through_EF_Core_150_concurrent_calls_from_each_first_statement_return_one_id_and_one_row(string first)
+    {
+        // The streak of the chats' key decides the first statement (PostgreSQL: the combined one, the read, the insert;
+        // SQLite outside a transaction: the read, the read, the insert): primed to each, then raced on a new key.
+        await PrimeChatStreakAsync(first);
+        var key = "race-from-" + first;
+        var answers = await RaceContextsAsync(150, async (db, _) =>
+        {
+            var result = await db.Chats.CreateOrGetAsync(new Chat { ParticipantsKey = key }, c => c.ParticipantsKey);
+            return (result.Value.Id, result.Created);
+        });
+
+        Assert.True(answers.Errors.IsEmpty, string.Join("\n", answers.Errors));
+        Assert.Single(answers.Values.Select(a => a.Id).Distinct());
+        Assert.Single(answers.Values, a => a.Created);
+        Assert.Equal(1L, await CountAsync($"SELECT count(*) FROM chats WHERE participants_key = '{key}'"));
+    }
+
+    /// <summary>Four calls that create their rows, then none ("insert"), one ("combined") or four ("read") that find theirs.</summary>
+    private async Task PrimeChatStreakAsync(string first)
+    {
+        await using var db = NewContext();
+        for (var i = 0; i < 4; i++)
+        {
+            Assert.True((await db.Chats.CreateOrGetAsync(new Chat { ParticipantsKey = $"prime-{first}-{i}" }, c => c.ParticipantsKey)).Created);
+        }
+
+        for (var i = 0; i < (first == "read" ? 4 : first == "combined" ? 1 : 0); i++)
+        {
+            Assert.False((await db.Chats.CreateOrGetAsync(new Chat { ParticipantsKey = $"prime-{first}-{i}" }, c => c.ParticipantsKey)).Created);
+        }
+    }
+
     [Fact]
     public async Task Slugs_for_100_concurrent_creates_of_one_name_are_100_distinct()
     {

@@ -35,6 +35,11 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
         {
             await _dataSource.DisposeAsync();
         }
+
+        // EF Core keeps a pool per connection string, and a 150-way race leaves up to 150 idle connections in this test's
+        // pool: ended with the database, or a few races in a row reach the server's max_connections.
+        var database = new NpgsqlConnectionStringBuilder(_connectionString).Database;
+        await server.ExecuteAsync($"DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)");
     }
 
     protected override async Task<DbConnection> OpenAsync() => await _dataSource!.OpenConnectionAsync();
