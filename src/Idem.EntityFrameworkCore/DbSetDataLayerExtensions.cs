@@ -58,8 +58,8 @@ public static class DbSetDataLayerExtensions
         ArgumentNullException.ThrowIfNull(naturalKey);
         var mapping = EntityTableMapping.For(set);
         var keyProperties = EntityTableMapping.Properties(mapping.EntityType, naturalKey, nameof(naturalKey));
-        var key = mapping.NaturalKey(keyProperties);
-        var first = key.Streak.First;
+        var lookup = mapping.Lookup(keyProperties);
+        var first = lookup.Streak.First;
         // PostgreSQL: the streak picks the first statement (CreateOrGetStreak). SQLite outside a transaction reads first
         // (see DataLayerCommands: a read is a shared lock, any insert attempt takes the single write lock) unless its
         // recent calls all created their rows; inside a transaction the insert goes first, as a read could pin a
@@ -70,15 +70,12 @@ public static class DbSetDataLayerExtensions
             : first != CreateOrGetFirst.Insert && set.GetService<ICurrentDbContext>().Context.Database.CurrentTransaction is null;
 
         // An existing row is read with the key's values taken from the entity as it is: tracking it for a moment to
-        // run value generation (below) costs more than the read itself, and is needed only to insert.
+        // run value generation (below) costs more than the read itself, and is needed only to insert. A key left to value
+        // generation (no values yet) is read after it.
         var keyValues = readFirst ? EntityTableMapping.KeyValues(entity, keyProperties) : null;
-        if (keyValues is not null)
+        if (keyValues is not null && await ReadAsync(set, lookup, keyValues, cancellationToken).ConfigureAwait(false) is { } found)
         {
-            if (await ReadAsync(set, key, keyValues, cancellationToken).ConfigureAwait(false) is { } found)
-            {
-                key.Streak.Observe(created: false);
-                return Answer(mapping, found, created: false, conflict: false);
-            }
+            return Answer(mapping, lookup, found, created: false, conflict: false);
         }
 
         var row = mapping.Values(entity, exclude: null);
@@ -91,18 +88,13 @@ public static class DbSetDataLayerExtensions
             }
         }
 
-        if (readFirst && keyValues is null)
+        var generatedKey = keyValues is null;
+        keyValues ??= [.. keyOrdinals.Select(i => row.Values[i])];
+        if (readFirst && generatedKey && await ReadAsync(set, lookup, keyValues, cancellationToken).ConfigureAwait(false) is { } generatedFound)
         {
-            // A key left to value generation has its value now.
-            keyValues = [.. keyOrdinals.Select(i => row.Values[i])];
-            if (await ReadAsync(set, key, keyValues, cancellationToken).ConfigureAwait(false) is { } found)
-            {
-                key.Streak.Observe(created: false);
-                return Answer(mapping, found, created: false, conflict: false);
-            }
+            return Answer(mapping, lookup, generatedFound, created: false, conflict: false);
         }
 
-        keyValues ??= [.. keyOrdinals.Select(i => row.Values[i])];
         var statements = mapping.CreateOrGet(row, keyOrdinals);
         bool conflict;
         if (mapping.Dialect == SqlDialect.PostgreSql && first != CreateOrGetFirst.Insert)
@@ -112,9 +104,8 @@ public static class DbSetDataLayerExtensions
             if (rows.Count > 0)
             {
                 var created = rows.Count == 2;
-                key.Streak.Observe(created);
                 // After a read that missed, a row found here was inserted concurrently in between.
-                return Answer(mapping, rows[0], created, conflict: !created && readFirst);
+                return Answer(mapping, lookup, rows[0], created, conflict: !created && readFirst);
             }
 
             // Nothing: a concurrent insert of the key committed after the statement's snapshot; its row is read below.
@@ -124,8 +115,7 @@ public static class DbSetDataLayerExtensions
         {
             if (await FirstAsync(set, statements.InsertOnly, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
             {
-                key.Streak.Observe(created: true);
-                return Answer(mapping, inserted, created: true, conflict: false);
+                return Answer(mapping, lookup, inserted, created: true, conflict: false);
             }
 
             // The insert met a row: inserted concurrently when a read had just missed it; otherwise it is unknown
@@ -133,15 +123,16 @@ public static class DbSetDataLayerExtensions
             conflict = readFirst;
         }
 
-        var existing = await ReadAsync(set, key, keyValues, cancellationToken).ConfigureAwait(false)
+        var existing = await ReadAsync(set, lookup, keyValues, cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException(
-                $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", key.KeyColumns)}).");
-        key.Streak.Observe(created: false);
-        return Answer(mapping, existing, created: false, conflict);
+                $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", lookup.KeyColumns)}).");
+        return Answer(mapping, lookup, existing, created: false, conflict);
     }
 
-    private static CreateOrGetResult<TEntity> Answer<TEntity>(EntityTableMapping mapping, TEntity entity, bool created, bool conflict)
+    /// <summary>Counts the call toward its key's streak, and in the metrics and logs, and answers it.</summary>
+    private static CreateOrGetResult<TEntity> Answer<TEntity>(EntityTableMapping mapping, NaturalKeyLookup lookup, TEntity entity, bool created, bool conflict)
     {
+        lookup.Streak.Observe(created);
         if (created)
         {
             DataLayerMetrics.Created(mapping.TableName);
@@ -224,9 +215,9 @@ public static class DbSetDataLayerExtensions
         throw new SlugAllocationException(baseSlug, options.MaxAttempts);
     }
 
-    private static Task<TEntity?> ReadAsync<TEntity>(DbSet<TEntity> set, NaturalKeyStatements key, object?[] values, CancellationToken cancellationToken)
+    private static Task<TEntity?> ReadAsync<TEntity>(DbSet<TEntity> set, NaturalKeyLookup lookup, object?[] values, CancellationToken cancellationToken)
         where TEntity : class =>
-        (key.HasQueryFilters ? set.IgnoreQueryFilters() : set).FirstOrDefaultAsync(key.Predicate<TEntity>(values), cancellationToken);
+        (lookup.HasQueryFilters ? set.IgnoreQueryFilters() : set).FirstOrDefaultAsync(lookup.Predicate<TEntity>(values), cancellationToken);
 
     private static async Task<List<TEntity>> ListAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, int max, CancellationToken cancellationToken)
         where TEntity : class

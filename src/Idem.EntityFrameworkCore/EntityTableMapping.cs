@@ -73,8 +73,8 @@ internal sealed class EntityTableMapping
     public string Column(IProperty property) => _shape.Column(property);
 
     /// <summary>The read by a natural key and the streak of its calls, built once per entity type and key.</summary>
-    public NaturalKeyStatements NaturalKey(IProperty[] keyProperties) =>
-        _shape.NaturalKeys.GetOrAdd(new PropertySet(keyProperties), static (key, shape) => new NaturalKeyStatements(shape, key.Properties), _shape);
+    public NaturalKeyLookup Lookup(IProperty[] keyProperties) =>
+        _shape.Lookups.GetOrAdd(new PropertySet(keyProperties), static (key, shape) => new NaturalKeyLookup(shape, key.Properties), _shape);
 
     /// <summary>
     /// The natural key's values read straight from the entity's properties, without tracking it, or
@@ -242,7 +242,7 @@ internal sealed class TableShape
     public ConcurrentDictionary<StatementKey, CreateOrGetSql> Statements { get; } = new();
 
     /// <summary>The reads by natural key and their streaks; one per key an application uses.</summary>
-    public ConcurrentDictionary<PropertySet, NaturalKeyStatements> NaturalKeys { get; } = new();
+    public ConcurrentDictionary<PropertySet, NaturalKeyLookup> Lookups { get; } = new();
 
     public string Column(IProperty property) => property.GetColumnName(_storeObject)
         ?? throw new ArgumentException($"The property '{property.Name}' has no column in '{TableName}'.");
@@ -304,16 +304,16 @@ internal sealed class PropertySet(IProperty[] properties) : IEquatable<PropertyS
 /// (its compiled-query cache, value converters, tracking), so an existing row costs what a <c>FirstOrDefaultAsync</c> by
 /// the key costs.
 /// </summary>
-internal sealed class NaturalKeyStatements
+internal sealed class NaturalKeyLookup
 {
     private static readonly MethodInfo PropertyMethod = typeof(EF).GetMethod(nameof(EF.Property))!;
-    private static readonly MethodInfo CapturedMethod = typeof(NaturalKeyStatements).GetMethod(nameof(Captured), BindingFlags.NonPublic | BindingFlags.Static)!;
+    private static readonly MethodInfo CapturedMethod = typeof(NaturalKeyLookup).GetMethod(nameof(Captured), BindingFlags.NonPublic | BindingFlags.Static)!;
 
     private readonly IProperty[] _properties;
     private readonly Func<object?, Expression>[] _captures;
     private readonly Func<Expression, Expression, Expression>[] _equals;
 
-    public NaturalKeyStatements(TableShape shape, IProperty[] keyProperties)
+    public NaturalKeyLookup(TableShape shape, IProperty[] keyProperties)
     {
         _properties = keyProperties;
         KeyColumns = [.. keyProperties.Select(shape.Column)];

@@ -189,13 +189,7 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IIdempotencyHealt
     /// <summary>Stops listening for deletions, and disposes the inner store when this cache was registered over it (through the builder).</summary>
     public async ValueTask DisposeAsync()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
-        {
-            return;
-        }
-
-        _deletions?.Dispose();
-        if (!_ownsInner)
+        if (!StopListening() || !_ownsInner)
         {
             return;
         }
@@ -213,18 +207,24 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IIdempotencyHealt
     /// <summary>Stops listening for deletions, and disposes the inner store when this cache was registered over it; prefer <see cref="DisposeAsync"/>.</summary>
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _disposed, 1) != 0)
-        {
-            return;
-        }
-
-        _deletions?.Dispose();
-        if (!_ownsInner)
+        if (!StopListening() || !_ownsInner)
         {
             return;
         }
 
         (_inner as IDisposable)?.Dispose();
+    }
+
+    /// <summary>Ends this cache's use of its store (once: true for the call that did it) and stops listening for deletions.</summary>
+    private bool StopListening()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0)
+        {
+            return false;
+        }
+
+        _deletions?.Dispose();
+        return true;
     }
 
     private async ValueTask<ClaimResult> AwaitClaimAsync(ValueTask<ClaimResult> pending, ClaimRequest request, long epoch) =>
@@ -401,8 +401,7 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IIdempotencyHealt
     /// </summary>
     internal IIdempotencyStore Detach()
     {
-        _deletions?.Dispose();
-        Interlocked.Exchange(ref _disposed, 1);
+        StopListening();
         return _inner;
     }
 
