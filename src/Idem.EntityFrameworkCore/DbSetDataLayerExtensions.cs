@@ -10,8 +10,9 @@ namespace Idem.EntityFrameworkCore;
 /// <summary>
 /// Create-or-get by natural key and unique-slug inserts on a <see cref="DbSet{TEntity}"/>, for PostgreSQL (Npgsql) and
 /// SQLite. Each runs on the context's own connection and in its current transaction
-/// (<see cref="DatabaseFacade.CurrentTransaction"/>), never on a second connection; the row is read back through EF
-/// Core, so it comes back tracked like a query result. A unique violation on the natural key or the slug never reaches
+/// (<see cref="DatabaseFacade.CurrentTransaction"/>), never on a second connection, through EF Core's command pipeline
+/// (its logging and interceptors see every statement). The row comes back tracked, as a query result or as
+/// <c>SaveChanges</c> leaves an added entity, unless the context does not track queries. A unique violation on the natural key or the slug never reaches
 /// the caller (the insert says <c>ON CONFLICT … DO NOTHING</c>, which neither raises nor aborts a PostgreSQL
 /// transaction); any other error does, untouched.
 /// </summary>
@@ -38,8 +39,11 @@ public static class DbSetDataLayerExtensions
     /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
     /// <param name="set">The set.</param>
     /// <param name="entity">
-    /// The row to insert if none exists. Its values are used as they are (with EF Core's client-side value generation
-    /// for keys left at their default); the instance itself is not tracked: the returned one is.
+    /// The row to insert if none exists, an instance the context does not track. Its values are used as they are (with
+    /// EF Core's client-side value generation for keys left at their default). When the insert alone created the row,
+    /// this instance is the one returned, with the values the database generated (as <c>SaveChanges</c> leaves it);
+    /// otherwise the returned instance is read from the database. Use the returned one. Navigations are not inserted:
+    /// set foreign keys by their properties.
     /// </param>
     /// <param name="naturalKey">The natural key: <c>e => e.ParticipantsKey</c>, or <c>e => new { e.ProjectId, e.Number }</c>.</param>
     /// <param name="cancellationToken">Cancels the statements.</param>
@@ -113,9 +117,9 @@ public static class DbSetDataLayerExtensions
         }
         else
         {
-            if (await FirstAsync(set, statements.InsertOnly, mapping.Parameters(row), cancellationToken).ConfigureAwait(false) is { } inserted)
+            if (await mapping.InsertAsync(entity, row, statements.InsertOnly, mapping.Parameters(row), cancellationToken).ConfigureAwait(false))
             {
-                return Answer(mapping, lookup, inserted, created: true, conflict: false);
+                return Answer(mapping, lookup, entity, created: true, conflict: false);
             }
 
             // The insert met a row: inserted concurrently when a read had just missed it; otherwise it is unknown
@@ -161,7 +165,10 @@ public static class DbSetDataLayerExtensions
     /// </summary>
     /// <typeparam name="TEntity">An entity type mapped to a table.</typeparam>
     /// <param name="set">The set.</param>
-    /// <param name="entity">The row to insert; its slug property is ignored. The instance itself is not tracked: the returned one is.</param>
+    /// <param name="entity">
+    /// The row to insert, an instance the context does not track; its slug property is ignored. It is the instance
+    /// returned, with its slug and the values the database generated, as <c>SaveChanges</c> leaves an added entity.
+    /// </param>
     /// <param name="slug">The slug property, with a unique index of its own: <c>e => e.Slug</c>.</param>
     /// <param name="name">The name the slug is made from.</param>
     /// <param name="options">Maximum length, attempts and fallback; <see cref="SlugOptions.Default"/> when <see langword="null"/>.</param>
@@ -200,11 +207,10 @@ public static class DbSetDataLayerExtensions
             parameters.Add(mapping.Parameter(DataLayerSql.MaxLengthParameter, options.MaxLength));
             parameters.Add(mapping.Parameter(DataLayerSql.PatternParameter, pattern));
             parameters.Add(mapping.Parameter(DataLayerSql.OffsetParameter, DataLayerSql.SlugOffset(attempt)));
-            var inserted = await FirstAsync(set, sql, parameters, cancellationToken).ConfigureAwait(false);
-            if (inserted is not null)
+            if (await mapping.InsertAsync(entity, row, sql, parameters, cancellationToken).ConfigureAwait(false))
             {
                 DataLayerMetrics.Created(mapping.TableName);
-                return inserted;
+                return entity;
             }
 
             DataLayerMetrics.ConflictResolved(mapping.TableName, "slug");
@@ -233,18 +239,5 @@ public static class DbSetDataLayerExtensions
         }
 
         return rows;
-    }
-
-    private static async Task<TEntity?> FirstAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, CancellationToken cancellationToken)
-        where TEntity : class
-    {
-        // Not composed (no First/Take): the statement is sent as written, in the context's connection and transaction.
-        // Query filters are ignored, as they would make EF Core wrap the INSERT in a SELECT.
-        await foreach (var entity in set.FromSqlRaw(sql, [.. parameters]).IgnoreQueryFilters().AsAsyncEnumerable().WithCancellation(cancellationToken).ConfigureAwait(false))
-        {
-            return entity;
-        }
-
-        return null;
     }
 }

@@ -1,11 +1,14 @@
 using System.Collections.Concurrent;
+using System.Data.Common;
 using System.Linq.Expressions;
 using System.Reflection;
 using System.Runtime.CompilerServices;
 using Idem.DataLayer;
 using Microsoft.EntityFrameworkCore;
+using Microsoft.EntityFrameworkCore.Diagnostics;
 using Microsoft.EntityFrameworkCore.Infrastructure;
 using Microsoft.EntityFrameworkCore.Metadata;
+using Microsoft.EntityFrameworkCore.Storage;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
@@ -133,7 +136,7 @@ internal sealed class EntityTableMapping
         var entry = _context.Entry(entity);
         if (entry.State != EntityState.Detached)
         {
-            throw new InvalidOperationException("Pass a new entity instance the context does not track; the row is read back and tracked as a new instance.");
+            throw new InvalidOperationException("Pass a new entity instance the context does not track: the call inserts it, or returns the row that already has its key.");
         }
 
         entry.State = EntityState.Added;
@@ -166,6 +169,73 @@ internal sealed class EntityTableMapping
         finally
         {
             entry.State = EntityState.Detached;
+        }
+    }
+
+    /// <summary>
+    /// Runs an insert that returns the table's columns in <see cref="Mapped"/> order, or no row when it inserted nothing,
+    /// through EF Core's own command pipeline as <c>ExecuteSqlRaw</c> does (on the context's connection and in its
+    /// transaction; its logging, interceptors and diagnostics see the statement). When a row came back,
+    /// <paramref name="entity"/> gets the values the database generated (identity, defaults, a slug) and is tracked
+    /// Unchanged, unless the context does not track queries: the entity <c>SaveChanges</c> would leave. Reading the
+    /// row back as a query (<c>FromSqlRaw</c>) would cost more than the insert: EF Core builds such a query's SQL anew
+    /// on every call.
+    /// </summary>
+    public async Task<bool> InsertAsync(object entity, InsertRow row, string sql, List<object> parameters, CancellationToken cancellationToken)
+    {
+        var generated = _shape.Generated(row);
+        var strategy = _context.Database.CreateExecutionStrategy();
+        var values = await strategy.ExecuteAsync(
+            (Mapping: this, Sql: sql, Parameters: parameters, Generated: generated),
+            static async (_, state, ct) => await state.Mapping.ExecuteInsertAsync(state.Sql, state.Parameters, state.Generated, ct).ConfigureAwait(false),
+            null,
+            cancellationToken).ConfigureAwait(false);
+        if (values is null)
+        {
+            return false;
+        }
+
+        var entry = _context.Entry(entity);
+        for (var i = 0; i < generated.Length; i++)
+        {
+            entry.Property(Mapped[generated[i]]).CurrentValue = values[i];
+        }
+
+        if (_context.ChangeTracker.QueryTrackingBehavior == QueryTrackingBehavior.TrackAll)
+        {
+            entry.State = EntityState.Unchanged;
+        }
+
+        return true;
+    }
+
+    private async Task<object?[]?> ExecuteInsertAsync(string sql, List<object> parameters, int[] generated, CancellationToken cancellationToken)
+    {
+        using var criticalSection = _context.GetService<IConcurrencyDetector>().EnterCriticalSection();
+        var command = _context.GetService<IRawSqlCommandBuilder>().Build(sql, parameters, _context.Model);
+        var reader = await command.RelationalCommand.ExecuteReaderAsync(
+            new RelationalCommandParameterObject(
+                _context.GetService<IRelationalConnection>(),
+                command.ParameterValues,
+                readerColumns: null,
+                _context,
+                _context.GetService<IRelationalCommandDiagnosticsLogger>(),
+                CommandSource.ExecuteSqlRaw),
+            cancellationToken).ConfigureAwait(false);
+        await using (reader.ConfigureAwait(false))
+        {
+            if (!await reader.ReadAsync(cancellationToken).ConfigureAwait(false))
+            {
+                return null;
+            }
+
+            var values = new object?[generated.Length];
+            for (var i = 0; i < generated.Length; i++)
+            {
+                values[i] = _shape.Read(reader.DbDataReader, generated[i]);
+            }
+
+            return values;
         }
     }
 
@@ -202,6 +272,8 @@ internal sealed record InsertRow(string[] Columns, object?[] Values, IProperty[]
 internal sealed class TableShape
 {
     private readonly StoreObjectIdentifier _storeObject;
+    private readonly ConcurrentDictionary<PropertySet, int[]> _generated = new();
+    private readonly ConcurrentDictionary<IProperty, Func<DbDataReader, int, object?>> _readers = new();
 
     public TableShape(IEntityType entityType)
     {
@@ -243,6 +315,40 @@ internal sealed class TableShape
 
     /// <summary>The reads by natural key and their streaks; one per key an application uses.</summary>
     public ConcurrentDictionary<PropertySet, NaturalKeyLookup> Lookups { get; } = new();
+
+    /// <summary>The ordinals in <see cref="Mapped"/> of the columns an insert of <paramref name="row"/> leaves to the database.</summary>
+    public int[] Generated(InsertRow row) =>
+        _generated.GetOrAdd(new PropertySet(row.Properties), static (key, mapped) =>
+        [
+            .. Enumerable.Range(0, mapped.Length).Where(i => Array.IndexOf(key.Properties, mapped[i]) < 0),
+        ], Mapped);
+
+    /// <summary>
+    /// The value of <see cref="Mapped"/>[<paramref name="ordinal"/>] at the same ordinal of a row, read as EF Core's own
+    /// materializer reads it: the type mapping's reader method, then its value converter.
+    /// </summary>
+    public object? Read(DbDataReader reader, int ordinal)
+    {
+        if (reader.IsDBNull(ordinal))
+        {
+            return null;
+        }
+
+        var property = Mapped[ordinal];
+        var typeMapping = property.GetRelationalTypeMapping();
+        var value = _readers.GetOrAdd(property, static (p, m) => ReaderFor(m), typeMapping)(reader, ordinal);
+        return typeMapping.Converter is { } converter ? converter.ConvertFromProvider(value) : value;
+    }
+
+    private static Func<DbDataReader, int, object?> ReaderFor(RelationalTypeMapping typeMapping)
+    {
+        var method = typeMapping.GetDataReaderMethod();
+        var reader = Expression.Parameter(typeof(DbDataReader), "reader");
+        var ordinal = Expression.Parameter(typeof(int), "ordinal");
+        Expression instance = method.DeclaringType!.IsAssignableFrom(typeof(DbDataReader)) ? reader : Expression.Convert(reader, method.DeclaringType);
+        var read = typeMapping.CustomizeDataReaderExpression(Expression.Call(instance, method, ordinal));
+        return Expression.Lambda<Func<DbDataReader, int, object?>>(Expression.Convert(read, typeof(object)), reader, ordinal).Compile();
+    }
 
     public string Column(IProperty property) => property.GetColumnName(_storeObject)
         ?? throw new ArgumentException($"The property '{property.Name}' has no column in '{TableName}'.");

@@ -76,6 +76,60 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
     }
 
     [Fact]
+    public async Task CreateOrGet_through_EF_Core_hands_back_a_created_row_with_the_values_the_database_generated_tracked_as_after_SaveChanges()
+    {
+        // Eight new rows: past the streak's threshold, so every first statement is exercised (on PostgreSQL the combined
+        // statement, then the insert alone; on SQLite the insert after a read, then the insert first).
+        var before = DateTime.UtcNow.AddMinutes(-1);
+        var ids = new Dictionary<string, long>();
+        await using (var db = NewContext())
+        {
+            for (var i = 0; i < 8; i++)
+            {
+                var result = await db.Notes.CreateOrGetAsync(new Note { Ref = "note-" + i }, n => n.Ref);
+                var note = result.Value;
+                Assert.True(result.Created);
+                Assert.True(note.Id > 0, $"call {i}: the identity the database gave, got {note.Id}");
+                Assert.Equal(NoteStatus.Draft, note.Status); // the column's default 'Draft', through the value converter
+                Assert.InRange(note.CreatedAt, before, DateTime.UtcNow.AddMinutes(1));
+                Assert.Equal(EntityState.Unchanged, db.Entry(note).State);
+                ids[note.Ref] = note.Id;
+                note.Status = NoteStatus.Published;
+            }
+
+            // Tracked with their keys and the database's values as original values: SaveChanges updates exactly the
+            // eight rows, and only the changed column.
+            Assert.Equal(8, await db.SaveChangesAsync());
+        }
+
+        Assert.Equal(8, ids.Values.Distinct().Count());
+        await using (var db = NewContext())
+        {
+            foreach (var (reference, id) in ids)
+            {
+                var again = await db.Notes.CreateOrGetAsync(new Note { Ref = reference }, n => n.Ref);
+                Assert.False(again.Created);
+                Assert.Equal(id, again.Value.Id);
+                Assert.Equal(NoteStatus.Published, again.Value.Status);
+            }
+        }
+
+        // A context that does not track queries hands back the created row untracked, with the same values.
+        await using (var db = NewContext())
+        {
+            db.ChangeTracker.QueryTrackingBehavior = QueryTrackingBehavior.NoTracking;
+            for (var i = 0; i < 6; i++)
+            {
+                var result = await db.Notes.CreateOrGetAsync(new Note { Ref = "untracked-" + i }, n => n.Ref);
+                Assert.True(result.Created);
+                Assert.True(result.Value.Id > 0);
+                Assert.Equal(NoteStatus.Draft, result.Value.Status);
+                Assert.Equal(EntityState.Detached, db.Entry(result.Value).State);
+            }
+        }
+    }
+
+    [Fact]
     public async Task CreateOrGet_through_EF_Core_150_concurrent_calls_return_one_id_and_one_row()
     {
         var answers = await RaceContextsAsync(150, async (db, i) =>

@@ -25,6 +25,7 @@ public sealed class PostgreSqlDataLayerTests(PostgreSqlServer server, ITestOutpu
             CREATE TABLE tags (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text NOT NULL UNIQUE);
             CREATE TABLE shipments (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, reference text NOT NULL UNIQUE, destination_city text NOT NULL);
             CREATE TABLE tickets (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kind integer NOT NULL, number integer NOT NULL, UNIQUE (kind, number));
+            CREATE TABLE notes (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, ref text NOT NULL UNIQUE, status text NOT NULL DEFAULT 'Draft', created_at timestamptz NOT NULL DEFAULT now());
             """);
         await command.ExecuteNonQueryAsync();
     }

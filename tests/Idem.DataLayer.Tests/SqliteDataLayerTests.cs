@@ -26,6 +26,7 @@ public sealed class SqliteDataLayerTests(ITestOutputHelper output) : DataLayerTe
             CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
             CREATE TABLE shipments (id INTEGER PRIMARY KEY, reference TEXT NOT NULL UNIQUE, destination_city TEXT NOT NULL);
             CREATE TABLE tickets (id INTEGER PRIMARY KEY, kind INTEGER NOT NULL, number INTEGER NOT NULL, UNIQUE (kind, number));
+            CREATE TABLE notes (id INTEGER PRIMARY KEY, ref TEXT NOT NULL UNIQUE, status TEXT NOT NULL DEFAULT 'Draft', created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')));
             """;
         await command.ExecuteNonQueryAsync();
     }

@@ -46,6 +46,25 @@ public sealed class Ticket
     public int Number { get; set; }
 }
 
+public enum NoteStatus
+{
+    Unset = 0,
+    Draft = 1,
+    Published = 2,
+}
+
+/// <summary>A row whose id, status (stored as text through a value converter) and creation time are the database's defaults.</summary>
+public sealed class Note
+{
+    public long Id { get; set; }
+
+    public string Ref { get; set; } = "";
+
+    public NoteStatus Status { get; set; }
+
+    public DateTime CreatedAt { get; set; }
+}
+
 public sealed class Shipment
 {
     public long Id { get; set; }
@@ -73,6 +92,8 @@ public sealed class TestContext(DbContextOptions<TestContext> options) : DbConte
 
     public DbSet<Ticket> Tickets => Set<Ticket>();
 
+    public DbSet<Note> Notes => Set<Note>();
+
     protected override void OnModelCreating(ModelBuilder modelBuilder)
     {
         modelBuilder.Entity<Chat>(MapChats);
@@ -98,6 +119,16 @@ public sealed class TestContext(DbContextOptions<TestContext> options) : DbConte
             ticket.Property(t => t.Kind).HasColumnName("kind");
             ticket.Property(t => t.Number).HasColumnName("number");
             ticket.HasIndex(t => new { t.Kind, t.Number }).IsUnique();
+        });
+        modelBuilder.Entity<Note>(note =>
+        {
+            note.ToTable("notes");
+            note.Property(n => n.Id).HasColumnName("id");
+            note.Property(n => n.Ref).HasColumnName("ref");
+            // The columns' defaults are in each database's DDL; the model only says the database fills them.
+            note.Property(n => n.Status).HasColumnName("status").HasConversion<string>().ValueGeneratedOnAdd();
+            note.Property(n => n.CreatedAt).HasColumnName("created_at").ValueGeneratedOnAdd();
+            note.HasIndex(n => n.Ref).IsUnique();
         });
         modelBuilder.Entity<Shipment>(shipment =>
         {
