@@ -223,7 +223,7 @@ public static class DbSetDataLayerExtensions
 
     private static Task<TEntity?> ReadAsync<TEntity>(DbSet<TEntity> set, NaturalKeyLookup lookup, object?[] values, CancellationToken cancellationToken)
         where TEntity : class =>
-        (lookup.HasQueryFilters ? set.IgnoreQueryFilters() : set).FirstOrDefaultAsync(lookup.Predicate<TEntity>(values), cancellationToken);
+        lookup.ReadAsync<TEntity>(set.GetService<ICurrentDbContext>().Context, values, cancellationToken);
 
     private static async Task<List<TEntity>> ListAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, int max, CancellationToken cancellationToken)
         where TEntity : class

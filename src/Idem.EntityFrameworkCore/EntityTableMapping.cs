@@ -413,17 +413,37 @@ internal sealed class PropertySet(IProperty[] properties) : IEquatable<PropertyS
 internal sealed class NaturalKeyLookup
 {
     private static readonly MethodInfo PropertyMethod = typeof(EF).GetMethod(nameof(EF.Property))!;
-    private static readonly MethodInfo CapturedMethod = typeof(NaturalKeyLookup).GetMethod(nameof(Captured), BindingFlags.NonPublic | BindingFlags.Static)!;
+    private static readonly MethodInfo SetMethod = typeof(DbContext).GetMethod(nameof(DbContext.Set), Type.EmptyTypes)!;
+    private static readonly MethodInfo IgnoreQueryFiltersMethod = typeof(EntityFrameworkQueryableExtensions).GetMethod(nameof(EntityFrameworkQueryableExtensions.IgnoreQueryFilters), [typeof(IQueryable<>).MakeGenericType(Type.MakeGenericMethodParameter(0))])!;
+    private static readonly MethodInfo FirstOrDefaultMethod = typeof(Queryable).GetMethods()
+        .Single(m => m.Name == nameof(Queryable.FirstOrDefault) && m.GetParameters() is [_, { ParameterType.Name: "Expression`1" }]);
+
+    private static readonly Dictionary<QueryTrackingBehavior, MethodInfo> TrackingMethods = new()
+    {
+        [QueryTrackingBehavior.TrackAll] = typeof(EntityFrameworkQueryableExtensions).GetMethod(nameof(EntityFrameworkQueryableExtensions.AsTracking), 1, [typeof(IQueryable<>).MakeGenericType(Type.MakeGenericMethodParameter(0))])!,
+        [QueryTrackingBehavior.NoTracking] = typeof(EntityFrameworkQueryableExtensions).GetMethod(nameof(EntityFrameworkQueryableExtensions.AsNoTracking))!,
+        [QueryTrackingBehavior.NoTrackingWithIdentityResolution] = typeof(EntityFrameworkQueryableExtensions).GetMethod(nameof(EntityFrameworkQueryableExtensions.AsNoTrackingWithIdentityResolution))!,
+    };
+
+    // EF.CompileAsyncQuery<TContext, TParam1…TParamN, TResult>(Expression<Func<TContext, TParam1…, CancellationToken,
+    // TResult>>) for a single result (it returns Func<TContext, TParam1…, CancellationToken, Task<TResult>>: the token
+    // reaches the query), by the number of parameters N.
+    private static readonly Dictionary<int, MethodInfo> CompileAsyncQueryMethods = typeof(EF).GetMethods()
+        .Where(m => m.Name == nameof(EF.CompileAsyncQuery)
+            && m.ReturnType.GetGenericArguments()[^1] is { IsGenericType: true } result && result.GetGenericTypeDefinition() == typeof(Task<>)
+            && m.GetGenericArguments().Length >= 3
+            && m.GetParameters()[0].ParameterType.GetGenericArguments()[0].GetGenericArguments() is var query
+            && query.Length == m.GetGenericArguments().Length + 1 && query[^2] == typeof(CancellationToken))
+        .ToDictionary(m => m.GetGenericArguments().Length - 2);
 
     private readonly IProperty[] _properties;
-    private readonly Func<object?, Expression>[] _captures;
+    private readonly object?[] _reads = new object?[Enum.GetValues<QueryTrackingBehavior>().Length];
     private readonly Func<Expression, Expression, Expression>[] _equals;
 
     public NaturalKeyLookup(TableShape shape, IProperty[] keyProperties)
     {
         _properties = keyProperties;
         KeyColumns = [.. keyProperties.Select(shape.Column)];
-        _captures = [.. keyProperties.Select(p => CapturedMethod.MakeGenericMethod(p.ClrType).CreateDelegate<Func<object?, Expression>>())];
         _equals = [.. keyProperties.Select(p => EqualityFor(p.ClrType))];
         HasQueryFilters = shape.EntityType.GetAllBaseTypesInclusive().Any(t => t.GetDeclaredQueryFilters().Count > 0);
     }
@@ -441,22 +461,65 @@ internal sealed class NaturalKeyLookup
     public CreateOrGetStreak Streak { get; } = new();
 
     /// <summary>
-    /// <c>e => EF.Property&lt;T0&gt;(e, "A") == a &amp;&amp; …</c> with the values captured as a closure would capture
-    /// them, so EF Core sends them as parameters and compiles the query once for every value.
+    /// The row with <paramref name="values"/> as its natural key, or <see langword="null"/>: <c>FirstOrDefault(e =>
+    /// e.A == a &amp;&amp; …)</c> as a compiled query (<see cref="EF.CompileAsyncQuery{TContext, TParam1, TResult}(Expression{Func{TContext, TParam1, TResult}})"/>),
+    /// one per tracking behaviour, so a call skips EF Core's query cache lookup and parameter extraction, which cost
+    /// more than SQLite's read itself. Query filters are ignored where the entity type has them.
     /// </summary>
-    public Expression<Func<TEntity, bool>> Predicate<TEntity>(object?[] values)
+    public Task<TEntity?> ReadAsync<TEntity>(DbContext context, object?[] values, CancellationToken cancellationToken)
+        where TEntity : class
+    {
+        var behavior = context.ChangeTracker.QueryTrackingBehavior;
+        ref var slot = ref _reads[(int)behavior];
+        var read = Volatile.Read(ref slot) as Func<DbContext, object?[], CancellationToken, Task<TEntity?>>;
+        if (read is null)
+        {
+            read = CompileRead<TEntity>(behavior);
+            Volatile.Write(ref slot, read);
+        }
+
+        return read(context, values, cancellationToken);
+    }
+
+    private Func<DbContext, object?[], CancellationToken, Task<TEntity?>> CompileRead<TEntity>(QueryTrackingBehavior behavior)
+        where TEntity : class
+    {
+        var context = Expression.Parameter(typeof(DbContext), "context");
+        var keys = _properties.Select((p, i) => Expression.Parameter(p.ClrType, "key" + i)).ToArray();
+        Expression rows = Expression.Call(context, SetMethod.MakeGenericMethod(typeof(TEntity)));
+        if (HasQueryFilters)
+        {
+            rows = Expression.Call(IgnoreQueryFiltersMethod.MakeGenericMethod(typeof(TEntity)), rows);
+        }
+
+        rows = Expression.Call(TrackingMethods[behavior].MakeGenericMethod(typeof(TEntity)), rows);
+        var first = Expression.Call(FirstOrDefaultMethod.MakeGenericMethod(typeof(TEntity)), rows, Expression.Quote(Predicate<TEntity>(keys)));
+        var cancellationToken = Expression.Parameter(typeof(CancellationToken), "cancellationToken");
+        var query = Expression.Lambda(first, [context, .. keys, cancellationToken]);
+        var compiled = (Delegate)CompileAsyncQueryMethods[keys.Length]
+            .MakeGenericMethod([typeof(DbContext), .. keys.Select(k => k.Type), typeof(TEntity)])
+            .Invoke(null, [query])!;
+
+        // (context, values, ct) => compiled(context, (T0)values[0], …, ct)
+        var values = Expression.Parameter(typeof(object?[]), "values");
+        var call = Expression.Invoke(
+            Expression.Constant(compiled),
+            [context, .. keys.Select((k, i) => Expression.Convert(Expression.ArrayIndex(values, Expression.Constant(i)), k.Type)), cancellationToken]);
+        return Expression.Lambda<Func<DbContext, object?[], CancellationToken, Task<TEntity?>>>(call, context, values, cancellationToken).Compile();
+    }
+
+    /// <summary><c>e => e.A == key0 &amp;&amp; …</c>, each member as a hand-written lambda names it.</summary>
+    private Expression<Func<TEntity, bool>> Predicate<TEntity>(ParameterExpression[] keys)
     {
         var entity = Expression.Parameter(typeof(TEntity), "e");
         Expression? body = null;
         for (var i = 0; i < _properties.Length; i++)
         {
             var property = _properties[i];
-            // The member itself where the property has one, as a hand-written lambda would say it (EF Core translates
-            // it with less work than EF.Property).
             Expression column = property.PropertyInfo is { } clrProperty ? Expression.Property(entity, clrProperty)
                 : property.FieldInfo is { } field ? Expression.Field(entity, field)
                 : Expression.Call(PropertyMethod.MakeGenericMethod(property.ClrType), entity, Expression.Constant(property.Name));
-            var equal = _equals[i](column, _captures[i](values[i]));
+            var equal = _equals[i](column, keys[i]);
             body = body is null ? equal : Expression.AndAlso(body, equal);
         }
 
@@ -491,8 +554,6 @@ internal sealed class NaturalKeyLookup
         }
     }
 
-    private static MemberExpression Captured<T>(object? value) =>
-        Expression.Field(Expression.Constant(new StrongBox<T>((T)value!)), nameof(StrongBox<T>.Value));
 }
 
 /// <summary>A create-or-get's insert statements for one set of inserted columns and key.</summary>

@@ -126,6 +126,12 @@ public abstract class DataLayerTests(ITestOutputHelper output) : IAsyncLifetime
                 Assert.Equal(NoteStatus.Draft, result.Value.Status);
                 Assert.Equal(EntityState.Detached, db.Entry(result.Value).State);
             }
+
+            // An existing row is read untracked too (the read is compiled once per tracking behaviour).
+            var existing = await db.Notes.CreateOrGetAsync(new Note { Ref = "note-0" }, n => n.Ref);
+            Assert.False(existing.Created);
+            Assert.Equal(ids["note-0"], existing.Value.Id);
+            Assert.Equal(EntityState.Detached, db.Entry(existing.Value).State);
         }
     }
 
