@@ -49,7 +49,10 @@ public static class DbSetDataLayerExtensions
     /// <param name="cancellationToken">Cancels the statements.</param>
     /// <returns>The row (tracked unless the query is no-tracking) and whether this call created it.</returns>
     /// <exception cref="ArgumentException">The key expression is not properties of the entity, or a key value is null.</exception>
-    /// <exception cref="NotSupportedException">The provider is neither Npgsql nor SQLite.</exception>
+    /// <exception cref="NotSupportedException">
+    /// The provider is neither Npgsql nor SQLite, the entity type has an owned or complex type, or the natural key has
+    /// more columns than EF Core's compiled queries take parameters (14).
+    /// </exception>
     public static async Task<CreateOrGetResult<TEntity>> CreateOrGetAsync<TEntity>(
         this DbSet<TEntity> set,
         TEntity entity,

@@ -442,6 +442,12 @@ internal sealed class NaturalKeyLookup
 
     public NaturalKeyLookup(TableShape shape, IProperty[] keyProperties)
     {
+        if (!CompileAsyncQueryMethods.ContainsKey(keyProperties.Length))
+        {
+            throw new NotSupportedException(
+                $"A natural key of {keyProperties.Length} columns on '{shape.TableName}': EF Core compiles a query with at most {CompileAsyncQueryMethods.Keys.Max()} parameters, so create-or-get handles keys of up to that many columns.");
+        }
+
         _properties = keyProperties;
         KeyColumns = [.. keyProperties.Select(shape.Column)];
         _equals = [.. keyProperties.Select(p => EqualityFor(p.ClrType))];

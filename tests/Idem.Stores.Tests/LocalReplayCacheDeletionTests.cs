@@ -111,10 +111,12 @@ public sealed class LocalReplayCacheDeletionTests(PostgreSqlServer postgres, Red
     [Fact]
     public async Task The_tiered_store_registered_with_a_response_cache_gets_a_local_replay_cache_by_default()
     {
+        // The wiring is under test, not the cache's deadline: on a loaded box a Redis call can outlast the default 250 ms,
+        // which counts as a cache failure (a miss, then a back-off) and would move the hit counters and the health below.
         var services = new ServiceCollection();
         new RedisStoreSpecificTests.TestBuilder(services)
             .UsePostgreSqlStore(postgres.ConnectionString, o => { o.SchemaName = _schema; o.NotificationChannel = _schema + "_changed"; })
-            .WithRedisResponseCache(redis.Endpoint, o => o.KeyPrefix = _prefix);
+            .WithRedisResponseCache(redis.Endpoint, o => o.KeyPrefix = _prefix, t => t.CacheTimeout = TimeSpan.FromSeconds(10));
         await using (var provider = services.BuildServiceProvider())
         {
             var local = Assert.IsType<LocalReplayCacheStore>(provider.GetRequiredService<IIdempotencyStore>());
@@ -150,7 +152,7 @@ public sealed class LocalReplayCacheDeletionTests(PostgreSqlServer postgres, Red
         var replaced = new ServiceCollection();
         new RedisStoreSpecificTests.TestBuilder(replaced)
             .UsePostgreSqlStore(postgres.ConnectionString, o => { o.SchemaName = _schema; o.NotificationChannel = _schema + "_changed"; })
-            .WithRedisResponseCache(redis.Endpoint, o => o.KeyPrefix = _prefix)
+            .WithRedisResponseCache(redis.Endpoint, o => o.KeyPrefix = _prefix, t => t.CacheTimeout = TimeSpan.FromSeconds(10))
             .WithLocalReplayCache(o => o.CacheCompletions = true);
         await using (var provider = replaced.BuildServiceProvider())
         {
