@@ -71,6 +71,7 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
         pairs.Add((sqlite ? "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no read first) vs INSERT" : "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no folded read) vs INSERT", "—", database.InsertAsync, database.InsertOrNothingNewAsync, true));
         pairs.Add(("EF Core, existing row: CreateOrGetAsync vs FirstAsync by key", "—", database.EfSelectAsync, database.EfCreateOrGetExistingAsync, false));
         pairs.Add(("EF Core, new row: CreateOrGetAsync vs Add + SaveChangesAsync", "—", database.EfInsertAsync, database.EfCreateOrGetNewAsync, true));
+        pairs.Add(("EF Core, mixed (half existing, half new rows, as the ADO.NET mixed case): CreateOrGetAsync vs FirstOrDefaultAsync by key, then Add + SaveChangesAsync when missing (check-then-insert)", "—", database.EfCheckThenInsertMixedAsync, database.EfCreateOrGetMixedAsync, true));
         pairs.Add(("ADO.NET, unique slug of a new name (no contention) vs INSERT of the row with its slug", "—", database.InsertCommunityAsync, database.InsertCommunityWithSlugAsync, true));
         for (var index = 0; index < pairs.Count; index++)
         {
@@ -460,6 +461,30 @@ internal abstract class Database : IAsyncDisposable
         await using var db = _contexts!.CreateDbContext();
         db.Items.Add(new Item { K = "ef-plain-new-" + i, V = "v" });
         await db.SaveChangesAsync();
+    }
+
+    public async Task EfCheckThenInsertMixedAsync(int i)
+    {
+        await using var db = _contexts!.CreateDbContext();
+        var existing = MixedExisting(i);
+        var key = existing ? "existing-" + (i % 1000) : "ef-plain-mixed-" + i;
+        if (await db.Items.FirstOrDefaultAsync(item => item.K == key) is null)
+        {
+            if (existing)
+            {
+                throw new InvalidOperationException("Expected an existing row.");
+            }
+
+            db.Items.Add(new Item { K = key, V = "v" });
+            await db.SaveChangesAsync();
+        }
+    }
+
+    public async Task EfCreateOrGetMixedAsync(int i)
+    {
+        await using var db = _contexts!.CreateDbContext();
+        var existing = MixedExisting(i);
+        Check(await db.Items.CreateOrGetAsync(new Item { K = existing ? "existing-" + (i % 1000) : "ef-helper-mixed-" + i, V = "v" }, item => item.K), created: !existing);
     }
 
     public async Task EfCreateOrGetNewAsync(int i)
