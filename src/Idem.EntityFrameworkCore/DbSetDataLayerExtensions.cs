@@ -74,13 +74,13 @@ public static class DbSetDataLayerExtensions
         // shortcut.
         var readFirst = mapping.Dialect == SqlDialect.PostgreSql
             ? first == CreateOrGetFirst.Read
-            : first != CreateOrGetFirst.Insert && set.GetService<ICurrentDbContext>().Context.Database.CurrentTransaction is null;
+            : first != CreateOrGetFirst.Insert && mapping.Context.Database.CurrentTransaction is null;
 
         // An existing row is read with the key's values taken from the entity as it is: tracking it for a moment to
         // run value generation (below) costs more than the read itself, and is needed only to insert. A key left to value
         // generation (no values yet) is read after it.
         var keyValues = readFirst ? EntityTableMapping.KeyValues(entity, keyProperties) : null;
-        if (keyValues is not null && await ReadAsync(set, lookup, keyValues, cancellationToken).ConfigureAwait(false) is { } found)
+        if (keyValues is not null && await lookup.ReadAsync<TEntity>(mapping.Context, keyValues, cancellationToken).ConfigureAwait(false) is { } found)
         {
             return Answer(mapping, lookup, found, created: false, conflict: false);
         }
@@ -97,7 +97,7 @@ public static class DbSetDataLayerExtensions
 
         var generatedKey = keyValues is null;
         keyValues ??= [.. keyOrdinals.Select(i => row.Values[i])];
-        if (readFirst && generatedKey && await ReadAsync(set, lookup, keyValues, cancellationToken).ConfigureAwait(false) is { } generatedFound)
+        if (readFirst && generatedKey && await lookup.ReadAsync<TEntity>(mapping.Context, keyValues, cancellationToken).ConfigureAwait(false) is { } generatedFound)
         {
             return Answer(mapping, lookup, generatedFound, created: false, conflict: false);
         }
@@ -130,7 +130,7 @@ public static class DbSetDataLayerExtensions
             conflict = readFirst;
         }
 
-        var existing = await ReadAsync(set, lookup, keyValues, cancellationToken).ConfigureAwait(false)
+        var existing = await lookup.ReadAsync<TEntity>(mapping.Context, keyValues, cancellationToken).ConfigureAwait(false)
             ?? throw new InvalidOperationException(
                 $"Create-or-get on '{mapping.TableName}' met an existing row but could not read it: it was deleted concurrently, or no unique index covers exactly ({string.Join(", ", lookup.KeyColumns)}).");
         return Answer(mapping, lookup, existing, created: false, conflict);
@@ -223,10 +223,6 @@ public static class DbSetDataLayerExtensions
         DataLayerLog.SlugExhausted(mapping.Logger, mapping.TableName, baseSlug, options.MaxAttempts);
         throw new SlugAllocationException(baseSlug, options.MaxAttempts);
     }
-
-    private static Task<TEntity?> ReadAsync<TEntity>(DbSet<TEntity> set, NaturalKeyLookup lookup, object?[] values, CancellationToken cancellationToken)
-        where TEntity : class =>
-        lookup.ReadAsync<TEntity>(set.GetService<ICurrentDbContext>().Context, values, cancellationToken);
 
     private static async Task<List<TEntity>> ListAsync<TEntity>(DbSet<TEntity> set, string sql, List<object> parameters, int max, CancellationToken cancellationToken)
         where TEntity : class

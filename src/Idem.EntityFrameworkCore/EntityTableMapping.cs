@@ -35,6 +35,9 @@ internal sealed class EntityTableMapping
 
     public IEntityType EntityType => _shape.EntityType;
 
+    /// <summary>The set's context.</summary>
+    public DbContext Context => _context;
+
     public SqlDialect Dialect { get; }
 
     /// <summary>The context's logger, made when something is logged (most calls log nothing).</summary>
@@ -187,7 +190,7 @@ internal sealed class EntityTableMapping
         var strategy = _context.Database.CreateExecutionStrategy();
         var values = await strategy.ExecuteAsync(
             (Mapping: this, Sql: sql, Parameters: parameters, Generated: generated),
-            static async (_, state, ct) => await state.Mapping.ExecuteInsertAsync(state.Sql, state.Parameters, state.Generated, ct).ConfigureAwait(false),
+            static (_, state, ct) => state.Mapping.ExecuteInsertAsync(state.Sql, state.Parameters, state.Generated, ct),
             null,
             cancellationToken).ConfigureAwait(false);
         if (values is null)
@@ -405,10 +408,9 @@ internal sealed class PropertySet(IProperty[] properties) : IEquatable<PropertyS
 }
 
 /// <summary>
-/// A natural key's read, as a LINQ predicate over the key's properties, and the streak of its calls, which decides the
-/// first statement of the next (<see cref="CreateOrGetStreak"/>). The read goes through EF Core's own query pipeline
-/// (its compiled-query cache, value converters, tracking), so an existing row costs what a <c>FirstOrDefaultAsync</c> by
-/// the key costs.
+/// A natural key's read, an EF Core query compiled once per tracking behaviour (value converters applied, the row
+/// tracked as the context tracks queries), and the streak of its calls, which decides the first statement of the next
+/// (<see cref="CreateOrGetStreak"/>).
 /// </summary>
 internal sealed class NaturalKeyLookup
 {
@@ -438,7 +440,6 @@ internal sealed class NaturalKeyLookup
 
     private readonly IProperty[] _properties;
     private readonly object?[] _reads = new object?[Enum.GetValues<QueryTrackingBehavior>().Length];
-    private readonly Func<Expression, Expression, Expression>[] _equals;
 
     public NaturalKeyLookup(TableShape shape, IProperty[] keyProperties)
     {
@@ -450,7 +451,6 @@ internal sealed class NaturalKeyLookup
 
         _properties = keyProperties;
         KeyColumns = [.. keyProperties.Select(shape.Column)];
-        _equals = [.. keyProperties.Select(p => EqualityFor(p.ClrType))];
         HasQueryFilters = shape.EntityType.GetAllBaseTypesInclusive().Any(t => t.GetDeclaredQueryFilters().Count > 0);
     }
 
@@ -468,7 +468,7 @@ internal sealed class NaturalKeyLookup
 
     /// <summary>
     /// The row with <paramref name="values"/> as its natural key, or <see langword="null"/>: <c>FirstOrDefault(e =>
-    /// e.A == a &amp;&amp; …)</c> as a compiled query (<see cref="EF.CompileAsyncQuery{TContext, TParam1, TResult}(Expression{Func{TContext, TParam1, TResult}})"/>),
+    /// e.A == a &amp;&amp; …)</c> as a query compiled with <c>EF.CompileAsyncQuery</c> (the token passed through),
     /// one per tracking behaviour, so a call skips EF Core's query cache lookup and parameter extraction, which cost
     /// more than SQLite's read itself. Query filters are ignored where the entity type has them.
     /// </summary>
@@ -525,7 +525,7 @@ internal sealed class NaturalKeyLookup
             Expression column = property.PropertyInfo is { } clrProperty ? Expression.Property(entity, clrProperty)
                 : property.FieldInfo is { } field ? Expression.Field(entity, field)
                 : Expression.Call(PropertyMethod.MakeGenericMethod(property.ClrType), entity, Expression.Constant(property.Name));
-            var equal = _equals[i](column, keys[i]);
+            var equal = EqualityFor(property.ClrType)(column, keys[i]);
             body = body is null ? equal : Expression.AndAlso(body, equal);
         }
 
@@ -559,7 +559,6 @@ internal sealed class NaturalKeyLookup
             return (column, value) => Expression.Call(column, equals, Expression.Convert(value, typeof(object)));
         }
     }
-
 }
 
 /// <summary>A create-or-get's insert statements for one set of inserted columns and key.</summary>
