@@ -33,6 +33,10 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
     private readonly string _claimSql, _completeSql, _completeForCommitSql, _releaseSql, _renewSql, _getSql, _isUnchangedSql, _purgeSql, _recordPhasesSql;
     private Task? _schemaReady;
     private volatile int _listenerProcessId;
+
+    // Completed while a LISTEN is up; replaced by a pending one when the listener loses its connection. A wait that began
+    // while no LISTEN was up would miss the NOTIFY of a change committed before the listener is back.
+    private TaskCompletionSource _listening = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private int _disposed;
     private long _staleSnapshotRetries;
     private long _listenerHealthChecks;
@@ -642,12 +646,49 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
     /// <remarks>
     /// Woken by <c>NOTIFY</c> from any node (or at once by a completion in this process). The wait registers first and
     /// then reads the row once, so a change between the caller's read and this call is never missed. While the
-    /// listener is reconnecting, the wait just times out and the caller polls.
+    /// listener is not (yet, or no longer known to be) listening, the wait reads the row, then waits for the listener
+    /// within its timeout and reads again once it is back, so a change another node committed meanwhile (its
+    /// <c>NOTIFY</c> unheard) is still seen; past the timeout the caller polls.
     /// </remarks>
     public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(key);
-        return _signals.WaitAsync(key, ct => HasChangedAsync(key, observedOwner, ct), timeout, TimeProvider.System, cancellationToken);
+        var listening = Volatile.Read(ref _listening).Task;
+        return listening.IsCompleted
+            ? _signals.WaitAsync(key, ct => HasChangedAsync(key, observedOwner, ct), timeout, TimeProvider.System, cancellationToken)
+            : WaitForListenerThenChangeAsync(listening, key, observedOwner, timeout, cancellationToken);
+    }
+
+    private async ValueTask WaitForListenerThenChangeAsync(Task listening, string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var started = TimeProvider.System.GetTimestamp();
+        if (await HasChangedAsync(key, observedOwner, cancellationToken).ConfigureAwait(false))
+        {
+            return; // Changed already: no reason to wait for the listener (which may stay down for long).
+        }
+
+        try
+        {
+            await listening.WaitAsync(timeout, TimeProvider.System, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            return; // The listener stayed down for the whole wait: the caller re-reads, as after any timeout.
+        }
+
+        var left = timeout - TimeProvider.System.GetElapsedTime(started);
+        await _signals.WaitAsync(key, ct => HasChangedAsync(key, observedOwner, ct), left > TimeSpan.Zero ? left : TimeSpan.Zero, TimeProvider.System, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Marks the listener down: waits that start now hold off until it listens again.</summary>
+    private void ListenerDown()
+    {
+        _listenerProcessId = 0;
+        var current = Volatile.Read(ref _listening);
+        if (current.Task.IsCompleted)
+        {
+            Interlocked.CompareExchange(ref _listening, new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously), current);
+        }
     }
 
     /// <summary>Stops the listener and, when the store created it, disposes the data source.</summary>
@@ -859,6 +900,7 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
                     // (before the process id is published, which tests take as "listening").
                     _deletionSubscribers.Missed();
                     _listenerProcessId = connection.ProcessID;
+                    Volatile.Read(ref _listening).TrySetResult();
                     delay = _options.ListenerReconnectMinDelay;
                     Log.Listening(_logger, _options.NotificationChannel);
                     while (true)
@@ -881,11 +923,11 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
             catch (Exception ex)
 #pragma warning restore CA1031
             {
-                _listenerProcessId = 0;
+                ListenerDown();
                 Log.ListenerFailed(_logger, ex, _options.NotificationChannel, delay);
             }
 
-            _listenerProcessId = 0;
+            ListenerDown();
             try
             {
                 await Task.Delay(delay, stopping).ConfigureAwait(false);

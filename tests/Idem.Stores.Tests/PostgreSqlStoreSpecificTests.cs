@@ -285,6 +285,39 @@ public sealed class PostgreSqlStoreSpecificTests(PostgreSqlServer server, ITestO
     }
 
     [Fact]
+    public async Task A_wait_begun_while_the_listener_is_down_sees_a_change_committed_before_it_is_back()
+    {
+        // The listener stays down for a second after its connection is killed: the NOTIFY of a completion committed in
+        // that second reaches no one. The conformance suite hit the same gap on a store whose listener had not started.
+        var waiterNode = await NewStoreAsync(options =>
+        {
+            options.ListenerReconnectMinDelay = TimeSpan.FromSeconds(1);
+            options.ListenerReconnectMaxDelay = TimeSpan.FromSeconds(1);
+        });
+        var ownerNode = await NewStoreAsync(migrate: false);
+        var firstPid = await WaitUntilListeningAsync(waiterNode);
+        var key = Guid.NewGuid().ToString("N");
+        var owner = Guid.NewGuid();
+        await ownerNode.TryClaimAsync(new ClaimRequest(key, "fp", owner, TimeSpan.FromSeconds(30), Day), CancellationToken.None);
+
+        Assert.Equal(true, await server.ExecuteAsync($"SELECT pg_terminate_backend({firstPid})"));
+        var deadline = Stopwatch.StartNew();
+        while (waiterNode.ListenerProcessId != 0)
+        {
+            Assert.True(deadline.Elapsed < TimeSpan.FromSeconds(10), "The listener did not notice its connection was ended.");
+            await Task.Delay(5);
+        }
+
+        var wait = waiterNode.WaitForChangeAsync(key, owner, TimeSpan.FromSeconds(60), CancellationToken.None).AsTask();
+        Assert.True(await ownerNode.CompleteAsync(key, owner, new StoredResponse(200, null, new byte[] { 1 }), Day, CancellationToken.None));
+        Assert.Equal(0, waiterNode.ListenerProcessId); // committed while no LISTEN was up: its NOTIFY went unheard
+
+        // Registering and reading at once, as a wait with its listener up does, would sleep out the full minute.
+        await wait.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.NotEqual(0, waiterNode.ListenerProcessId);
+    }
+
+    [Fact]
     public async Task Idle_listener_health_checks_keep_the_same_connection()
     {
         var store = await NewStoreAsync(options => options.ListenerHealthCheckInterval = TimeSpan.FromMilliseconds(30));
