@@ -343,13 +343,15 @@ public sealed partial class TieredIdempotencyStore : IIdempotencyStore, IIdempot
             return default;
         }
 
-        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        deadline.CancelAfter(_options.CacheTimeout);
+        // One timer, on the store's clock, bounds the call: the cache gets the deadline's token (a cache that honours it
+        // stops there), and the wait on it ends at the deadline even for a cache that does not. The caller's own
+        // cancellation reaches the same token through a registration instead of a linked source.
+        using var deadline = new CancellationTokenSource(_options.CacheTimeout, _timeProvider);
+        using var callerCancellation = cancellationToken.UnsafeRegister(static state => ((CancellationTokenSource)state!).Cancel(), deadline);
         try
         {
-            // WaitAsync as well as the token: a cache that ignores cancellation is still cut off at the deadline.
-            var result = await call(_cache, argument, deadline.Token).AsTask()
-                .WaitAsync(_options.CacheTimeout, _timeProvider, cancellationToken).ConfigureAwait(false);
+            var pending = call(_cache, argument, deadline.Token);
+            var result = pending.IsCompleted ? pending.Result : await pending.AsTask().WaitAsync(deadline.Token).ConfigureAwait(false);
             if (Interlocked.Read(ref _fallbackSinceTicks) != 0)
             {
                 EndFallback();
@@ -362,9 +364,12 @@ public sealed partial class TieredIdempotencyStore : IIdempotencyStore, IIdempot
             throw;
         }
 #pragma warning disable CA1031 // Any cache failure is the same to the caller: a miss; it is logged and counted.
-        catch (Exception ex)
+        catch (Exception caught)
 #pragma warning restore CA1031
         {
+            var ex = caught is OperationCanceledException && deadline.IsCancellationRequested
+                ? new TimeoutException($"The response cache did not answer a {operation} within {_options.CacheTimeout.TotalMilliseconds} ms.", caught)
+                : caught;
             OnCacheFailure(ex, fromRequest: true);
             _metrics?.CacheError(operation);
             var backoffTicks = (long)(_options.CacheBackoff.TotalSeconds * _timeProvider.TimestampFrequency);

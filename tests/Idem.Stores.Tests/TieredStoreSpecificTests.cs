@@ -201,6 +201,32 @@ public sealed class TieredStoreSpecificTests(PostgreSqlServer postgres, RedisSer
     }
 
     [Fact]
+    public async Task A_cache_that_honours_its_token_is_cancelled_at_the_deadline_and_the_failure_says_it_timed_out()
+    {
+        var cache = new FailingCache { Hang = true, HonourToken = true };
+        var tiered = new TieredIdempotencyStore(new InMemoryIdempotencyStore(), cache, new TieredIdempotencyStoreOptions { CacheTimeout = TimeSpan.FromMilliseconds(100) });
+        Assert.Equal(ClaimStatus.Claimed, (await tiered.TryClaimAsync(Claim(NewKey(), Guid.NewGuid()), CancellationToken.None)).Status);
+
+        await cache.Cancelled.Task.WaitAsync(TimeSpan.FromSeconds(10)); // the cache's token was cancelled (a timeout here: never)
+        var failure = Assert.IsType<TimeoutException>(tiered.LastCacheFailure);
+        Assert.Contains("100 ms", failure.Message, StringComparison.Ordinal);
+        Assert.Equal(1, tiered.CacheFailures);
+    }
+
+    [Fact]
+    public async Task The_callers_cancellation_surfaces_and_is_not_a_cache_failure()
+    {
+        var cache = new FailingCache { Hang = true, HonourToken = true };
+        var tiered = new TieredIdempotencyStore(new InMemoryIdempotencyStore(), cache, new TieredIdempotencyStoreOptions { CacheTimeout = TimeSpan.FromSeconds(10) });
+        using var caller = new CancellationTokenSource(TimeSpan.FromMilliseconds(50));
+
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(async () => await tiered.TryClaimAsync(Claim(NewKey(), Guid.NewGuid()), caller.Token));
+        await cache.Cancelled.Task.WaitAsync(TimeSpan.FromSeconds(10));
+        Assert.Equal(0, tiered.CacheFailures);
+        Assert.Null(tiered.LastCacheFailure);
+    }
+
+    [Fact]
     public async Task WithRedisResponseCache_wraps_the_registered_store_and_needs_one()
     {
         var services = new ServiceCollection();
@@ -315,6 +341,11 @@ public sealed class TieredStoreSpecificTests(PostgreSqlServer postgres, RedisSer
 
         public bool Hang { get; init; }
 
+        public bool HonourToken { get; init; }
+
+        // Set by the cache's own cancellation callback, which may run just after the store's wait has ended.
+        public TaskCompletionSource Cancelled { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
         public int Calls => Volatile.Read(ref _calls);
 
         public async ValueTask<IdempotencyRecord?> GetAsync(string key, CancellationToken cancellationToken)
@@ -322,8 +353,16 @@ public sealed class TieredStoreSpecificTests(PostgreSqlServer postgres, RedisSer
             Interlocked.Increment(ref _calls);
             if (Hang)
             {
-                // Ignores its token on purpose: the tiered store must cut it off anyway.
-                await Task.Delay(TimeSpan.FromSeconds(30), CancellationToken.None);
+                // Unless told to honour it, ignores its token on purpose: the tiered store must cut it off anyway.
+                try
+                {
+                    await Task.Delay(TimeSpan.FromSeconds(30), HonourToken ? cancellationToken : CancellationToken.None);
+                }
+                catch (OperationCanceledException)
+                {
+                    Cancelled.TrySetResult();
+                    throw;
+                }
             }
 
             throw new InvalidOperationException("The cache is down.");
