@@ -102,12 +102,13 @@ public static class IdempotencyStoreHealth
         CancellationToken cancellationToken)
     {
         var started = Stopwatch.GetTimestamp();
-        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        deadline.CancelAfter(timeout);
+        // One timer: the call gets the deadline's token and the wait observes it, so a store that honours its token is
+        // cancelled at the deadline and one that ignores it is still cut off there (as the tiered store's cache calls).
+        using var deadline = new CancellationTokenSource(timeout);
+        using var callerCancellation = cancellationToken.UnsafeRegister(static state => ((CancellationTokenSource)state!).Cancel(), deadline);
         try
         {
-            // WaitAsync as well as the token: a store that ignores cancellation is still cut off at the deadline.
-            await call(target, deadline.Token).AsTask().WaitAsync(timeout, cancellationToken).ConfigureAwait(false);
+            await call(target, deadline.Token).AsTask().WaitAsync(deadline.Token).ConfigureAwait(false);
             return (Stopwatch.GetElapsedTime(started), null);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
