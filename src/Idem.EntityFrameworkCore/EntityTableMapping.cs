@@ -330,19 +330,10 @@ internal sealed class TableShape
     /// The value of <see cref="Mapped"/>[<paramref name="ordinal"/>] at the same ordinal of a row, read as EF Core's own
     /// materializer reads it: the type mapping's reader method, then its value converter.
     /// </summary>
-    public object? Read(DbDataReader reader, int ordinal)
-    {
-        if (reader.IsDBNull(ordinal))
-        {
-            return null;
-        }
+    public object? Read(DbDataReader reader, int ordinal) =>
+        reader.IsDBNull(ordinal) ? null : _readers.GetOrAdd(Mapped[ordinal], static p => ReaderFor(p.GetRelationalTypeMapping()))(reader, ordinal);
 
-        var property = Mapped[ordinal];
-        var typeMapping = property.GetRelationalTypeMapping();
-        var value = _readers.GetOrAdd(property, static (p, m) => ReaderFor(m), typeMapping)(reader, ordinal);
-        return typeMapping.Converter is { } converter ? converter.ConvertFromProvider(value) : value;
-    }
-
+    /// <summary>Reads a non-null column through the type mapping's reader method, then its value converter.</summary>
     private static Func<DbDataReader, int, object?> ReaderFor(RelationalTypeMapping typeMapping)
     {
         var method = typeMapping.GetDataReaderMethod();
@@ -350,7 +341,8 @@ internal sealed class TableShape
         var ordinal = Expression.Parameter(typeof(int), "ordinal");
         Expression instance = method.DeclaringType!.IsAssignableFrom(typeof(DbDataReader)) ? reader : Expression.Convert(reader, method.DeclaringType);
         var read = typeMapping.CustomizeDataReaderExpression(Expression.Call(instance, method, ordinal));
-        return Expression.Lambda<Func<DbDataReader, int, object?>>(Expression.Convert(read, typeof(object)), reader, ordinal).Compile();
+        var compiled = Expression.Lambda<Func<DbDataReader, int, object?>>(Expression.Convert(read, typeof(object)), reader, ordinal).Compile();
+        return typeMapping.Converter is { } converter ? (r, i) => converter.ConvertFromProvider(compiled(r, i)) : compiled;
     }
 
     public string Column(IProperty property) => property.GetColumnName(_storeObject)

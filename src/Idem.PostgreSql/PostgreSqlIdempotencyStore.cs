@@ -923,10 +923,10 @@ public sealed partial class PostgreSqlIdempotencyStore : ITransactionalIdempoten
             catch (Exception ex)
 #pragma warning restore CA1031
             {
-                ListenerDown();
                 Log.ListenerFailed(_logger, ex, _options.NotificationChannel, delay);
             }
 
+            // The loop above leaves only by an exception: every way here is the listener going down.
             ListenerDown();
             try
             {

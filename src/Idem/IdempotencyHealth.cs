@@ -102,13 +102,10 @@ public static class IdempotencyStoreHealth
         CancellationToken cancellationToken)
     {
         var started = Stopwatch.GetTimestamp();
-        // One timer: the call gets the deadline's token and the wait observes it, so a store that honours its token is
-        // cancelled at the deadline and one that ignores it is still cut off there (as the tiered store's cache calls).
-        using var deadline = new CancellationTokenSource(timeout);
-        using var callerCancellation = cancellationToken.UnsafeRegister(static state => ((CancellationTokenSource)state!).Cancel(), deadline);
+        using var deadline = new CallDeadline(timeout, TimeProvider.System, cancellationToken);
         try
         {
-            await call(target, deadline.Token).AsTask().WaitAsync(deadline.Token).ConfigureAwait(false);
+            await deadline.Bound(call(target, deadline.Token)).ConfigureAwait(false);
             return (Stopwatch.GetElapsedTime(started), null);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)

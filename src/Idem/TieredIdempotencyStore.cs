@@ -343,15 +343,10 @@ public sealed partial class TieredIdempotencyStore : IIdempotencyStore, IIdempot
             return default;
         }
 
-        // One timer, on the store's clock, bounds the call: the cache gets the deadline's token (a cache that honours it
-        // stops there), and the wait on it ends at the deadline even for a cache that does not. The caller's own
-        // cancellation reaches the same token through a registration instead of a linked source.
-        using var deadline = new CancellationTokenSource(_options.CacheTimeout, _timeProvider);
-        using var callerCancellation = cancellationToken.UnsafeRegister(static state => ((CancellationTokenSource)state!).Cancel(), deadline);
+        using var deadline = new CallDeadline(_options.CacheTimeout, _timeProvider, cancellationToken);
         try
         {
-            var pending = call(_cache, argument, deadline.Token);
-            var result = pending.IsCompleted ? pending.Result : await pending.AsTask().WaitAsync(deadline.Token).ConfigureAwait(false);
+            var result = await deadline.Bound(call(_cache, argument, deadline.Token)).ConfigureAwait(false);
             if (Interlocked.Read(ref _fallbackSinceTicks) != 0)
             {
                 EndFallback();
