@@ -32,28 +32,47 @@ idem_as_postgres() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# idem_start_postgres WORKDIR: sets IDEM_PG_CONNECTION, IDEM_PG_DATA, IDEM_PG_OPTIONS.
+# idem_start_postgres WORKDIR: sets IDEM_PG_CONNECTION, IDEM_PG_DATA, IDEM_PG_OPTIONS. The server runs with fsync,
+# synchronous_commit and full_page_writes off: tests and most benchmarks measure Idem's work, not the disk's.
 idem_start_postgres() {
-  local dir="$1"
+  local port; port=$(idem_free_port)
+  IDEM_PG_OPTIONS="-p $port -c listen_addresses=127.0.0.1 -k $1/pgsock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+  idem_pg_cluster "$1" "$port" "$IDEM_PG_OPTIONS" --no-sync || return 1
+  IDEM_PG_DATA="$1/pg"
+  IDEM_PG_CONNECTION="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres;Pooling=true;Maximum Pool Size=100"
+  idem_log "PostgreSQL on 127.0.0.1:$port"
+}
+
+# idem_start_postgres_durable WORKDIR: a second server with PostgreSQL's default durability (every commit flushed to
+# disk), for benchmarks that compare writes as a production server makes them. Sets IDEM_PG_DURABLE_CONNECTION and
+# IDEM_PG_DURABLE_DATA.
+idem_start_postgres_durable() {
+  local port; port=$(idem_free_port)
+  idem_pg_cluster "$1" "$port" "-p $port -c listen_addresses=127.0.0.1 -k $1/pgsock -c max_connections=300" || return 1
+  IDEM_PG_DURABLE_DATA="$1/pg"
+  IDEM_PG_DURABLE_CONNECTION="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres;Pooling=true;Maximum Pool Size=100"
+  idem_log "PostgreSQL (durable) on 127.0.0.1:$port"
+}
+
+# idem_pg_cluster WORKDIR PORT OPTIONS [INITDB_FLAGS...]: initdb and start one server; its files (data, socket, log)
+# live in directories the postgres user owns.
+idem_pg_cluster() {
+  local dir="$1" options="$3"; shift 3
   id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
-  # The server's own files (data, socket, log) live in directories the postgres user owns.
   mkdir -p "$dir/pg" "$dir/pgsock" "$dir/pglog"
   chmod 755 "$dir"
   [ "$(id -u)" -eq 0 ] && chown postgres "$dir/pg" "$dir/pgsock" "$dir/pglog"
-  idem_as_postgres "$IDEM_PG_BIN/initdb" -D "$dir/pg" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1 \
+  idem_as_postgres "$IDEM_PG_BIN/initdb" -D "$dir/pg" -U postgres -A trust "$@" >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; return 1; }
-  local port; port=$(idem_free_port)
-  IDEM_PG_OPTIONS="-p $port -c listen_addresses=127.0.0.1 -k $dir/pgsock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-  idem_as_postgres "$IDEM_PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pglog/pg.log" -w -t 60 -o "$IDEM_PG_OPTIONS" start >/dev/null \
+  idem_as_postgres "$IDEM_PG_BIN/pg_ctl" -D "$dir/pg" -l "$dir/pglog/pg.log" -w -t 60 -o "$options" start >/dev/null \
     || { cat "$dir/pglog/pg.log" >&2; return 1; }
-  IDEM_PG_DATA="$dir/pg"
-  IDEM_PG_CONNECTION="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres;Pooling=true;Maximum Pool Size=100"
-  idem_log "PostgreSQL on 127.0.0.1:$port"
 }
 
 idem_stop_postgres() {
   [ -n "${IDEM_PG_DATA:-}" ] && idem_as_postgres "$IDEM_PG_BIN/pg_ctl" -D "$IDEM_PG_DATA" -m immediate stop >/dev/null 2>&1
   IDEM_PG_DATA=""
+  [ -n "${IDEM_PG_DURABLE_DATA:-}" ] && idem_as_postgres "$IDEM_PG_BIN/pg_ctl" -D "$IDEM_PG_DURABLE_DATA" -m immediate stop >/dev/null 2>&1
+  IDEM_PG_DURABLE_DATA=""
 }
 
 # idem_start_redis WORKDIR: sets IDEM_REDIS_ENDPOINT and IDEM_REDIS_PID.

@@ -5,8 +5,12 @@
 // the helper's are on PostgreSQL, in alternating rounds so that the box's
 // drift hits both sides of a ratio alike; each ratio is the median of the rounds' ratios.
 //
-// Usage: Idem.Benchmarks.DataLayer --postgres <connection string> [--ops 1000] [--rounds 5] [--out results.md] [--only <case text>]
-// The PostgreSQL connection must be allowed to create and drop a database. benchmarks/datalayer.sh starts a server.
+// Usage: Idem.Benchmarks.DataLayer --postgres <connection string> [--postgres-durable <connection string>] [--ops 1000]
+//        [--rounds 5] [--out results.md] [--only <case text>]
+// The PostgreSQL connections must be allowed to create and drop a database. benchmarks/datalayer.sh starts two servers:
+// one with the test suite's settings (fsync and synchronous_commit off, so that a write costs its CPU and nothing else)
+// and one with PostgreSQL's default durability (every commit flushed to disk, as every SQLite write here is), on which
+// only the cases that write are run again.
 using System.Data.Common;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
@@ -25,12 +29,18 @@ using Npgsql;
 var options = Args.Parse(args);
 var report = new StringBuilder();
 report.AppendLine("# Data-layer benchmark results").AppendLine()
-    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start, {{END_LOAD}} at the end), {options.Ops} sequential calls per case and round ({Math.Max(50, options.Ops / 4)} for SQLite writes, each an fsync), {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round), the two sides run in interleaved blocks of 20 calls. Plain ADO.NET statements are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side. CPU per call is this process's CPU time (getrusage) plus, on PostgreSQL, the CPU time of the database's server processes (/proc/<pid>/schedstat), summed per side over the same interleaved blocks (on PostgreSQL this process's share is given in brackets, the rest is the server's); its ratio (plain ÷ helper, the median over rounds) moves far less with the box's load than calls/s do.").AppendLine()
+    .AppendLine(CultureInfo.InvariantCulture, $"Run {DateTimeOffset.UtcNow:yyyy-MM-dd HH:mm} UTC on {Environment.ProcessorCount} cores (load average {File.ReadAllText("/proc/loadavg").Split(' ')[0]} at the start, {{END_LOAD}} at the end), {options.Ops} sequential calls per case and round ({Math.Max(50, options.Ops / 4)} for SQLite writes, each an fsync), {options.Rounds} alternating rounds; ratio = median over rounds of (helper calls/s ÷ plain calls/s in the same round), the two sides run in interleaved blocks of 20 calls. Plain ADO.NET statements bind every value they insert, as the helper does, and are prepared, as the helper's are on PostgreSQL (Npgsql keeps them prepared per physical connection); EF Core prepares nothing on either side. CPU per call is this process's CPU time (getrusage) plus, on PostgreSQL, the CPU time of the database's server processes (/proc/<pid>/schedstat), summed per side over the same interleaved blocks (on PostgreSQL this process's share is given in brackets, the rest is the server's); its ratio (plain ÷ helper, the median over rounds) moves far less with the box's load than calls/s do. \"PostgreSQL\" is a server with the test suite's settings (fsync, synchronous_commit and full_page_writes off: a write costs its CPU and nothing else); \"PostgreSQL, durable\" is a second server with PostgreSQL's defaults (every commit flushed to disk, as every SQLite write here is), on which the cases that write are run again. There the process waits for the disk and its thread pool spins meanwhile, so its CPU per call says little.").AppendLine()
     .AppendLine("| Database | Case | Plain calls/s | Helper calls/s | Ratio | Target | CPU µs per call, plain → helper | CPU ratio |")
     .AppendLine("|---|---|---:|---:|---:|---|---:|---:|");
 var slugLines = new List<string>();
 
-foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), await PostgreSqlDatabase.CreateAsync(options.Postgres) })
+var databases = new List<Database> { await SqliteDatabase.CreateAsync(), await PostgreSqlDatabase.CreateAsync(options.Postgres, durable: false) };
+if (options.PostgresDurable is { } durableServer)
+{
+    databases.Add(await PostgreSqlDatabase.CreateAsync(durableServer, durable: true));
+}
+
+foreach (var database in databases)
 {
     await using (database)
     {
@@ -69,6 +79,11 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
         }
 
         pairs.Add((sqlite ? "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no read first) vs INSERT" : "option: new row, INSERT … ON CONFLICT DO NOTHING RETURNING alone (no folded read) vs INSERT", "—", database.InsertAsync, database.InsertOrNothingNewAsync, true));
+        if (!sqlite)
+        {
+            pairs.Add(("option: new row, create-or-get vs INSERT … ON CONFLICT DO NOTHING RETURNING alone (the statement it sends once its recent calls all created their row): the helper's own cost", "—", database.InsertOrNothingNewAsync, database.CreateOrGetNewAsync, true));
+        }
+
         pairs.Add(("EF Core, existing row: CreateOrGetAsync vs FirstAsync by key", "—", database.EfSelectAsync, database.EfCreateOrGetExistingAsync, false));
         pairs.Add(("EF Core, new row: CreateOrGetAsync vs Add + SaveChangesAsync", "—", database.EfInsertAsync, database.EfCreateOrGetNewAsync, true));
         pairs.Add(("EF Core, mixed (half existing, half new rows, as the ADO.NET mixed case): CreateOrGetAsync vs FirstOrDefaultAsync by key, then Add + SaveChangesAsync when missing (check-then-insert)", "—", database.EfCheckThenInsertMixedAsync, database.EfCreateOrGetMixedAsync, true));
@@ -76,7 +91,8 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
         for (var index = 0; index < pairs.Count; index++)
         {
             var (name, target, plain, helper, writes) = pairs[index];
-            if (options.Only is { } only && !name.Contains(only, StringComparison.OrdinalIgnoreCase))
+            if ((options.Only is { } only && !name.Contains(only, StringComparison.OrdinalIgnoreCase))
+                || (database is PostgreSqlDatabase { Durable: true } && !writes))
             {
                 continue;
             }
@@ -115,7 +131,7 @@ foreach (var database in new Database[] { await SqliteDatabase.CreateAsync(), aw
             Console.Error.WriteLine(report.ToString().TrimEnd().Split('\n')[^1]);
         }
 
-        for (var trial = 1; trial <= 3 && options.Only is null; trial++)
+        for (var trial = 1; trial <= 3 && options.Only is null && database is not PostgreSqlDatabase { Durable: true }; trial++)
         {
             var (statements, seconds) = await database.SlugContentionAsync($"Contended Name {trial}", 100);
             slugLines.Add(string.Create(CultureInfo.InvariantCulture, $"| {database.Name} | {trial} | 100 | {statements} | {statements / 100.0:0.00} | {seconds:0.00} s |"));
@@ -236,14 +252,14 @@ internal static partial class Cpu
     }
 }
 
-internal sealed record Args(string Postgres, int Ops, int Rounds, string Out, string? Only)
+internal sealed record Args(string Postgres, string? PostgresDurable, int Ops, int Rounds, string Out, string? Only)
 {
     public static Args Parse(string[] args)
     {
         string? Get(string name) => Array.IndexOf(args, name) is var i and >= 0 && i + 1 < args.Length ? args[i + 1] : null;
         var postgres = Get("--postgres") ?? Environment.GetEnvironmentVariable("IDEM_BENCH_POSTGRES")
             ?? throw new ArgumentException("--postgres <connection string> is required (or IDEM_BENCH_POSTGRES).");
-        return new Args(postgres, int.Parse(Get("--ops") ?? "1000", CultureInfo.InvariantCulture), int.Parse(Get("--rounds") ?? "5", CultureInfo.InvariantCulture), Get("--out") ?? "datalayer-results.md", Get("--only"));
+        return new Args(postgres, Get("--postgres-durable"), int.Parse(Get("--ops") ?? "1000", CultureInfo.InvariantCulture), int.Parse(Get("--rounds") ?? "5", CultureInfo.InvariantCulture), Get("--out") ?? "datalayer-results.md", Get("--only"));
     }
 }
 
@@ -296,7 +312,7 @@ internal abstract class Database : IAsyncDisposable
         await using var transaction = await Connection.BeginTransactionAsync();
         for (var i = 0; i < existing; i++)
         {
-            await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v')", "existing-" + i, transaction);
+            await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, @v)", "existing-" + i, transaction);
         }
 
         await transaction.CommitAsync();
@@ -327,14 +343,14 @@ internal abstract class Database : IAsyncDisposable
 
     public async Task InsertReturningAsync(int i)
     {
-        if (!await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v') RETURNING id", "plain-returning-" + i))
+        if (!await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, @v) RETURNING id", "plain-returning-" + i))
         {
             throw new InvalidOperationException("Expected the new row's id.");
         }
     }
 
     private const string InsertFirstStatement =
-        "WITH idem_inserted AS (INSERT INTO items (k, v) VALUES (@k, 'v') ON CONFLICT (k) DO NOTHING RETURNING id) " +
+        "WITH idem_inserted AS (INSERT INTO items (k, v) VALUES (@k, @v) ON CONFLICT (k) DO NOTHING RETURNING id) " +
         "SELECT id, TRUE FROM idem_inserted UNION ALL SELECT id, FALSE FROM items WHERE k = @k AND NOT EXISTS (SELECT 1 FROM idem_inserted)";
 
     public async Task InsertFirstStatementExistingAsync(int i)
@@ -347,7 +363,7 @@ internal abstract class Database : IAsyncDisposable
 
     private const string ReadFirstStatement =
         "WITH idem_found AS (SELECT id FROM items WHERE k = @k), " +
-        "idem_inserted AS (INSERT INTO items (k, v) SELECT @k, 'v' WHERE NOT EXISTS (SELECT 1 FROM idem_found) ON CONFLICT (k) DO NOTHING RETURNING id) " +
+        "idem_inserted AS (INSERT INTO items (k, v) SELECT @k, @v WHERE NOT EXISTS (SELECT 1 FROM idem_found) ON CONFLICT (k) DO NOTHING RETURNING id) " +
         "SELECT id, FALSE FROM idem_found UNION ALL SELECT id, TRUE FROM idem_inserted";
 
     public async Task ReadFirstStatementExistingAsync(int i)
@@ -397,13 +413,13 @@ internal abstract class Database : IAsyncDisposable
 
     public async Task CreateOrGetExistingAsync(int i) => Check(await CreateOrGetAsync(Connection, "existing-" + i), created: false);
 
-    public async Task InsertAsync(int i) => await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v')", "plain-new-" + i);
+    public async Task InsertAsync(int i) => await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, @v)", "plain-new-" + i);
 
     public async Task CreateOrGetNewAsync(int i) => Check(await CreateOrGetAsync(Connection, "helper-new-" + i), created: true);
 
     public async Task InsertThenReadExistingAsync(int i)
     {
-        if (await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v') ON CONFLICT (k) DO NOTHING RETURNING id", "existing-" + i)
+        if (await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, @v) ON CONFLICT (k) DO NOTHING RETURNING id", "existing-" + i)
             || !await ExecuteAsync("SELECT id FROM items WHERE k = @k", "existing-" + i))
         {
             throw new InvalidOperationException("Expected an existing row.");
@@ -413,7 +429,7 @@ internal abstract class Database : IAsyncDisposable
     public async Task BatchExistingAsync(int i)
     {
         await using var command = Connection.CreateCommand();
-        command.CommandText = "INSERT INTO items (k, v) VALUES (@k, 'v') ON CONFLICT (k) DO NOTHING RETURNING id; SELECT id FROM items WHERE k = @k AND changes() = 0";
+        command.CommandText = "INSERT INTO items (k, v) VALUES (@k, @v) ON CONFLICT (k) DO NOTHING RETURNING id; SELECT id FROM items WHERE k = @k AND changes() = 0";
         AddKey(command, "existing-" + i);
         await using var reader = await command.ExecuteReaderAsync();
         var rows = 0;
@@ -433,7 +449,7 @@ internal abstract class Database : IAsyncDisposable
 
     public async Task InsertOrNothingNewAsync(int i)
     {
-        if (!await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, 'v') ON CONFLICT (k) DO NOTHING RETURNING id", "option-new-" + i))
+        if (!await ExecuteAsync("INSERT INTO items (k, v) VALUES (@k, @v) ON CONFLICT (k) DO NOTHING RETURNING id", "option-new-" + i))
         {
             throw new InvalidOperationException("Expected a new row.");
         }
@@ -562,12 +578,20 @@ internal abstract class Database : IAsyncDisposable
         return row;
     }
 
+    /// <summary>Binds the key, and the row's other value when the statement inserts it (as the helper binds every value it inserts).</summary>
     private static void AddKey(DbCommand command, string key)
     {
         var parameter = command.CreateParameter();
         parameter.ParameterName = "@k";
         parameter.Value = key;
         command.Parameters.Add(parameter);
+        if (command.CommandText.Contains("@v", StringComparison.Ordinal))
+        {
+            var value = command.CreateParameter();
+            value.ParameterName = "@v";
+            value.Value = "v";
+            command.Parameters.Add(value);
+        }
     }
 
     public virtual async ValueTask DisposeAsync()
@@ -636,11 +660,14 @@ internal sealed class PostgreSqlDatabase : Database
     private string _name = "";
     private NpgsqlDataSource? _dataSource;
 
-    public override string Name => "PostgreSQL";
+    /// <summary>Whether the server flushes every commit to disk (PostgreSQL's defaults) rather than running with the test suite's fsync off.</summary>
+    public bool Durable { get; private init; }
 
-    public static async Task<PostgreSqlDatabase> CreateAsync(string admin)
+    public override string Name => Durable ? "PostgreSQL, durable" : "PostgreSQL";
+
+    public static async Task<PostgreSqlDatabase> CreateAsync(string admin, bool durable)
     {
-        var database = new PostgreSqlDatabase { _admin = admin, _name = "idem_bench_" + Guid.NewGuid().ToString("N")[..12] };
+        var database = new PostgreSqlDatabase { _admin = admin, _name = "idem_bench_" + Guid.NewGuid().ToString("N")[..12], Durable = durable };
         await using (var connection = new NpgsqlConnection(admin))
         {
             await connection.OpenAsync();
