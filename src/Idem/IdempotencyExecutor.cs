@@ -38,6 +38,8 @@ public sealed class IdempotencyExecutor
         ArgumentNullException.ThrowIfNull(store);
         ArgumentNullException.ThrowIfNull(metrics);
         _store = store;
+        RecoveryPointStore = IIdempotencyStoreDecorator.Find<IRecoveryPointStore>(store);
+        TransactionalStore = IIdempotencyStoreDecorator.Find<ITransactionalIdempotencyStore>(store);
         _metrics = metrics;
         _timeProvider = timeProvider ?? TimeProvider.System;
         _logger = (ILogger?)logger ?? NullLogger.Instance;
@@ -45,6 +47,12 @@ public sealed class IdempotencyExecutor
 
     /// <summary>The store this executor claims in.</summary>
     public IIdempotencyStore Store => _store;
+
+    /// <summary>Where recovery points are recorded: the store, or the one beneath a cache in front of it; <see langword="null"/> when none records them.</summary>
+    internal IRecoveryPointStore? RecoveryPointStore { get; }
+
+    /// <summary>Where a joined transaction completes: the store, or the one beneath a cache in front of it; <see langword="null"/> when none can.</summary>
+    internal ITransactionalIdempotencyStore? TransactionalStore { get; }
 
     /// <summary>
     /// Runs <paramref name="work"/> once for <paramref name="storeKey"/>, or returns what another caller's run stored.
@@ -115,7 +123,7 @@ public sealed class IdempotencyExecutor
         ArgumentNullException.ThrowIfNull(fingerprint);
         ArgumentNullException.ThrowIfNull(policy);
         ArgumentNullException.ThrowIfNull(work);
-        if (policy.JoinedTransaction && _store is not ITransactionalIdempotencyStore)
+        if (policy.JoinedTransaction && TransactionalStore is null)
         {
             throw new InvalidOperationException(
                 $"The policy asks for a joined transaction, but the idempotency store {_store.GetType().Name} cannot complete inside a database transaction "

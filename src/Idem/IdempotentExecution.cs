@@ -37,10 +37,10 @@ public sealed class IdempotentExecution
         _executor = executor;
         _policy = policy;
         TookOver = tookOver;
-        _phaseStore = executor.Store as IRecoveryPointStore;
+        _phaseStore = executor.RecoveryPointStore;
         if (policy.JoinedTransaction)
         {
-            _transactionalStore = (ITransactionalIdempotencyStore)executor.Store;
+            _transactionalStore = executor.TransactionalStore!;
         }
     }
 
@@ -222,6 +222,7 @@ public sealed class IdempotentExecution
 
         await EndTransactionAsync().ConfigureAwait(false);
         _transactionalStore.OnCompletionCommitted(Key);
+        IIdempotencyStoreDecorator.CompletedBeneath(_executor!.Store, Key, OwnerToken);
         return true;
     }
 

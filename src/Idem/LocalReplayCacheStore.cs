@@ -5,7 +5,9 @@ namespace Idem;
 /// <summary>
 /// A node's in-process cache of completed records in front of any <see cref="IIdempotencyStore"/>: a claim of a key
 /// whose completed record is cached is answered from memory, without a round trip. Everything else (claims of new or
-/// in-flight keys, completions, renewals, releases, reads, purges and waits) goes to the store unchanged.
+/// in-flight keys, completions, renewals, releases, reads, purges and waits) goes to the store unchanged, and the
+/// executor records recovery points (<see cref="IRecoveryPointStore"/>) and completes joined transactions
+/// (<see cref="ITransactionalIdempotencyStore"/>) in the store beneath when it offers them: the cache turns no feature off.
 /// </summary>
 /// <remarks>
 /// <para>
@@ -32,7 +34,7 @@ namespace Idem;
 /// node's cache until its retention ends.
 /// </para>
 /// </remarks>
-public sealed class LocalReplayCacheStore : IIdempotencyStore, IIdempotencyHealthReporter, IAsyncDisposable, IDisposable
+public sealed class LocalReplayCacheStore : IIdempotencyStore, IIdempotencyStoreDecorator, IIdempotencyHealthReporter, IAsyncDisposable, IDisposable
 {
     // A fixed estimate of what an entry costs besides its strings and body: the entry, the record, the stored response,
     // the header array and the dictionary node.
@@ -90,6 +92,9 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IIdempotencyHealt
     /// <summary>The store every miss and every write goes to.</summary>
     public IIdempotencyStore Inner => _inner;
 
+    /// <summary>Claims made through this cache whose completion it still expects (only with <see cref="LocalReplayCacheOptions.CacheCompletions"/>); for tests.</summary>
+    internal int TrackedClaims => _claims.Count;
+
     /// <summary>How many claims were answered from the cache.</summary>
     public long Hits => Interlocked.Read(ref _hits);
 
@@ -140,6 +145,10 @@ public sealed class LocalReplayCacheStore : IIdempotencyStore, IIdempotencyHealt
 
         return CompleteAndCacheAsync(key, ownerToken, fingerprint, response, retention, cancellationToken);
     }
+
+    // A joined transaction completes in the store beneath (the cache has no transaction to join) and is not cached:
+    // its response is the store's only once the transaction commits, and the first replay caches it from there.
+    void IIdempotencyStoreDecorator.OnCompletedBeneath(string key, Guid ownerToken) => _claims.TryRemove((key, ownerToken), out _);
 
     /// <inheritdoc />
     public ValueTask<bool> ReleaseAsync(string key, Guid ownerToken, CancellationToken cancellationToken)

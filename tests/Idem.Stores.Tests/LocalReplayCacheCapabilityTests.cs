@@ -1,0 +1,152 @@
+using Idem.Sqlite;
+using Xunit;
+
+namespace Idem.Stores.Tests;
+
+/// <summary>
+/// Issue 21, item 3: the local replay cache must not change any answer, and so must not turn a feature off. Recovery
+/// points and joined transactions work through it over a store that offers them (the executor records and completes
+/// them in the store beneath). The naive variant, a pass-through wrapper like the cache was before, shows what a user
+/// who turned the cache on got: a NotSupportedException from RunPhaseAsync and an InvalidOperationException for a
+/// joined transaction.
+/// </summary>
+public sealed class LocalReplayCacheCapabilityTests : IAsyncLifetime
+{
+    private static readonly IdempotencyPolicy Joined = IdempotencyPolicy.Default with { JoinedTransaction = true };
+    private readonly string _path = Path.Combine(Path.GetTempPath(), "idem-cache-capabilities-" + Guid.NewGuid().ToString("N")[..12] + ".db");
+    private readonly Meters _meters = new();
+    private SqliteIdempotencyStore _sqlite = null!;
+
+    public async Task InitializeAsync()
+    {
+        _sqlite = new SqliteIdempotencyStore(new SqliteIdempotencyStoreOptions { Path = _path });
+        await using var connection = await _sqlite.OpenConnectionAsync(CancellationToken.None);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "CREATE TABLE orders (id INTEGER PRIMARY KEY, key TEXT NOT NULL)";
+        await command.ExecuteNonQueryAsync();
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _sqlite.DisposeAsync();
+        _meters.Dispose();
+        Microsoft.Data.Sqlite.SqliteConnection.ClearAllPools();
+        foreach (var file in new[] { _path, _path + "-wal", _path + "-shm" })
+        {
+            File.Delete(file);
+        }
+    }
+
+    [Fact]
+    public async Task A_retry_through_the_cache_skips_the_phase_its_failed_first_owner_finished()
+    {
+        var cache = new LocalReplayCacheStore(new InMemoryIdempotencyStore());
+        var executor = new IdempotencyExecutor(cache, new IdempotencyMetrics(_meters));
+        var charges = 0;
+        var failShipping = true;
+        async ValueTask<int> Work(IdempotentExecution execution)
+        {
+            var charge = await execution.RunPhaseAsync("charge", _ => ValueTask.FromResult(++charges));
+            await execution.RunPhaseAsync("ship", _ => failShipping ? throw new InvalidOperationException("the carrier is down") : ValueTask.FromResult(true));
+            return charge;
+        }
+
+        await Assert.ThrowsAsync<InvalidOperationException>(async () => await executor.ExecuteOnceAsync("orders", "o-1", "fp", Work));
+        failShipping = false;
+        Assert.Equal(1, await executor.ExecuteOnceAsync("orders", "o-1", "fp", Work));
+        Assert.Equal(1, charges); // the recorded charge, not a second one
+
+        // Replayed, first from the store (which the cache then keeps), then from the cache, with no phase run again.
+        Assert.Equal(1, await executor.ExecuteOnceAsync("orders", "o-1", "fp", Work));
+        var hits = cache.Hits;
+        Assert.Equal(1, await executor.ExecuteOnceAsync("orders", "o-1", "fp", Work));
+        Assert.Equal(hits + 1, cache.Hits);
+        Assert.Equal(1, charges);
+
+        // The naive variant: a wrapper that hides the store's recovery points.
+        var naive = new IdempotencyExecutor(new PassThroughStore(new InMemoryIdempotencyStore()), new IdempotencyMetrics(_meters));
+        var refused = await Assert.ThrowsAsync<NotSupportedException>(async () => await naive.ExecuteOnceAsync("orders", "o-1", "fp", Work));
+        Assert.Contains("records no recovery points", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_joined_transaction_through_the_cache_commits_once_and_is_replayed_from_the_cache_after_its_commit(bool cacheCompletions)
+    {
+        var cache = new LocalReplayCacheStore(_sqlite, new LocalReplayCacheOptions { CacheCompletions = cacheCompletions });
+        var executor = new IdempotencyExecutor(cache, new IdempotencyMetrics(_meters));
+        var key = "joined-" + cacheCompletions;
+        var runs = 0;
+        async ValueTask<long> Work(IdempotentExecution execution)
+        {
+            Interlocked.Increment(ref runs);
+            await using var command = (await execution.GetTransactionAsync()).Connection!.CreateCommand();
+            command.Transaction = await execution.GetTransactionAsync();
+            command.CommandText = "INSERT INTO orders (key) VALUES ($key) RETURNING id";
+            command.Parameters.Add(new Microsoft.Data.Sqlite.SqliteParameter("$key", key));
+            return (long)(await command.ExecuteScalarAsync())!;
+        }
+
+        var id = await executor.ExecuteOnceAsync("orders", key, "fp", Work, Joined);
+        Assert.Equal(0, cache.TrackedClaims); // the claim it tracked for a completion it never saw is forgotten
+        var hits = cache.Hits;
+        Assert.Equal(id, await executor.ExecuteOnceAsync("orders", key, "fp", Work, Joined)); // from the store: the cache saw no completion
+        Assert.Equal(hits, cache.Hits);
+        Assert.Equal(id, await executor.ExecuteOnceAsync("orders", key, "fp", Work, Joined)); // cached at the first replay
+        Assert.Equal(hits + 1, cache.Hits);
+        Assert.Equal(1, runs);
+        Assert.Equal(1L, await CountAsync(key));
+        var record = await _sqlite.GetAsync(IdempotencyScope.ComputeStoreKey(string.Empty, "orders", key), CancellationToken.None);
+        Assert.Equal(IdempotencyRecordState.Completed, record!.State);
+
+        // The naive variant: a wrapper that hides the store's transactions refuses the policy.
+        var naive = new IdempotencyExecutor(new PassThroughStore(_sqlite), new IdempotencyMetrics(_meters));
+        var refused = await Assert.ThrowsAsync<InvalidOperationException>(async () => await naive.ExecuteOnceAsync("orders", key + "-naive", "fp", Work, Joined));
+        Assert.Contains("cannot complete inside a database transaction", refused.Message, StringComparison.Ordinal);
+        Assert.Equal(0L, await CountAsync(key + "-naive"));
+    }
+
+    private async Task<long> CountAsync(string key)
+    {
+        await using var connection = await _sqlite.OpenConnectionAsync(CancellationToken.None);
+        await using var command = connection.CreateCommand();
+        command.CommandText = "SELECT COUNT(*) FROM orders WHERE key = $key";
+        command.Parameters.Add(new Microsoft.Data.Sqlite.SqliteParameter("$key", key));
+        return (long)(await command.ExecuteScalarAsync())!;
+    }
+
+    /// <summary>A store in front of another that offers only <see cref="IIdempotencyStore"/>: the cache before this change.</summary>
+    private sealed class PassThroughStore(IIdempotencyStore inner) : IIdempotencyStore
+    {
+        public ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken) => inner.TryClaimAsync(request, cancellationToken);
+
+        public ValueTask<bool> CompleteAsync(string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken) =>
+            inner.CompleteAsync(key, ownerToken, response, retention, cancellationToken);
+
+        public ValueTask<bool> ReleaseAsync(string key, Guid ownerToken, CancellationToken cancellationToken) => inner.ReleaseAsync(key, ownerToken, cancellationToken);
+
+        public ValueTask<bool> RenewAsync(string key, Guid ownerToken, TimeSpan lease, CancellationToken cancellationToken) => inner.RenewAsync(key, ownerToken, lease, cancellationToken);
+
+        public ValueTask<IdempotencyRecord?> GetAsync(string key, CancellationToken cancellationToken) => inner.GetAsync(key, cancellationToken);
+
+        public ValueTask<int> PurgeExpiredAsync(int maxRecords, CancellationToken cancellationToken) => inner.PurgeExpiredAsync(maxRecords, cancellationToken);
+
+        public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken) =>
+            inner.WaitForChangeAsync(key, observedOwner, timeout, cancellationToken);
+    }
+
+    private sealed class Meters : System.Diagnostics.Metrics.IMeterFactory
+    {
+        private readonly List<System.Diagnostics.Metrics.Meter> _meters = [];
+
+        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options)
+        {
+            var meter = new System.Diagnostics.Metrics.Meter(options);
+            _meters.Add(meter);
+            return meter;
+        }
+
+        public void Dispose() => _meters.ForEach(m => m.Dispose());
+    }
+}
