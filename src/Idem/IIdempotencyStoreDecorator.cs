@@ -1,9 +1,9 @@
 namespace Idem;
 
 /// <summary>
-/// A store that stands in front of another and changes no answer (the local replay cache). The executor finds the
-/// capabilities such a store does not offer itself, recovery points and joined transactions, on the store beneath it,
-/// so that turning the cache on never turns a feature off.
+/// A store that stands in front of another and changes no answer (the local replay cache; the tiered store in front of
+/// its durable store). The executor finds the capabilities such a store does not offer itself, recovery points and
+/// joined transactions, on the store beneath it, so that putting a cache in front never turns a feature off.
 /// </summary>
 internal interface IIdempotencyStoreDecorator
 {

@@ -17,7 +17,7 @@ namespace Idem;
 /// therefore costs speed, never a duplicate and never a failed request. While it lasts the store is in <em>fallback</em>:
 /// <see cref="CheckHealthAsync"/> reports it as degraded and the <c>idem.cache.fallback</c> gauge is 1.
 /// </remarks>
-public sealed partial class TieredIdempotencyStore : IIdempotencyStore, IIdempotencyHealthReporter, IAsyncDisposable, IDisposable
+public sealed partial class TieredIdempotencyStore : IIdempotencyStore, IIdempotencyStoreDecorator, IIdempotencyHealthReporter, IAsyncDisposable, IDisposable
 {
     // Fingerprints of claims made through this instance, so a completion can write a whole record to the cache without
     // another durable read. Bounded: past it a completion skips the cache and the first replay fills it instead.
@@ -87,6 +87,16 @@ public sealed partial class TieredIdempotencyStore : IIdempotencyStore, IIdempot
 
     /// <summary>How many claims were answered from the cache alone.</summary>
     public long CacheHits => Interlocked.Read(ref _cacheHits);
+
+    /// <summary>Claims made through this store whose completion it still expects, to write the whole record to the cache; for tests.</summary>
+    internal int TrackedClaims => _claims.Count;
+
+    IIdempotencyStore IIdempotencyStoreDecorator.Inner => _durable;
+
+    // Recovery points and joined transactions are the durable store's (the executor finds them there). A joined
+    // completion is not written to the cache: its response is the store's only once its transaction commits, and the
+    // first replay reads it through.
+    void IIdempotencyStoreDecorator.OnCompletedBeneath(string key, Guid ownerToken) => _claims.TryRemove((key, ownerToken), out _);
 
     /// <summary>How many cache calls failed or timed out (each logged; the request went on against the durable store).</summary>
     public long CacheFailures => Interlocked.Read(ref _cacheFailures);
