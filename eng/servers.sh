@@ -37,7 +37,7 @@ idem_as_postgres() {
 idem_start_postgres() {
   local port; port=$(idem_free_port)
   IDEM_PG_OPTIONS="-p $port -c listen_addresses=127.0.0.1 -k $1/pgsock -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-  idem_pg_cluster "$1" "$port" "$IDEM_PG_OPTIONS" --no-sync || return 1
+  idem_pg_cluster "$1" "$IDEM_PG_OPTIONS" --no-sync || return 1
   IDEM_PG_DATA="$1/pg"
   IDEM_PG_CONNECTION="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres;Pooling=true;Maximum Pool Size=100"
   idem_log "PostgreSQL on 127.0.0.1:$port"
@@ -48,16 +48,16 @@ idem_start_postgres() {
 # IDEM_PG_DURABLE_DATA.
 idem_start_postgres_durable() {
   local port; port=$(idem_free_port)
-  idem_pg_cluster "$1" "$port" "-p $port -c listen_addresses=127.0.0.1 -k $1/pgsock -c max_connections=300" || return 1
+  idem_pg_cluster "$1" "-p $port -c listen_addresses=127.0.0.1 -k $1/pgsock -c max_connections=300" || return 1
   IDEM_PG_DURABLE_DATA="$1/pg"
   IDEM_PG_DURABLE_CONNECTION="Host=127.0.0.1;Port=$port;Username=postgres;Database=postgres;Pooling=true;Maximum Pool Size=100"
   idem_log "PostgreSQL (durable) on 127.0.0.1:$port"
 }
 
-# idem_pg_cluster WORKDIR PORT OPTIONS [INITDB_FLAGS...]: initdb and start one server; its files (data, socket, log)
+# idem_pg_cluster WORKDIR OPTIONS [INITDB_FLAGS...]: initdb and start one server; its files (data, socket, log)
 # live in directories the postgres user owns.
 idem_pg_cluster() {
-  local dir="$1" options="$3"; shift 3
+  local dir="$1" options="$2"; shift 2
   id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
   mkdir -p "$dir/pg" "$dir/pgsock" "$dir/pglog"
   chmod 755 "$dir"

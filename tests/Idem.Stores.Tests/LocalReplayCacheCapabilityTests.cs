@@ -1,4 +1,5 @@
 using Idem.Sqlite;
+using Idem.TestUtils;
 using Xunit;
 
 namespace Idem.Stores.Tests;
@@ -6,15 +7,16 @@ namespace Idem.Stores.Tests;
 /// <summary>
 /// Issue 21, item 3: the local replay cache must not change any answer, and so must not turn a feature off; nor must the
 /// tiered store's cache in front of its durable store. Recovery points and joined transactions work through either over
-/// a store that offers them (the executor records and completes them in the store beneath). The naive variant, a pass-through wrapper like the cache was before, shows what a user
-/// who turned the cache on got: a NotSupportedException from RunPhaseAsync and an InvalidOperationException for a
-/// joined transaction.
+/// a store that offers them (the executor records and completes them in the store beneath). The naive variant, a plain
+/// wrapper that offers only IIdempotencyStore (CountingStore), as the cache did before, shows what a user who turned
+/// the cache on got: a NotSupportedException from RunPhaseAsync and an InvalidOperationException for a joined
+/// transaction.
 /// </summary>
 public sealed class LocalReplayCacheCapabilityTests : IAsyncLifetime
 {
     private static readonly IdempotencyPolicy Joined = IdempotencyPolicy.Default with { JoinedTransaction = true };
     private readonly string _path = Path.Combine(Path.GetTempPath(), "idem-cache-capabilities-" + Guid.NewGuid().ToString("N")[..12] + ".db");
-    private readonly Meters _meters = new();
+    private readonly TestMeterFactory _meters = new();
     private SqliteIdempotencyStore _sqlite = null!;
 
     public async Task InitializeAsync()
@@ -67,7 +69,7 @@ public sealed class LocalReplayCacheCapabilityTests : IAsyncLifetime
         Assert.Equal(1, charges);
 
         // The naive variant: a wrapper that hides the store's recovery points.
-        var naive = new IdempotencyExecutor(new PassThroughStore(new InMemoryIdempotencyStore()), new IdempotencyMetrics(_meters));
+        var naive = new IdempotencyExecutor(new CountingStore(new InMemoryIdempotencyStore()), new IdempotencyMetrics(_meters));
         var refused = await Assert.ThrowsAsync<NotSupportedException>(async () => await naive.ExecuteOnceAsync("orders", "o-1", "fp", Work));
         Assert.Contains("records no recovery points", refused.Message, StringComparison.Ordinal);
     }
@@ -108,7 +110,7 @@ public sealed class LocalReplayCacheCapabilityTests : IAsyncLifetime
         Assert.Equal(IdempotencyRecordState.Completed, record!.State);
 
         // The naive variant: a wrapper that hides the store's transactions refuses the policy.
-        var naive = new IdempotencyExecutor(new PassThroughStore(_sqlite), new IdempotencyMetrics(_meters));
+        var naive = new IdempotencyExecutor(new CountingStore(_sqlite), new IdempotencyMetrics(_meters));
         var refused = await Assert.ThrowsAsync<InvalidOperationException>(async () => await naive.ExecuteOnceAsync("orders", key + "-naive", "fp", Work, Joined));
         Assert.Contains("cannot complete inside a database transaction", refused.Message, StringComparison.Ordinal);
         Assert.Equal(0L, await CountAsync(key + "-naive"));
@@ -136,26 +138,6 @@ public sealed class LocalReplayCacheCapabilityTests : IAsyncLifetime
         return (long)(await command.ExecuteScalarAsync())!;
     }
 
-    /// <summary>A store in front of another that offers only <see cref="IIdempotencyStore"/>: the cache before this change.</summary>
-    private sealed class PassThroughStore(IIdempotencyStore inner) : IIdempotencyStore
-    {
-        public ValueTask<ClaimResult> TryClaimAsync(ClaimRequest request, CancellationToken cancellationToken) => inner.TryClaimAsync(request, cancellationToken);
-
-        public ValueTask<bool> CompleteAsync(string key, Guid ownerToken, StoredResponse response, TimeSpan retention, CancellationToken cancellationToken) =>
-            inner.CompleteAsync(key, ownerToken, response, retention, cancellationToken);
-
-        public ValueTask<bool> ReleaseAsync(string key, Guid ownerToken, CancellationToken cancellationToken) => inner.ReleaseAsync(key, ownerToken, cancellationToken);
-
-        public ValueTask<bool> RenewAsync(string key, Guid ownerToken, TimeSpan lease, CancellationToken cancellationToken) => inner.RenewAsync(key, ownerToken, lease, cancellationToken);
-
-        public ValueTask<IdempotencyRecord?> GetAsync(string key, CancellationToken cancellationToken) => inner.GetAsync(key, cancellationToken);
-
-        public ValueTask<int> PurgeExpiredAsync(int maxRecords, CancellationToken cancellationToken) => inner.PurgeExpiredAsync(maxRecords, cancellationToken);
-
-        public ValueTask WaitForChangeAsync(string key, Guid observedOwner, TimeSpan timeout, CancellationToken cancellationToken) =>
-            inner.WaitForChangeAsync(key, observedOwner, timeout, cancellationToken);
-    }
-
     private sealed class DictionaryCache : IIdempotencyResponseCache
     {
         private readonly System.Collections.Concurrent.ConcurrentDictionary<string, IdempotencyRecord> _records = new();
@@ -169,17 +151,4 @@ public sealed class LocalReplayCacheCapabilityTests : IAsyncLifetime
         }
     }
 
-    private sealed class Meters : System.Diagnostics.Metrics.IMeterFactory
-    {
-        private readonly List<System.Diagnostics.Metrics.Meter> _meters = [];
-
-        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options)
-        {
-            var meter = new System.Diagnostics.Metrics.Meter(options);
-            _meters.Add(meter);
-            return meter;
-        }
-
-        public void Dispose() => _meters.ForEach(m => m.Dispose());
-    }
 }

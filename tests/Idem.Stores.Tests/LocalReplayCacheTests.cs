@@ -245,7 +245,7 @@ public sealed class LocalReplayCacheTests
     {
         var counting = new CountingStore(new InMemoryIdempotencyStore());
         var cache = new LocalReplayCacheStore(counting);
-        using var meters = new Meters();
+        using var meters = new TestMeterFactory();
         var executor = new IdempotencyExecutor(cache, new IdempotencyMetrics(meters));
         var executions = 0;
         var key = NewKey();
@@ -274,19 +274,6 @@ public sealed class LocalReplayCacheTests
         Assert.IsType<InMemoryIdempotencyStore>(store.Inner);
     }
 
-    private sealed class Meters : System.Diagnostics.Metrics.IMeterFactory
-    {
-        private readonly List<System.Diagnostics.Metrics.Meter> _meters = [];
-
-        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options)
-        {
-            var meter = new System.Diagnostics.Metrics.Meter(options);
-            _meters.Add(meter);
-            return meter;
-        }
-
-        public void Dispose() => _meters.ForEach(m => m.Dispose());
-    }
 
     private sealed class Builder(IServiceCollection services) : IIdempotencyBuilder
     {

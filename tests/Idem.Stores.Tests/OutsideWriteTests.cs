@@ -17,7 +17,7 @@ public sealed class PostgreSqlOutsideWriteTests(PostgreSqlServer server) : IAsyn
     private readonly string _schema = PostgreSqlServer.NewName("outside");
     private PostgreSqlIdempotencyStore _store = null!;
     private IdempotencyExecutor _executor = null!;
-    private readonly Meters _meters = new();
+    private readonly TestMeterFactory _meters = new();
     private static readonly IdempotencyPolicy Joined = IdempotencyPolicy.Default with { JoinedTransaction = true };
 
     public async Task InitializeAsync()
@@ -143,19 +143,6 @@ public sealed class PostgreSqlOutsideWriteTests(PostgreSqlServer server) : IAsyn
     private async Task<long> CountAsync(string via) =>
         (long)(await server.ExecuteAsync($"SELECT count(*) FROM \"{_schema}\".orders WHERE via = '{via}'"))!;
 
-    private sealed class Meters : System.Diagnostics.Metrics.IMeterFactory
-    {
-        private readonly List<System.Diagnostics.Metrics.Meter> _meters = [];
-
-        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options)
-        {
-            var meter = new System.Diagnostics.Metrics.Meter(options);
-            _meters.Add(meter);
-            return meter;
-        }
-
-        public void Dispose() => _meters.ForEach(m => m.Dispose());
-    }
 }
 
 /// <summary>
@@ -169,7 +156,7 @@ public sealed class SqliteOutsideWriteTests : IAsyncLifetime
     private readonly string _path = Path.Combine(Path.GetTempPath(), "idem-outside-" + Guid.NewGuid().ToString("N")[..12] + ".db");
     private Idem.Sqlite.SqliteIdempotencyStore _store = null!;
     private IdempotencyExecutor _executor = null!;
-    private readonly SingleMeterFactory _meters = new();
+    private readonly TestMeterFactory _meters = new();
     private static readonly IdempotencyPolicy Joined = IdempotencyPolicy.Default with { JoinedTransaction = true };
 
     public async Task InitializeAsync()
@@ -247,17 +234,4 @@ public sealed class SqliteOutsideWriteTests : IAsyncLifetime
         return (long)(await command.ExecuteScalarAsync())!;
     }
 
-    private sealed class SingleMeterFactory : System.Diagnostics.Metrics.IMeterFactory
-    {
-        private readonly List<System.Diagnostics.Metrics.Meter> _meters = [];
-
-        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options)
-        {
-            var meter = new System.Diagnostics.Metrics.Meter(options);
-            _meters.Add(meter);
-            return meter;
-        }
-
-        public void Dispose() => _meters.ForEach(m => m.Dispose());
-    }
 }

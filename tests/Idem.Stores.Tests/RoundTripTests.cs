@@ -14,7 +14,7 @@ public static class RoundTrips
 {
     public static async Task AssertBudgetAsync(IIdempotencyStore store, Func<long> sent)
     {
-        using var meters = new Meters();
+        using var meters = new TestMeterFactory();
         var direct = new IdempotencyExecutor(store, new IdempotencyMetrics(meters));
         var cached = new IdempotencyExecutor(new LocalReplayCacheStore(store), new IdempotencyMetrics(meters));
         var executions = 0;
@@ -60,19 +60,6 @@ public static class RoundTrips
         Assert.Equal(2, executions); // The warm-up key and the measured one, once each.
     }
 
-    private sealed class Meters : System.Diagnostics.Metrics.IMeterFactory
-    {
-        private readonly List<System.Diagnostics.Metrics.Meter> _meters = [];
-
-        public System.Diagnostics.Metrics.Meter Create(System.Diagnostics.Metrics.MeterOptions options)
-        {
-            var meter = new System.Diagnostics.Metrics.Meter(options);
-            _meters.Add(meter);
-            return meter;
-        }
-
-        public void Dispose() => _meters.ForEach(m => m.Dispose());
-    }
 }
 
 [Collection(PostgreSqlServerGroup.Name)]
